@@ -1,0 +1,4 @@
+//! pdp: a Policy Decision Point sidecar.
+#![forbid(unsafe_code)]
+
+pub mod model;
