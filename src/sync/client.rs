@@ -132,6 +132,7 @@ pub struct Client {
     backoff_max: Duration,
     request_timeout: Duration,
     sent: AtomicU64,
+    last_failure: std::sync::Mutex<Option<RequestError>>,
 }
 
 impl Client {
@@ -156,12 +157,22 @@ impl Client {
             backoff_max: config.backoff_max,
             request_timeout: config.request_timeout,
             sent: AtomicU64::new(0),
+            last_failure: Default::default(),
         })
     }
 
     /// Requests sent since start (a sync reports its own by difference).
     pub fn requests_sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
+    }
+
+    /// The last request failure since the previous call (for a sync cut
+    /// off by its deadline, which otherwise would not know why).
+    pub fn take_last_failure(&self) -> Option<RequestError> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// `GET /v2/api-key/scope`, one attempt (the caller owns the retry policy,
@@ -191,6 +202,9 @@ impl Client {
                     .map_err(|e| RequestError::Malformed(e.to_string())),
                 Err(e) => Err(e),
             };
+            if let Err(e) = &attempt {
+                *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+            }
             let error = match attempt {
                 Ok(v) => return Ok(v),
                 Err(e) if !e.retryable() => return Err(Failure::Final(e)),

@@ -125,8 +125,12 @@ pub enum SyncError {
     Inconsistent { list: &'static str, detail: String },
     #[error("{list}: the cursor expired twice in one sync")]
     CursorExpired { list: &'static str },
-    #[error("sync did not finish within the deadline of {0:?}")]
-    Deadline(Duration),
+    #[error("sync did not finish within the deadline of {after:?}{}", last.as_ref().map(|e| format!("; last error: {e}")).unwrap_or_default())]
+    Deadline {
+        after: Duration,
+        /// The last failed request, the likely reason it took so long.
+        last: Option<RequestError>,
+    },
     #[error("the control plane's data was refused: {0}")]
     Build(String),
     #[error("snapshot build task failed: {0}")]
@@ -146,7 +150,8 @@ impl SyncError {
             },
             SyncError::Inconsistent { .. } => "inconsistent",
             SyncError::CursorExpired { .. } => "cursor_expired",
-            SyncError::Deadline(_) => "deadline",
+            SyncError::Deadline { last: Some(e), .. } => e.cause(),
+            SyncError::Deadline { last: None, .. } => "deadline",
             SyncError::Build(_) => "invalid_data",
             SyncError::Internal(_) => "internal",
         }
@@ -283,10 +288,14 @@ impl Syncer {
             m.attempts.inc();
         }
         let requests_before = self.client.requests_sent();
+        self.client.take_last_failure();
         let deadline = self.config.sync_deadline;
         let result = match tokio::time::timeout(deadline, self.fetch_and_swap(scope, store)).await {
             Ok(result) => result,
-            Err(_) => Err(SyncError::Deadline(deadline)),
+            Err(_) => Err(SyncError::Deadline {
+                after: deadline,
+                last: self.client.take_last_failure(),
+            }),
         };
         let requests = self.client.requests_sent() - requests_before;
         let took = started.elapsed();
@@ -332,8 +341,13 @@ impl Syncer {
         // takes CPU-seconds; keep it off the runtime's worker threads.
         let (outcome, hash, backup_result) = tokio::task::spawn_blocking(move || {
             let hash = model::content_hash(&doc);
-            let current = store.load().map(|l| l.meta.content_hash.clone());
-            let outcome = if current.as_deref() == Some(hash.as_str()) {
+            // Same data from the control plane: nothing to do. Same data
+            // restored from a backup or file is rebuilt once anyway, so the
+            // source shown by /health says it is now confirmed current.
+            let unchanged = store.load().is_some_and(|l| {
+                l.meta.content_hash == hash && l.meta.source == Source::ControlPlane
+            });
+            let outcome = if unchanged {
                 SyncOutcome::Unchanged
             } else {
                 let snapshot =
