@@ -1,0 +1,7 @@
+//! The one integration test binary: each area is a module; `support` starts
+//! the real server on port 0.
+
+mod support;
+
+mod binary;
+mod http;
