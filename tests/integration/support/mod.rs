@@ -62,7 +62,9 @@ impl TestServer {
         let app = Arc::new(App {
             store: store.clone(),
             settings,
-            metrics: Arc::new(Metrics::new(prometheus::Registry::new()).unwrap()),
+            metrics: Arc::new(
+                Metrics::new(prometheus::Registry::new(), pdp::http::ROUTE_LABELS).unwrap(),
+            ),
             refresh: refresh.clone(),
             health_details: None,
         });
