@@ -1,5 +1,8 @@
-//! The one integration-test binary: each area of the PDP is a module here,
-//! sharing the helpers under `support/`.
+//! The one integration test binary: each area is a module; `support` starts
+//! the real server on port 0 and a fake control plane.
 
 mod support;
+
+mod binary;
+mod http;
 mod sync;
