@@ -348,6 +348,7 @@ impl Syncer {
                 l.meta.content_hash == hash && l.meta.source == Source::ControlPlane
             });
             let outcome = if unchanged {
+                store.mark_fresh();
                 SyncOutcome::Unchanged
             } else {
                 let snapshot =
