@@ -302,10 +302,9 @@ async fn project_and_organization_keys_are_refused_with_the_reason() {
         .all(|r| r.path == "/v2/api-key/scope"));
 }
 
-/// Needs the lead's `main` wiring (`PDP_API_KEY`, `PDP_CONTROL_PLANE` →
-/// `Syncer::run`, `FatalKeyError` → exit 64). Remove the `ignore` then.
+/// The real binary, as an operator runs it: a wrong key kind is exit 64
+/// with the reason, not a PDP that serves nothing forever.
 #[tokio::test]
-#[ignore = "needs main.rs to run the sync task and map FatalKeyError to exit 64"]
 async fn the_binary_exits_64_on_a_project_or_organization_key() {
     let fake = FakeControlPlane::start(&environment(5), Shape::Bare).await;
     let backups = tempfile::tempdir().unwrap();
@@ -684,4 +683,114 @@ async fn with_no_backup_and_no_control_plane_nothing_is_served_and_it_keeps_tryi
     )
     .await;
     run.stop().await.unwrap();
+}
+
+/// The binary as an operator runs it against a control plane: ready after
+/// the first sync, `POST /sync` picks up a change, and after a restart with
+/// the control plane down it serves the backup.
+#[tokio::test]
+async fn the_binary_syncs_refreshes_on_demand_and_restarts_from_its_backup() {
+    use crate::binary::{free_port, wait_ready};
+
+    let (a, b) = (environment(250), changed(250));
+    let fake = FakeControlPlane::start(&a, Shape::Cursor).await;
+    let backups = tempfile::tempdir().unwrap();
+    let start = |port: u16| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pdp"))
+            .env_clear()
+            .env("PDP_API_KEY", ENV_KEY)
+            .env("PDP_CONTROL_PLANE", fake.url())
+            .env("PDP_HOST", "127.0.0.1")
+            .env("PDP_PORT", port.to_string())
+            .env("PDP_BACKUP_DIR", backups.path())
+            .env("PDP_SYNC_REQUEST_TIMEOUT", "1s")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("pdp binary runs")
+    };
+    let client = reqwest::Client::new();
+    let ask = |base: String, user: &'static str| {
+        let client = client.clone();
+        async move {
+            let body: serde_json::Value = client
+                .post(format!("{base}/allowed"))
+                .bearer_auth(ENV_KEY)
+                .json(&json!({"user": {"key": user}, "action": "read",
+                              "resource": {"type": "document", "key": "d7", "tenant": "default"}}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            body["allow"].as_bool()
+        }
+    };
+    let source = |base: String| {
+        let client = client.clone();
+        async move {
+            let body: serde_json::Value = client
+                .get(format!("{base}/health"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            body["snapshot"]["source"]["kind"]
+                .as_str()
+                .map(str::to_owned)
+        }
+    };
+
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut pdp = start(port);
+    assert!(wait_ready(&format!("{base}/ready"), Duration::from_secs(15)).await);
+    assert_eq!(ask(base.clone(), "user-1").await, Some(true));
+    assert_eq!(source(base.clone()).await.as_deref(), Some("control_plane"));
+
+    fake.set_document(&b);
+    let sync = client
+        .post(format!("{base}/sync"))
+        .bearer_auth(ENV_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sync.status().as_u16(), 202);
+    let until = Instant::now() + Duration::from_secs(10);
+    while ask(base.clone(), "user-1").await != Some(false) {
+        assert!(
+            Instant::now() < until,
+            "POST /sync did not bring the change"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Give the backup of B a moment to land, then crash and restart offline.
+    let hash_b = content_hash(&b);
+    eventually("the backup of the change", Duration::from_secs(5), || {
+        read_backup(backups.path()).is_ok_and(|d| content_hash(&d) == hash_b)
+    })
+    .await;
+    pdp.kill().unwrap();
+    pdp.wait().unwrap();
+    fake.go_down();
+
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut pdp = start(port);
+    let ready = wait_ready(&format!("{base}/ready"), Duration::from_secs(15)).await;
+    let answers = (
+        ask(base.clone(), "user-1").await,
+        ask(base.clone(), "newcomer").await,
+        source(base.clone()).await,
+    );
+    pdp.kill().unwrap();
+    pdp.wait().unwrap();
+    assert!(ready, "not ready from the backup");
+    assert_eq!(
+        answers,
+        (Some(false), Some(true), Some("backup".to_owned()))
+    );
 }
