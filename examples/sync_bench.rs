@@ -16,6 +16,66 @@
 #[path = "../tests/integration/support/fake_control_plane.rs"]
 mod fake_control_plane;
 
+/// Live heap bytes, current and peak. RSS alone misleads here: glibc keeps
+/// freed pages of the transient data document mapped, so RSS after a sync
+/// overstates what the PDP holds; the heap count says what is live.
+mod heap {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    pub struct Counting;
+    static LIVE: AtomicUsize = AtomicUsize::new(0);
+    static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+    // SAFETY: every call is forwarded unchanged to the system allocator;
+    // only byte counts are added. Measurement code in an example, outside
+    // the `forbid(unsafe_code)` library.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let p = unsafe { System.alloc(layout) };
+            if !p.is_null() {
+                let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+                PEAK.fetch_max(now, Ordering::Relaxed);
+            }
+            p
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            unsafe { System.dealloc(ptr, layout) };
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            let p = unsafe { System.realloc(ptr, layout, new_size) };
+            if !p.is_null() {
+                if new_size >= layout.size() {
+                    let grow = new_size - layout.size();
+                    let now = LIVE.fetch_add(grow, Ordering::Relaxed) + grow;
+                    PEAK.fetch_max(now, Ordering::Relaxed);
+                } else {
+                    LIVE.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
+                }
+            }
+            p
+        }
+    }
+
+    pub fn live() -> usize {
+        LIVE.load(Ordering::Relaxed)
+    }
+
+    pub fn peak() -> usize {
+        PEAK.load(Ordering::Relaxed)
+    }
+
+    pub fn reset_peak() {
+        PEAK.store(live(), Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: heap::Counting = heap::Counting;
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -218,7 +278,9 @@ async fn measure(users: usize, assignments: usize) {
     let (stop, stop_rx) = watch::channel(false);
 
     let baseline = status_kb("VmRSS:");
+    let heap_baseline = heap::live();
     reset_peak();
+    heap::reset_peak();
     let started = Instant::now();
     let task = tokio::spawn(syncer.run(store.clone(), trigger.clone(), stop_rx));
     let wait_syncs = |n: u64| {
@@ -234,41 +296,81 @@ async fn measure(users: usize, assignments: usize) {
     let s1 = state.status();
     assert_eq!(s1.last_outcome, Some("swapped"), "{s1:?}");
     let cold_peak = status_kb("VmHWM:");
+    let heap_cold_peak = heap::peak();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let steady = status_kb("VmRSS:");
+    let heap_steady = heap::live();
     let backup_bytes = std::fs::metadata(backups.path().join(pdp::sync::BACKUP_FILE))
         .map(|m| m.len())
         .unwrap_or(0);
 
     // A changed environment: fetch, build the new snapshot while the old
-    // one serves, swap, write the backup.
-    writeln!(to_child, "bump").expect("child stdin");
-    assert_eq!(
-        from_child.next().and_then(Result::ok).as_deref(),
-        Some("bumped")
-    );
-    reset_peak();
-    let before_swap = status_kb("VmRSS:");
-    let started = Instant::now();
-    trigger.notify_one();
-    wait_syncs(2).await;
-    let changed = started.elapsed();
-    let s2 = state.status();
-    assert_eq!(s2.last_outcome, Some("swapped"), "{s2:?}");
-    let swap_peak = status_kb("VmHWM:");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after_swap = status_kb("VmRSS:");
+    // one serves, swap, write the backup. Repeated to see whether RSS
+    // settles (the allocator reusing freed pages) or keeps growing.
+    let rounds: u64 = std::env::var("SYNC_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let mut changed = Duration::ZERO;
+    let (mut swap_peak, mut heap_swap_peak, mut after_swap, mut heap_after_swap) = (0, 0, 0, 0);
+    let mut before_swap = 0;
+    for round in 0..rounds {
+        writeln!(to_child, "bump").expect("child stdin");
+        assert_eq!(
+            from_child.next().and_then(Result::ok).as_deref(),
+            Some("bumped")
+        );
+        reset_peak();
+        heap::reset_peak();
+        if round == 0 {
+            before_swap = status_kb("VmRSS:");
+        }
+        let started = Instant::now();
+        trigger.notify_one();
+        wait_syncs(2 + round).await;
+        changed = started.elapsed();
+        let s2 = state.status();
+        assert_eq!(s2.last_outcome, Some("swapped"), "{s2:?}");
+        swap_peak = status_kb("VmHWM:");
+        heap_swap_peak = heap::peak();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        after_swap = status_kb("VmRSS:");
+        heap_after_swap = heap::live();
+        eprintln!(
+            "changed sync {}: {:.2} s, peak RSS {:.1} MiB, RSS after {:.1} MiB, live heap peak {:.1} MiB",
+            round + 1,
+            changed.as_secs_f64(),
+            mib(swap_peak),
+            mib(after_swap),
+            heap_swap_peak as f64 / (1 << 20) as f64
+        );
+    }
 
     // Unchanged: fetch and hash only.
     let started = Instant::now();
     trigger.notify_one();
-    wait_syncs(3).await;
+    wait_syncs(2 + rounds).await;
     let unchanged = started.elapsed();
     let s3 = state.status();
     assert_eq!(s3.last_outcome, Some("unchanged"), "{s3:?}");
 
     let _ = stop.send(true);
     let _ = task.await;
+
+    // Baseline in the same run: the same environment without the network,
+    // as a restart does it: read the backup, build the snapshot.
+    let started = Instant::now();
+    let restored = Store::new();
+    pdp::sync::restore_backup(&restored, backups.path()).expect("the backup just written loads");
+    let from_backup = started.elapsed();
+    let started = Instant::now();
+    let doc = pdp::sync::read_backup(backups.path()).expect("backup");
+    let read_only = started.elapsed();
+    let started = Instant::now();
+    let snapshot = pdp::snapshot::Snapshot::build(&doc).expect("builds");
+    let build_only = started.elapsed();
+    drop((snapshot, doc, restored));
     drop(to_child);
     let _ = child.wait();
 
@@ -289,6 +391,12 @@ async fn measure(users: usize, assignments: usize) {
     println!(
         "  unchanged sync (no swap)      {:>10.2} s",
         unchanged.as_secs_f64()
+    );
+    println!(
+        "  baseline: restore from backup {:>10.2} s  (read {:.2} s, build {:.2} s)",
+        from_backup.as_secs_f64(),
+        read_only.as_secs_f64(),
+        build_only.as_secs_f64()
     );
     println!(
         "  backup file                   {:>10.1} MiB",
@@ -315,5 +423,27 @@ async fn measure(users: usize, assignments: usize) {
     println!(
         "  steady RSS after swap         {:>10.1} MiB",
         mib(after_swap)
+    );
+    let m = |b: usize| b as f64 / (1 << 20) as f64;
+    println!(
+        "  live heap before first sync   {:>10.1} MiB",
+        m(heap_baseline)
+    );
+    println!(
+        "  live heap peak, cold sync     {:>10.1} MiB",
+        m(heap_cold_peak)
+    );
+    println!(
+        "  live heap after cold sync     {:>10.1} MiB  (the snapshot)",
+        m(heap_steady)
+    );
+    println!(
+        "  live heap peak, changed sync  {:>10.1} MiB  ({:.2}x steady)",
+        m(heap_swap_peak),
+        heap_swap_peak as f64 / heap_steady.max(1) as f64
+    );
+    println!(
+        "  live heap after swap          {:>10.1} MiB",
+        m(heap_after_swap)
     );
 }

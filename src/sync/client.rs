@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::limiter::{Class, Limiter};
 use super::metrics::SyncMetrics;
-use super::{backoff, SyncConfig};
+use super::{backoff, SyncConfig, SyncState};
 
 /// The kind of API key, from its scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +128,7 @@ pub struct Client {
     auth: String,
     limiter: Limiter,
     metrics: Option<Arc<SyncMetrics>>,
+    state: Arc<SyncState>,
     backoff_min: Duration,
     backoff_max: Duration,
     request_timeout: Duration,
@@ -136,7 +137,11 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(config: &SyncConfig, metrics: Option<Arc<SyncMetrics>>) -> reqwest::Result<Self> {
+    pub fn new(
+        config: &SyncConfig,
+        state: Arc<SyncState>,
+        metrics: Option<Arc<SyncMetrics>>,
+    ) -> reqwest::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
@@ -153,6 +158,7 @@ impl Client {
                 config.limit_window,
             ),
             metrics,
+            state,
             backoff_min: config.backoff_min,
             backoff_max: config.backoff_max,
             request_timeout: config.request_timeout,
@@ -206,7 +212,10 @@ impl Client {
                 *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
             }
             let error = match attempt {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    self.state.set_retrying(None);
+                    return Ok(v);
+                }
                 Err(e) if !e.retryable() => return Err(Failure::Final(e)),
                 Err(e) => e,
             };
@@ -221,6 +230,8 @@ impl Client {
                 return Err(Failure::Exhausted(error));
             }
             tracing::warn!(path, error = %error, retry_in = ?wait, "control-plane request failed");
+            self.state
+                .set_retrying(Some(format!("{path}: {error} (attempt {failures})")));
             tokio::time::sleep(wait).await;
         }
     }

@@ -186,7 +186,7 @@ impl Syncer {
         state: Arc<SyncState>,
         metrics: Option<Arc<SyncMetrics>>,
     ) -> Result<Self, reqwest::Error> {
-        let client = Client::new(&config, metrics.clone())?;
+        let client = Client::new(&config, state.clone(), metrics.clone())?;
         Ok(Self {
             config,
             client,
@@ -289,14 +289,7 @@ impl Syncer {
         }
         let requests_before = self.client.requests_sent();
         self.client.take_last_failure();
-        let deadline = self.config.sync_deadline;
-        let result = match tokio::time::timeout(deadline, self.fetch_and_swap(scope, store)).await {
-            Ok(result) => result,
-            Err(_) => Err(SyncError::Deadline {
-                after: deadline,
-                last: self.client.take_last_failure(),
-            }),
-        };
+        let result = self.fetch_and_swap(scope, store).await;
         let requests = self.client.requests_sent() - requests_before;
         let took = started.elapsed();
         if let Some(m) = &self.metrics {
@@ -330,9 +323,21 @@ impl Syncer {
         store: &Arc<Store>,
     ) -> Result<SyncOutcome, SyncError> {
         self.state.set_phase("fetching");
-        let deadline = Instant::now() + self.config.sync_deadline;
-        let doc =
-            pages::fetch_document(&self.client, scope, self.config.per_page, deadline).await?;
+        // The deadline bounds the network part. Building and swapping are
+        // finite CPU work, and cutting them off would only leave a swap
+        // racing a failure report.
+        let after = self.config.sync_deadline;
+        let deadline = Instant::now() + after;
+        let fetch = pages::fetch_document(&self.client, scope, self.config.per_page, deadline);
+        let doc = match tokio::time::timeout(after, fetch).await {
+            Ok(doc) => doc?,
+            Err(_) => {
+                return Err(SyncError::Deadline {
+                    after,
+                    last: self.client.take_last_failure(),
+                })
+            }
+        };
         self.state.set_phase("building");
         let store = store.clone();
         let backup_dir = self.config.backup_dir.clone();

@@ -117,7 +117,15 @@ impl Lister<'_> {
                                 "total_count went from {prev} to {t} between pages"
                             )))
                         }
-                        _ => total = Some(t),
+                        Some(_) => {}
+                        None => {
+                            total = Some(t);
+                            // A million assignments grown by doubling would
+                            // briefly hold two buffers and end up to 2x
+                            // oversized; the total says the size upfront.
+                            let cap = usize::try_from(t).unwrap_or(0).min(10_000_000);
+                            items.reserve_exact(cap.saturating_sub(items.len()));
+                        }
                     }
                 }
                 let n = body.data.len();
@@ -157,6 +165,7 @@ impl Lister<'_> {
                     });
                 }
             }
+            items.shrink_to_fit();
             tracing::debug!(list, items = items.len(), "list read");
             return Ok(items);
         }

@@ -28,6 +28,9 @@ pub struct SyncStatus {
     pub last_error: Option<String>,
     pub last_error_cause: Option<&'static str>,
     pub consecutive_failures: u32,
+    /// The request failure being retried right now, if any: a sync that
+    /// retries for minutes shows why before it finally fails.
+    pub retrying: Option<String>,
     pub requests_last_sync: u64,
     pub last_duration_ms: Option<u64>,
     pub syncs_succeeded: u64,
@@ -71,6 +74,13 @@ impl SyncState {
         s.consecutive_failures += 1;
     }
 
+    pub(super) fn set_retrying(&self, what: Option<String>) {
+        let mut s = self.lock();
+        if s.retrying.is_some() || what.is_some() {
+            s.retrying = what;
+        }
+    }
+
     pub(super) fn attempt_started(&self) {
         let mut s = self.lock();
         s.phase = "fetching";
@@ -80,6 +90,7 @@ impl SyncState {
     pub(super) fn succeeded(&self, outcome: SyncOutcome, requests: u64, took: Duration) {
         let mut s = self.lock();
         s.phase = "idle";
+        s.retrying = None;
         s.last_success_unix = Some(now_unix());
         s.last_outcome = Some(match outcome {
             SyncOutcome::Swapped => "swapped",
@@ -94,6 +105,7 @@ impl SyncState {
     pub(super) fn failed(&self, error: &SyncError, requests: u64, took: Duration) {
         let mut s = self.lock();
         s.phase = "idle";
+        s.retrying = None;
         s.last_outcome = Some("failed");
         s.last_error = Some(error.to_string());
         s.last_error_cause = Some(error.cause());
