@@ -26,7 +26,19 @@ if (!url || !key) {
 // The SDK logs every rejected call at error level; the scenario prints its own
 // diagnostics, so keep the SDK quiet unless asked.
 const log = { level: process.env.PERMIT_LOG_LEVEL ?? "silent" };
-const client = (options = {}) => new Permit({ token: key, pdp: url, log, ...options });
+
+// What the SDK put on the wire for the current assertion, so a failure shows
+// the HTTP request and not only the SDK call. `enforcer.client` is the SDK's
+// internal axios instance (2.7.6); without it the diagnostics are just shorter.
+const sent = [];
+function recording(permit) {
+  permit.enforcer?.client?.interceptors?.request.use((config) => {
+    sent.push(`${config.method?.toUpperCase()} /${config.url} ${JSON.stringify(config.data)}`);
+    return config;
+  });
+  return permit;
+}
+const client = (options = {}) => recording(new Permit({ token: key, pdp: url, log, ...options }));
 
 let passed = 0;
 let failed = 0;
@@ -45,12 +57,18 @@ function fail(name, request, expected, got) {
   console.log(`     request:  ${show(request)}`);
   console.log(`     expected: ${show(expected)}`);
   console.log(`     got:      ${show(got)}`);
+  if (Array.isArray(expected) && Array.isArray(got) && expected.length === got.length) {
+    const at = expected.flatMap((e, i) => (isDeepStrictEqual(e, got[i]) ? [] : [i]));
+    console.log(`     differs at index ${JSON.stringify(at)}`);
+  }
+  for (const line of sent) console.log(`     sent:     ${line}`);
 }
 
 // Await call() and compare its result with `expected` exactly. An SDK error is
 // a failure of this assertion only, so the rest of the run still reports.
 async function equal(name, request, expected, call) {
   let got;
+  sent.length = 0;
   try {
     got = await call();
   } catch (err) {
@@ -63,6 +81,7 @@ async function equal(name, request, expected, call) {
 
 async function rejects(name, request, errClass, mustMention, call) {
   let got;
+  sent.length = 0;
   try {
     got = await call();
   } catch (err) {
@@ -215,7 +234,7 @@ async function userPermissions(permit) {
 async function wrongKey() {
   // The PDP must refuse a key other than its own with 403 (contract §1.2);
   // the SDK turns any non-2xx into PermitConnectionError carrying the status.
-  const bad = new Permit({ token: "not-the-pdp-key", pdp: url, log });
+  const bad = recording(new Permit({ token: "not-the-pdp-key", pdp: url, log }));
   const calls = [
     ["check", () => bad.check("alice", "read", "document")],
     ["bulkCheck", () => bad.bulkCheck([{ user: "alice", action: "read", resource: "document" }])],
@@ -225,12 +244,12 @@ async function wrongKey() {
     await rejects(`wrong API key: ${name} throws PermitConnectionError (403)`,
       { method: name, token: "not-the-pdp-key" }, PermitConnectionError, "403", call);
   }
-  const longer = new Permit({ token: `${key}x`, pdp: url, log });
+  const longer = recording(new Permit({ token: `${key}x`, pdp: url, log }));
   await rejects("API key with a suffix: check throws PermitConnectionError (403)",
     { method: "check", token: "<key>x" }, PermitConnectionError, "403",
     () => longer.check("alice", "read", "document"));
   // An application that opted out of throwing gets a deny, not an allow.
-  const lenient = new Permit({ token: "not-the-pdp-key", pdp: url, log, throwOnError: false });
+  const lenient = recording(new Permit({ token: "not-the-pdp-key", pdp: url, log, throwOnError: false }));
   await equal("wrong API key with throwOnError=false: check is false",
     { method: "check", token: "not-the-pdp-key", throwOnError: false }, false,
     () => lenient.check("alice", "read", "document"));

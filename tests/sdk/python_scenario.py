@@ -17,10 +17,26 @@ import json
 import os
 import sys
 import traceback
+from urllib.parse import urlsplit
 
+import aiohttp
 from permit import Permit, PermitConnectionError
 
 LABEL = "sdk-python"
+
+# What the SDK put on the wire for the current assertion, so a failure shows
+# the HTTP request and not only the SDK call. The SDK posts through
+# aiohttp.ClientSession.post with a pre-encoded JSON body.
+SENT: list = []
+_post = aiohttp.ClientSession.post
+
+
+def _recording_post(self, url, *args, **kwargs):
+    SENT.append(f"POST {urlsplit(str(url)).path} {kwargs.get('data')}")
+    return _post(self, url, *args, **kwargs)
+
+
+aiohttp.ClientSession.post = _recording_post
 
 
 class Tally:
@@ -38,6 +54,10 @@ class Tally:
         print(f"     request:  {_show(request)}", flush=True)
         print(f"     expected: {_show(expected)}", flush=True)
         print(f"     got:      {_show(got)}", flush=True)
+        if isinstance(expected, list) and isinstance(got, list) and len(expected) == len(got):
+            print(f"     differs at index {[i for i, (e, g) in enumerate(zip(expected, got)) if e != g]}", flush=True)
+        for line in SENT:
+            print(f"     sent:     {line}", flush=True)
 
     async def equal(self, name: str, request: object, expected: object, call) -> None:
         """Await `call()` and compare its result with `expected` exactly.
@@ -45,6 +65,7 @@ class Tally:
         An exception from the SDK is a failure of this assertion, not of the
         whole run: the remaining assertions still say what else works.
         """
+        SENT.clear()
         try:
             got = await call()
         except Exception as err:  # noqa: BLE001 - any SDK error is a finding to report
@@ -57,6 +78,7 @@ class Tally:
 
     async def raises(self, name: str, request: object, exc_type: type, must_mention: str, call) -> None:
         """Expect `call()` to raise `exc_type` whose message mentions `must_mention`."""
+        SENT.clear()
         try:
             got = await call()
         except exc_type as err:
