@@ -51,6 +51,11 @@ fn pick<T: Copy>(pool: &[T], i: u8) -> T {
     pool[i as usize % pool.len()]
 }
 
+fn pick_owned<T>(mut pool: Vec<T>, i: u8) -> T {
+    let n = pool.len();
+    pool.swap_remove(i as usize % n)
+}
+
 fn bits(mask: u8, n: usize) -> impl Iterator<Item = usize> {
     (0..n).filter(move |i| mask & (1 << i) != 0)
 }
@@ -181,7 +186,7 @@ fn raw_env() -> impl Strategy<Value = RawEnv> {
             all_no_direct,
         });
     let ty = (
-        1u8..16,
+        (0u8..16).prop_map(|m| m | 1),
         prop::option::of(1u8..16),
         prop::collection::vec(prop::option::of(res_role), 3),
     )
@@ -190,7 +195,16 @@ fn raw_env() -> impl Strategy<Value = RawEnv> {
             group,
             roles,
         });
-    let tenant_role = (prop::collection::vec((0u8..4, 0u8..6), 0..4), any::<u8>())
+    let tenant_role = (
+        prop::collection::vec(
+            (
+                prop::sample::select(vec![0u8, 1, 1, 2, 3]),
+                prop::sample::select(vec![0u8, 0, 1, 2, 3, 4, 5]),
+            ),
+            1..6,
+        ),
+        any::<u8>(),
+    )
         .prop_map(|(perms, extends)| RawTenantRole { perms, extends });
     let user = (
         prop::bool::weighted(0.9),
@@ -228,15 +242,15 @@ fn raw_env() -> impl Strategy<Value = RawEnv> {
         });
     (
         (
-            1u8..4,
+            2u8..4,
             prop::collection::vec(0u8..3, 3),
             prop::collection::vec(ty, 3),
             prop::collection::vec(prop::option::of(tenant_role), 3),
             prop::collection::vec(user, 4),
         ),
         (
-            prop::collection::vec((0u8..4, 0u8..3, 0u8..3), 0..6),
-            prop::collection::vec((0u8..4, 0u8..3, 0u8..3, 0u8..3), 0..6),
+            prop::collection::vec((0u8..4, 0u8..3, 0u8..3), 1..8),
+            prop::collection::vec((0u8..4, 0u8..3, 0u8..3, 0u8..3), 1..8),
             prop::collection::vec(
                 (
                     0u8..3,
@@ -250,11 +264,19 @@ fn raw_env() -> impl Strategy<Value = RawEnv> {
             ),
             prop::collection::vec(
                 (0u8..4, prop::option::weighted(0.15, 0u8..3), 0u8..3, 0u8..3),
-                0..10,
+                1..12,
             ),
             prop::collection::vec(set, 0..5),
             any::<bool>(),
-            prop::collection::vec((any::<u8>(), 0u8..3, 0u8..6, any::<u8>()), 0..6),
+            prop::collection::vec(
+                (
+                    any::<u8>(),
+                    prop::sample::select(vec![0u8, 1, 1, 2]),
+                    prop::sample::select(vec![0u8, 0, 0, 1, 2, 3, 4, 5]),
+                    any::<u8>(),
+                ),
+                0..8,
+            ),
         ),
     )
         .prop_map(
@@ -362,14 +384,84 @@ fn operand(i: u8) -> Value {
     pool[i as usize % pool.len()].clone()
 }
 
+/// `(operator, operand)` pairs that fit each path of [`PATHS`], so that a
+/// fair share of generated conditions can hold.
+fn fitting(path: &str) -> Vec<(&'static str, Value)> {
+    let items = |op: &'static str, f: &str, v: Value| (op, json!({"match": {"k": {f: v}}}));
+    match path {
+        "user.dept" | "subject.dept" => vec![
+            ("equals", json!("eng")),
+            ("in", json!(["eng", "ops"])),
+            ("not-equals", json!("hr")),
+            ("contains", json!("n")),
+        ],
+        "user.level" => vec![
+            ("greater-than", json!(0)),
+            ("less-than-equals", json!(2)),
+            ("between", json!([0, 2])),
+            ("equals", json!(3.0)),
+            ("in", json!([1, 3])),
+        ],
+        "user.tags" => vec![
+            ("array_contains", json!("a")),
+            ("array_intersect", json!(["a", "c"])),
+            ("array_subset", json!(["a", "b"])),
+            ("array_superset", json!(["a"])),
+            ("contains", json!("b")),
+        ],
+        "user.key" => vec![
+            ("equals", json!("u1")),
+            ("in", json!(["u0", "u2"])),
+            ("not-equals", json!("u3")),
+        ],
+        "user.roles" => vec![
+            ("array_contains", json!("member")),
+            ("array_intersect", json!(["member", "boss"])),
+            ("contains", json!("manager")),
+        ],
+        "user.items" => vec![
+            items("any_match", "equals", json!(1)),
+            items("all_match", "less-than", json!(2)),
+            items("object_match", "equals", json!(0)),
+        ],
+        "resource.public" => vec![("equals", json!(true)), ("equals", json!(false))],
+        "resource.level" => vec![("greater-than-equals", json!(1)), ("less-than", json!(2))],
+        "resource.owner" => vec![
+            ("equals", json!({"ref": "user.key"})),
+            ("in", json!(["u0", "u1"])),
+        ],
+        "resource.type" => vec![("equals", json!("doc")), ("in", json!(["doc", "folder"]))],
+        "tenant.plan" => vec![("equals", json!("pro")), ("not-equals", json!("free"))],
+        "tenant.key" => vec![("equals", json!("t0"))],
+        "context.ip" => vec![("equals", json!("10.0.0.1")), ("in", json!(["10.0.0.1"]))],
+        "context.level" => vec![
+            ("less-than", json!({"ref": "user.level"})),
+            ("greater-than", json!(0)),
+        ],
+        _ => vec![("not-equals", json!("x"))],
+    }
+}
+
 fn cond_json(c: &RawCond) -> Value {
     match c {
+        RawCond::Leaf(p, o, v, None) if *o < 160 => {
+            let path = pick(&PATHS, *p);
+            let (op, operand) = pick_owned(fitting(path), *v);
+            json!({ path: { op: operand } })
+        }
         RawCond::Leaf(p, o, v, r) => {
+            let op = pick(&OPS, *o);
+            // A `*_match` operator without `{"match": ...}` is a malformed
+            // condition, which refuses the whole document.
             let operand = match r {
+                _ if op.ends_with("_match") => {
+                    let field_op = pick(&["equals", "less-than", "in"], *v);
+                    json!({"match": {"k": {field_op: operand(v / 3)}}})
+                }
                 Some(r) => json!({"ref": pick(&PATHS, *r)}),
                 None => operand(*v),
             };
-            json!({ pick(&PATHS, *p): { pick(&OPS, *o): operand } })
+            json!({ pick(&PATHS, *p): { op: operand } })
         }
         RawCond::All(cs) => json!({"allOf": cs.iter().map(cond_json).collect::<Vec<_>>()}),
         RawCond::Any(cs) => json!({"anyOf": cs.iter().map(cond_json).collect::<Vec<_>>()}),
@@ -686,12 +778,12 @@ struct RawQuery {
 fn raw_query() -> impl Strategy<Value = RawQuery> {
     (
         (
-            0u8..5,
+            prop::sample::select(vec![0u8, 1, 2, 3, 0, 1, 2, 4]),
             prop::option::of((0u8..3, 0u8..4)),
-            0u8..6,
-            0u8..4,
-            prop::option::weighted(0.7, 0u8..4),
-            prop::sample::select(vec![0u8, 1, 2, 2, 3, 3, 4, 5]),
+            prop::sample::select(vec![0u8, 0, 0, 0, 1, 1, 2, 3, 4, 5]),
+            prop::sample::select(vec![0u8, 0, 1, 1, 2, 2, 3]),
+            prop::option::weighted(0.8, 0u8..4),
+            prop::sample::select(vec![0u8, 1, 2, 2, 2, 2, 3, 3, 3, 4, 5]),
             prop::option::of((any::<bool>(), 0u8..4)),
         ),
         (
@@ -931,5 +1023,115 @@ proptest! {
         for n in &names {
             prop_assert!(err.contains(n.as_str()), "error {err:?} does not name {n}");
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Conditions alone
+// ---------------------------------------------------------------------------
+
+/// Attribute values requests carry: every JSON type, numbers written both
+/// ways, arrays of objects for the `*_match` operators, and `null`.
+fn attr_value(i: u8) -> Value {
+    let pool = [
+        json!("eng"),
+        json!("ops"),
+        json!(0),
+        json!(1),
+        json!(2.0),
+        json!(3),
+        json!("1"),
+        json!(true),
+        json!(false),
+        json!(["a", "b"]),
+        json!(["a"]),
+        json!([]),
+        json!([{"k": 1}]),
+        json!([{"k": 0}, {"k": 1.0}]),
+        json!([{"k": 2}, "x"]),
+        json!({"k": 0}),
+        json!("10.0.0.1"),
+        json!("u1"),
+        json!(["member"]),
+        Value::Null,
+    ];
+    pool[i as usize % pool.len()].clone()
+}
+
+fn attr_map(names: &[&str], picks: &[(u8, u8)]) -> Value {
+    let mut m = Map::new();
+    for &(n, v) in picks {
+        m.insert(pick(names, n).to_owned(), attr_value(v));
+    }
+    Value::Object(m)
+}
+
+fn deep_cond() -> impl Strategy<Value = RawCond> {
+    let leaf = (
+        any::<u8>(),
+        any::<u8>(),
+        any::<u8>(),
+        prop::option::weighted(0.2, any::<u8>()),
+    )
+        .prop_map(|(p, o, v, r)| RawCond::Leaf(p, o, v, r));
+    leaf.prop_recursive(3, 12, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(RawCond::All),
+            prop::collection::vec(inner.clone(), 0..4).prop_map(RawCond::Any),
+            inner.prop_map(|c| RawCond::Not(Box::new(c))),
+        ]
+    })
+}
+
+proptest! {
+    /// One user set and one resource set decide alone, so every operator,
+    /// missing attribute, `ref` and request override shows in the answer.
+    #[test]
+    fn conditions_evaluate_as_the_reference_says(
+        user_cond in deep_cond(),
+        resource_cond in deep_cond(),
+        stored_user in prop::collection::vec((any::<u8>(), any::<u8>()), 0..4),
+        stored_resource in prop::collection::vec((any::<u8>(), any::<u8>()), 0..3),
+        request_user in prop::collection::vec((any::<u8>(), any::<u8>()), 0..3),
+        request_resource in prop::collection::vec((any::<u8>(), any::<u8>()), 0..3),
+        context in prop::collection::vec((any::<u8>(), any::<u8>()), 0..3),
+        known_user in prop::bool::weighted(0.8),
+        with_key in any::<bool>(),
+        tenant in prop::sample::select(vec!["t0", "t1"]),
+    ) {
+        let user_names = ["dept", "level", "tags", "items", "key", "roles"];
+        let resource_names = ["public", "level", "owner", "type"];
+        let context_names = ["ip", "level"];
+        let d = json!({
+            "resources": [{"key": "doc", "actions": {"read": {}}}],
+            "roles": [{"key": "member", "permissions": []}],
+            "tenants": [{"key": "t0", "attributes": {"plan": "pro"}}, {"key": "t1", "attributes": {"plan": "free"}}],
+            "users": [{"key": "u1", "email": "u1@example.test",
+                       "attributes": attr_map(&user_names, &stored_user)}],
+            "role_assignments": [{"user": "u1", "role": "member", "tenant": "t0"}],
+            "resource_instances": [{"key": "k0", "resource": "doc", "tenant": "t0",
+                                    "attributes": attr_map(&resource_names, &stored_resource)}],
+            "condition_sets": [
+                {"key": "us", "type": "userset", "conditions": cond_json(&user_cond)},
+                {"key": "rs", "type": "resourceset", "resource": "doc", "conditions": cond_json(&resource_cond)}
+            ],
+            "condition_set_rules": [{"user_set": "us", "permission": "doc:read", "resource_set": "rs"}]
+        });
+        let mut resource = json!({"type": "doc", "tenant": tenant,
+                                  "attributes": attr_map(&resource_names, &request_resource)});
+        if with_key {
+            resource["key"] = json!("k0");
+        }
+        let q = json!({
+            "user": {"key": if known_user { "u1" } else { "u9" },
+                     "attributes": attr_map(&user_names, &request_user)},
+            "action": "read", "resource": resource,
+            "context": attr_map(&context_names, &context),
+        });
+        let parsed = doc(&d);
+        let engine = Engine::build(&parsed)
+            .map_err(|e| TestCaseError::fail(format!("engine refused a valid document: {e}\n{d}")))?;
+        let (e, r) = (engine.allowed_debug(&q), reference::allowed_response(&parsed, &q, true));
+        prop_assert!(e == r, "/allowed differs\nquery: {q}\nengine:    {e}\nreference: {r}\ndocument: {d}");
     }
 }

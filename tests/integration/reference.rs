@@ -758,18 +758,6 @@ pub fn allowed_response(doc: &DataDocument, q: &Value, debug: bool) -> Value {
     body
 }
 
-/// `/allowed/bulk`: `{"allow": [{"allow", "result"}...]}`.
-pub fn bulk(doc: &DataDocument, qs: &[Value]) -> Value {
-    let items: Vec<Value> = qs
-        .iter()
-        .map(|q| {
-            let a = allowed(doc, q);
-            json!({"allow": a, "result": a})
-        })
-        .collect();
-    json!({ "allow": items })
-}
-
 fn tenant_object(doc: &DataDocument, t: &str) -> Value {
     let attrs = doc
         .tenants
@@ -941,10 +929,11 @@ pub fn user_permissions(doc: &DataDocument, q: &Value) -> Value {
             continue;
         };
         let itenant = instance_tenant(doc, &instance);
-        let keep = tenants_filter
-            .as_ref()
-            .is_none_or(|f| itenant.as_ref().is_some_and(|t| f.contains(t)))
-            && listed(&resources_filter, &[&instance, key])
+        let keep = tenants_filter.as_ref().is_none_or(|f| {
+            itenant
+                .as_ref()
+                .is_some_and(|t| f.iter().any(|x| x == t || *x == format!("__tenant:{t}")))
+        }) && listed(&resources_filter, &[&instance, key])
             && listed(&types_filter, &[ty]);
         if keep {
             let attrs = instance_attrs(doc, ty, key).cloned().unwrap_or_default();

@@ -1280,6 +1280,7 @@ fn abac_sets_rules_parents_and_autogen() {
         "roles": [{"key": "editor", "permissions": []}, {"key": "viewer", "permissions": []}],
         "tenants": [{"key": "acme"}, {"key": "globex"}],
         "users": [{"key": "eve", "attributes": {"dept": "eng", "level": 3}},
+                  {"key": "sam", "attributes": {"dept": "eng", "level": 3}},
                   {"key": "otto", "attributes": {"dept": "ops", "level": 3}},
                   {"key": "jun", "attributes": {"dept": "eng", "level": 1}}],
         "role_assignments": [{"user": "eve", "role": "editor", "tenant": "acme"},
@@ -1315,12 +1316,12 @@ fn abac_sets_rules_parents_and_autogen() {
         &[
             (
                 "user set and resource set match",
-                ask("eve", "write", r("document", Some("pub"), "acme")),
+                ask("sam", "write", r("document", Some("pub"), "acme")),
                 true,
             ),
             (
                 "resource set conditions fail",
-                ask("eve", "write", r("document", Some("sec"), "acme")),
+                ask("sam", "write", r("document", Some("sec"), "acme")),
                 false,
             ),
             (
@@ -1710,4 +1711,103 @@ fn authorized_users_rbac_and_rebac_parts() {
             want,
         );
     }
+}
+
+/// §4: an instance named only by an assignment or a tuple exists with no
+/// tenant, whatever the assignment's own tenant says; so a `tenants` filter
+/// never keeps it, and ABAC `/user-permissions` never lists it under a tenant.
+#[test]
+fn implicit_instances_have_no_tenant() {
+    let d = json!({
+        "resources": [{"key": "doc", "actions": {"read": {}}, "roles": {"reader": {"permissions": ["read"]}}}],
+        "tenants": [{"key": "t0"}],
+        "users": [{"key": "ann"}, {"key": "ben"}],
+        "role_assignments": [{"user": "ann", "role": "reader", "tenant": "t0", "resource_instance": "doc:implicit"}],
+        "condition_set_rules": [{"user_set": "everyone", "permission": "doc:read", "resource_set": "open"}],
+        "condition_sets": [
+            {"key": "everyone", "type": "userset", "conditions": {"allOf": []}},
+            {"key": "open", "type": "resourceset", "resource": "doc", "conditions": {"allOf": []}}
+        ]
+    });
+    let (e, p) = (Engine::from_json(&d), doc(&d));
+    let entry = json!({"resource": {"key": "implicit", "type": "doc", "attributes": {}},
+                       "permissions": ["doc:read"], "roles": ["reader"]});
+    let q = json!({"user": {"key": "ann"}});
+    same(
+        "no filter",
+        e.user_permissions(&q),
+        reference::user_permissions(&p, &q),
+        json!({"doc:implicit": entry}),
+    );
+    let q = json!({"user": {"key": "ann"}, "tenants": ["t0"]});
+    same(
+        "tenants filter",
+        e.user_permissions(&q),
+        reference::user_permissions(&p, &q),
+        json!({}),
+    );
+    let q = json!({"user": {"key": "ben"}, "tenants": ["t0"], "context": {"enable_abac_user_permissions": true}});
+    same(
+        "ABAC over instances of the tenant",
+        e.user_permissions(&q),
+        reference::user_permissions(&p, &q),
+        json!({}),
+    );
+}
+
+/// §6: an ABAC instance entry of `/user-permissions` grants what `/allowed`
+/// would on that instance, so a user set reading `resource.*` sees the
+/// instance's attributes there too.
+#[test]
+fn abac_user_permissions_agree_with_allowed_per_instance() {
+    let d = json!({
+        "resources": [{"key": "doc", "actions": {"read": {}}}],
+        "tenants": [{"key": "t0"}],
+        "users": [{"key": "ann"}],
+        "resource_instances": [{"key": "d1", "resource": "doc", "tenant": "t0", "attributes": {"level": 1}}],
+        "condition_sets": [
+            {"key": "low", "type": "userset", "conditions": {"not": [{"resource.level": {"greater-than-equals": 1}}]}},
+            {"key": "any_doc", "type": "resourceset", "resource": "doc", "conditions": {"allOf": []}}
+        ],
+        "condition_set_rules": [{"user_set": "low", "permission": "doc:read", "resource_set": "any_doc"}]
+    });
+    let (e, p) = (Engine::from_json(&d), doc(&d));
+    let check = ask(
+        "ann",
+        "read",
+        json!({"type": "doc", "key": "d1", "tenant": "t0"}),
+    );
+    assert!(
+        !e.allowed(&check) && !reference::allowed(&p, &check),
+        "/allowed denies d1"
+    );
+    let q = json!({"user": {"key": "ann"}, "tenants": ["t0"], "context": {"enable_abac_user_permissions": true}});
+    same(
+        "so user-permissions lists nothing",
+        e.user_permissions(&q),
+        reference::user_permissions(&p, &q),
+        json!({}),
+    );
+}
+
+/// §5.3: `__autogen_<role>` reads the user's real tenant roles, not a
+/// `roles` attribute the request supplies.
+#[test]
+fn autogen_user_sets_ignore_request_roles() {
+    let d = json!({
+        "resources": [{"key": "doc", "actions": {"read": {}}}],
+        "roles": [{"key": "viewer", "permissions": []}],
+        "tenants": [{"key": "t0"}],
+        "users": [{"key": "u"}],
+        "condition_set_rules": [{"user_set": "__autogen_viewer", "permission": "doc:read", "resource_set": "__autogen_doc"}]
+    });
+    table(
+        &d,
+        &[(
+            "request claims the role",
+            json!({"user": {"key": "u", "attributes": {"roles": ["viewer"]}}, "action": "read",
+                   "resource": {"type": "doc", "tenant": "t0"}}),
+            false,
+        )],
+    );
 }
