@@ -368,9 +368,17 @@ pub fn user_attrs(
                 m.insert(name.into(), json!(v));
             }
         }
-        m.insert("roles".into(), json!(tenant_roles(doc, user, t)));
-        m.insert("tenants".into(), json!(tenants_of(doc, user)));
         layer(&mut m, u.attributes.object());
+    }
+    // Built-ins present for every user, empty for one the snapshot lacks;
+    // stored and request attributes of the same name override them.
+    for (name, v) in [
+        ("roles", json!(tenant_roles(doc, user, t))),
+        ("tenants", json!(tenants_of(doc, user))),
+    ] {
+        if !m.contains_key(name) {
+            m.insert(name.into(), v);
+        }
     }
     layer(&mut m, Some(request));
     m

@@ -1263,8 +1263,8 @@ fn abac_attribute_layers_and_overrides() {
             true,
         ),
         (
-            "unknown user: no roles attribute",
-            json!({"not": [{"user.roles": {"equals": []}}]}),
+            "unknown user: roles is present and empty",
+            json!({"user.roles": {"equals": []}}),
             stranger(json!({})),
             true,
         ),
