@@ -417,6 +417,9 @@ pub fn restore_backup(store: &Store, dir: &std::path::Path) -> Result<bool, Back
             loaded_at: SystemTime::now(),
         },
     });
+    // Fresh as of the sync that wrote it, not as of now: under
+    // PDP_MAX_STALENESS an old backup must not pass for a current one.
+    store.mark_fresh_at(backup.synced_at);
     Ok(true)
 }
 
