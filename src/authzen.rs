@@ -282,11 +282,7 @@ fn present<'a>(v: Option<&'a Value>, field: &str) -> Result<&'a Value, AuthzenEr
     }
 }
 
-fn required_str(
-    obj: &Map<String, Value>,
-    key: &str,
-    parent: &str,
-) -> Result<String, AuthzenError> {
+fn required_str(obj: &Map<String, Value>, key: &str, parent: &str) -> Result<String, AuthzenError> {
     let field = format!("{parent}.{key}");
     match present(obj.get(key), &field)? {
         Value::String(s) if !s.is_empty() => Ok(s.clone()),
@@ -382,7 +378,10 @@ fn permit_context(context: &Map<String, Value>, action: &Action) -> Map<String, 
         let mut a = Map::new();
         a.insert("name".into(), Value::String(action.name.clone()));
         if !action.properties.is_empty() {
-            a.insert("properties".into(), Value::Object(action.properties.clone()));
+            a.insert(
+                "properties".into(),
+                Value::Object(action.properties.clone()),
+            );
         }
         ctx.insert("action".into(), Value::Object(a));
     }
@@ -484,7 +483,10 @@ fn decision_body(decision: Option<&Decision>, reasons: bool) -> EvaluationRespon
 pub fn evaluation(snap: &Snapshot, body: &Value) -> Result<EvaluationResponse, AuthzenError> {
     let req = EvaluationRequest::parse(body)?;
     let decision = decide_parsed(snap, &req);
-    Ok(decision_body(decision.as_ref(), wants_reasons(as_object(body)?)))
+    Ok(decision_body(
+        decision.as_ref(),
+        wants_reasons(as_object(body)?),
+    ))
 }
 
 /// `options.evaluations_semantic`.
@@ -553,7 +555,9 @@ pub fn evaluations(snap: &Snapshot, body: &Value) -> Result<Response, AuthzenErr
             break;
         }
     }
-    Ok(Response::Evaluations(EvaluationsResponse { evaluations: out }))
+    Ok(Response::Evaluations(EvaluationsResponse {
+        evaluations: out,
+    }))
 }
 
 /// Merges one item with the defaults (whole entities, never field by field)
@@ -763,4 +767,165 @@ pub fn search_action(snap: &Snapshot, body: &Value) -> Result<SearchResponse, Au
         .map(|n| Hit::Action { name: n.to_owned() })
         .collect();
     Ok(search_body(results, next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: Value) -> Result<EvaluationRequest, AuthzenError> {
+        EvaluationRequest::parse(&body)
+    }
+
+    #[test]
+    fn top_level_fields_become_properties_and_properties_win() {
+        let req = parse(json!({
+            "subject": {"type": "user", "id": "rick@the-citadel.com", "identity": "PID"},
+            "action": {"name": "can_delete_todo"},
+            "resource": {"type": "todo", "id": "t1", "ownerID": "old", "userID": "u",
+                         "properties": {"ownerID": "new"}},
+        }))
+        .expect("valid");
+        assert_eq!(
+            req.subject.properties,
+            *json!({"identity": "PID"}).as_object().unwrap()
+        );
+        assert_eq!(
+            req.resource.properties,
+            *json!({"ownerID": "new", "userID": "u"})
+                .as_object()
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field_and_serialize_as_json() {
+        let err = parse(json!({"subject": {"type": "user", "id": ""}})).expect_err("empty id");
+        assert_eq!(err.field(), Some("subject.id"));
+        assert_eq!(
+            err.to_body(),
+            json!({"error": "`subject.id` is required", "field": "subject.id"})
+        );
+        let err = parse(json!({
+            "subject": {"type": "user", "id": "a", "properties": [1]},
+            "action": {"name": "x"}, "resource": {"type": "t", "id": "1"},
+        }))
+        .expect_err("properties not an object");
+        assert_eq!(err.field(), Some("subject.properties"));
+        assert_eq!(
+            AuthzenError::NotJson("x".into()).to_body(),
+            json!({"error": "request body is not a JSON object: x"})
+        );
+    }
+
+    #[test]
+    fn the_action_reaches_the_context_without_overriding_the_caller() {
+        let action = Action {
+            name: "delete".into(),
+            properties: json!({"soft": true}).as_object().unwrap().clone(),
+        };
+        let ctx = permit_context(&Map::new(), &action);
+        assert_eq!(
+            Value::Object(ctx),
+            json!({"action": {"name": "delete", "properties": {"soft": true}}})
+        );
+        let mine = json!({"action": "caller's own"})
+            .as_object()
+            .unwrap()
+            .clone();
+        assert_eq!(permit_context(&mine, &action), mine);
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_foreign_ones_are_refused() {
+        for n in [0, 1, 255, usize::MAX] {
+            assert_eq!(decode_token(&encode_token(n)), Some(n));
+        }
+        assert_eq!(decode_token("12"), None);
+        assert_eq!(decode_token("p1.zz"), None);
+        let top = json!({"page": {"token": "", "limit": 5}});
+        assert_eq!(
+            Page::parse(top.as_object().unwrap()),
+            Ok(Page {
+                start: 0,
+                limit: Some(5)
+            })
+        );
+        let top = json!({"page": {"limit": 0}});
+        assert!(Page::parse(top.as_object().unwrap()).is_err());
+    }
+
+    #[test]
+    fn pagination_resumes_at_the_next_allowed_candidate() {
+        let cands = ["a", "b", "c", "d", "e"];
+        let even = |c: &str| c != "b" && c != "d";
+        let (first, token) = paginate(
+            cands.into_iter(),
+            Page {
+                start: 0,
+                limit: Some(1),
+            },
+            even,
+        );
+        assert_eq!(first, ["a"]);
+        assert_eq!(decode_token(&token), Some(2));
+        let (second, token) = paginate(
+            cands.into_iter(),
+            Page {
+                start: 2,
+                limit: Some(1),
+            },
+            even,
+        );
+        assert_eq!(second, ["c"]);
+        let (third, token) = paginate(
+            cands.into_iter(),
+            Page {
+                start: decode_token(&token).unwrap(),
+                limit: Some(1),
+            },
+            even,
+        );
+        assert_eq!(third, ["e"]);
+        assert_eq!(
+            token, "",
+            "the last page says so instead of leading to an empty one"
+        );
+    }
+
+    #[test]
+    fn search_results_serialize_type_before_id() {
+        let resp = Response::Search(SearchResponse {
+            results: vec![
+                Hit::Entity {
+                    kind: "user".into(),
+                    id: "alice".into(),
+                },
+                Hit::Action {
+                    name: "view".into(),
+                },
+            ],
+            page: PageOut {
+                next_token: String::new(),
+            },
+        });
+        assert_eq!(
+            String::from_utf8(resp.to_json()).unwrap(),
+            r#"{"results":[{"type":"user","id":"alice"},{"name":"view"}],"page":{"next_token":""}}"#
+        );
+    }
+
+    #[test]
+    fn every_op_has_its_path() {
+        for op in [
+            Op::Evaluation,
+            Op::Evaluations,
+            Op::SearchSubject,
+            Op::SearchResource,
+            Op::SearchAction,
+        ] {
+            assert_eq!(Op::from_path(op.path()), Some(op));
+        }
+        assert_eq!(Op::from_path("/access/v1/other"), None);
+    }
 }

@@ -115,7 +115,9 @@ pub fn cases(suite: &Suite) -> Vec<Case> {
     let file = read_json(&fixture_dir().join("vectors").join(suite.file));
     let mut out = Vec::new();
     for &(key, op, judge) in suite.parts {
-        let vectors = file[key].as_array().unwrap_or_else(|| panic!("{}: no {key}", suite.file));
+        let vectors = file[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{}: no {key}", suite.file));
         for v in vectors {
             out.push(Case {
                 op,
@@ -165,7 +167,8 @@ fn sorted_results(v: &Value) -> Value {
 /// The upstream verdict on one answer body: `Ok` for PASS, `Err` with the
 /// reason for FAIL or ERROR.
 pub fn judge(judge: Judge, expected: &Value, body: &str) -> Result<(), String> {
-    let parsed: Value = serde_json::from_str(body).map_err(|e| format!("ERROR non-JSON body: {e}"))?;
+    let parsed: Value =
+        serde_json::from_str(body).map_err(|e| format!("ERROR non-JSON body: {e}"))?;
     let (want, got) = match judge {
         Judge::Decision => {
             let d = parsed.get("decision").filter(|d| truthy(d)).cloned();
@@ -185,7 +188,9 @@ pub fn judge(judge: Judge, expected: &Value, body: &str) -> Result<(), String> {
             (sorted_results(&expected["results"]), sorted_results(&got))
         }
     };
-    if want.to_string() == got.to_string() {
+    // Compared as text, as the harness does with JSON.stringify.
+    let (want_text, got_text) = (want.to_string(), got.to_string());
+    if want_text == got_text {
         Ok(())
     } else {
         Err(format!("FAIL expected {want}, got {got}"))
@@ -218,7 +223,12 @@ fn assert_suite(suite: &Suite) {
     let snap = snapshot(suite.fixture);
     let (passes, failures) = replay(suite, |op, req| in_process(&snap, op, req));
     eprintln!("{}: {passes} PASS, {} FAIL", suite.file, failures.len());
-    assert!(failures.is_empty(), "{}:\n{}", suite.file, failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{}:\n{}",
+        suite.file,
+        failures.join("\n")
+    );
     assert_eq!(passes, suite.expected_passes, "{}", suite.file);
 }
 
@@ -272,7 +282,11 @@ fn every_vector_file_is_replayed() {
     let mut on_disk = Vec::new();
     for sub in ["todo", "api-gateway", "search", "idp"] {
         for entry in std::fs::read_dir(dir.join(sub)).expect("vectors folder") {
-            let name = entry.expect("entry").file_name().into_string().expect("utf-8");
+            let name = entry
+                .expect("entry")
+                .file_name()
+                .into_string()
+                .expect("utf-8");
             let is_vectors = name.starts_with("decisions") || name.ends_with("results.json");
             // The legacy file's runner is gone upstream (wrong top-level key).
             if is_vectors && name != "decisions-pre-1_0-legacy.json" {
@@ -286,4 +300,589 @@ fn every_vector_file_is_replayed() {
     assert_eq!(on_disk, replayed);
     let total: usize = SUITES.iter().map(|s| s.expected_passes).sum();
     assert_eq!(total, 43 + 40 + 40 + 25 + 198 + 6);
+}
+
+// ---------------------------------------------------------------------------
+// The judge itself: it must fail what the upstream harness fails.
+
+#[test]
+fn judge_fails_what_the_harness_fails() {
+    // A batch item carrying any context fails, even `{}`.
+    let want = json!([{"decision": true}]);
+    assert!(judge(
+        Judge::Batch,
+        &want,
+        r#"{"evaluations":[{"decision":true,"context":{}}]}"#
+    )
+    .is_err());
+    assert!(judge(
+        Judge::Batch,
+        &want,
+        r#"{"evaluations":[{"decision":true}]}"#
+    )
+    .is_ok());
+    // A missing decision counts as false; a string "true" is not true.
+    assert!(judge(Judge::Decision, &json!(false), "{}").is_ok());
+    assert!(judge(Judge::Decision, &json!(true), r#"{"decision":"true"}"#).is_err());
+    // Search: numeric ids, extra keys, duplicates and key order all fail.
+    let want = json!({"results": [{"type": "record", "id": "101"}]});
+    assert!(judge(
+        Judge::Search,
+        &want,
+        r#"{"results":[{"type":"record","id":101}]}"#
+    )
+    .is_err());
+    assert!(judge(
+        Judge::Search,
+        &want,
+        r#"{"results":[{"type":"record","id":"101","x":1}]}"#
+    )
+    .is_err());
+    assert!(judge(
+        Judge::Search,
+        &want,
+        r#"{"results":[{"id":"101","type":"record"}]}"#
+    )
+    .is_err());
+    assert!(judge(
+        Judge::Search,
+        &want,
+        r#"{"results":[{"type":"record","id":"101"},{"type":"record","id":"101"}]}"#
+    )
+    .is_err());
+    assert!(judge(
+        Judge::Search,
+        &want,
+        r#"{"results":[{"type":"record","id":"101"}],"page":{}}"#
+    )
+    .is_ok());
+    assert!(judge(Judge::Search, &want, "not json").is_err());
+}
+
+// ---------------------------------------------------------------------------
+// Structural rules (README §7), in-process. The HTTP-only ones
+// (X-Request-ID, authentication, content type) are in the server tests.
+
+fn call(snap: &Snapshot, op: Op, body: Value) -> Result<Value, Value> {
+    match authzen::handle(op, snap, body.to_string().as_bytes()) {
+        Ok(resp) => Ok(serde_json::from_slice(&resp.to_json()).expect("json")),
+        Err(e) => Err(e.to_body()),
+    }
+}
+
+const RICK: &str = "CiRmZDA2MTRkMy1jMzlhLTQ3ODEtYjdiZC04Yjk2ZjVhNTEwMGQSBWxvY2Fs";
+const JERRY: &str = "CiRmZDQ2MTRkMy1jMzlhLTQ3ODEtYjdiZC04Yjk2ZjVhNTEwMGQSBWxvY2Fs";
+
+fn todo_eval(subject: &str, action: &str, owner: &str) -> Value {
+    json!({
+        "subject": {"type": "user", "id": subject},
+        "action": {"name": action},
+        "resource": {"type": "todo", "id": "t1", "properties": {"ownerID": owner}},
+    })
+}
+
+#[test]
+fn missing_or_mistyped_entities_are_400_naming_the_field() {
+    let snap = snapshot("todo");
+    let good = todo_eval(RICK, "can_read_todos", "x");
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"action": good["action"], "resource": good["resource"]}),
+            "subject",
+        ),
+        (
+            json!({"subject": good["subject"], "resource": good["resource"]}),
+            "action",
+        ),
+        (
+            json!({"subject": good["subject"], "action": good["action"]}),
+            "resource",
+        ),
+        (
+            json!({"subject": {"id": RICK}, "action": good["action"], "resource": good["resource"]}),
+            "subject.type",
+        ),
+        (
+            json!({"subject": {"type": "user"}, "action": good["action"], "resource": good["resource"]}),
+            "subject.id",
+        ),
+        (
+            json!({"subject": good["subject"], "action": {}, "resource": good["resource"]}),
+            "action.name",
+        ),
+        (
+            json!({"subject": good["subject"], "action": good["action"], "resource": {"type": "todo"}}),
+            "resource.id",
+        ),
+        (
+            json!({"subject": "alice", "action": good["action"], "resource": good["resource"]}),
+            "subject",
+        ),
+        (
+            json!({"subject": good["subject"], "action": {"name": 123}, "resource": good["resource"]}),
+            "action.name",
+        ),
+        (
+            json!({"subject": good["subject"], "action": good["action"], "resource": good["resource"], "context": []}),
+            "context",
+        ),
+    ];
+    for (body, field) in cases {
+        let err = call(&snap, Op::Evaluation, body.clone()).expect_err(&body.to_string());
+        assert_eq!(err["field"], field, "{body}");
+        assert!(err["error"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    for body in [&b""[..], b"  ", b"not json", b"[1]", b"null"] {
+        let err = authzen::handle(Op::Evaluation, &snap, body).expect_err("not an object");
+        assert!(err.to_body()["error"].is_string());
+    }
+}
+
+#[test]
+fn unknown_fields_are_ignored_and_answers_repeat() {
+    let snap = snapshot("todo");
+    let mut body = todo_eval(RICK, "can_delete_todo", "morty@the-citadel.com");
+    body["extra"] = json!({"anything": [1, 2]});
+    body["action"]["extra"] = json!(true);
+    let first = call(&snap, Op::Evaluation, body.clone()).expect("200");
+    assert_eq!(first, json!({"decision": true}));
+    assert_eq!(call(&snap, Op::Evaluation, body).expect("200"), first);
+}
+
+#[test]
+fn request_properties_win_over_top_level_fields() {
+    let snap = snapshot("todo");
+    // Jerry is a viewer: never allowed to delete. Morty (editor) may delete his own.
+    let morty = "CiRmZDE2MTRkMy1jMzlhLTQ3ODEtYjdiZC04Yjk2ZjVhNTEwMGQSBWxvY2Fs";
+    let mut body = todo_eval(morty, "can_delete_todo", "morty@the-citadel.com");
+    body["resource"]["ownerID"] = json!("rick@the-citadel.com");
+    assert_eq!(
+        call(&snap, Op::Evaluation, body).expect("200"),
+        json!({"decision": true})
+    );
+    let mut body = todo_eval(morty, "can_delete_todo", "rick@the-citadel.com");
+    body["resource"]["ownerID"] = json!("morty@the-citadel.com");
+    assert_eq!(
+        call(&snap, Op::Evaluation, body).expect("200"),
+        json!({"decision": false})
+    );
+    let _ = JERRY;
+}
+
+#[test]
+fn a_named_tenant_is_used_instead_of_default() {
+    let snap = snapshot("todo");
+    let mut body = todo_eval(RICK, "can_read_todos", "x");
+    assert_eq!(
+        call(&snap, Op::Evaluation, body.clone()).expect("200")["decision"],
+        true
+    );
+    body["resource"]["properties"]["tenant"] = json!("elsewhere");
+    assert_eq!(
+        call(&snap, Op::Evaluation, body).expect("200")["decision"],
+        false
+    );
+}
+
+#[test]
+fn subjects_that_are_not_users_are_denied_not_rejected() {
+    let snap = snapshot("todo");
+    let mut body = todo_eval(RICK, "can_read_todos", "x");
+    body["subject"]["type"] = json!("service");
+    assert_eq!(
+        call(&snap, Op::Evaluation, body).expect("200"),
+        json!({"decision": false})
+    );
+}
+
+#[test]
+fn batch_defaults_are_inherited_whole() {
+    let snap = snapshot("todo");
+    // The item's resource replaces the default resource whole: its missing
+    // `properties` does not pick up the default's ownerID.
+    let body = json!({
+        "subject": {"type": "user", "id": JERRY},
+        "action": {"name": "can_update_todo"},
+        "resource": {"type": "todo", "id": "t1", "properties": {"ownerID": "rick@the-citadel.com"}},
+        "evaluations": [
+            {},
+            {"subject": {"type": "user", "id": RICK}},
+            {"subject": {"type": "user", "id": RICK}, "action": {"name": "can_read_user"},
+             "resource": {"type": "user", "id": "beth@the-smiths.com"}},
+            {"action": {"name": "can_read_todos"}},
+        ],
+    });
+    let resp = call(&snap, Op::Evaluations, body).expect("200");
+    assert_eq!(
+        resp,
+        json!({"evaluations": [{"decision": false}, {"decision": true}, {"decision": true}, {"decision": true}]})
+    );
+}
+
+#[test]
+fn missing_or_empty_evaluations_answer_as_a_single_evaluation() {
+    let snap = snapshot("todo");
+    let single = todo_eval(RICK, "can_create_todo", "x");
+    for extra in [None, Some(json!([])), Some(Value::Null)] {
+        let mut body = single.clone();
+        if let Some(e) = extra {
+            body["evaluations"] = e;
+        }
+        assert_eq!(
+            call(&snap, Op::Evaluations, body).expect("200"),
+            json!({"decision": true})
+        );
+    }
+}
+
+#[test]
+fn a_bad_batch_item_is_a_denied_item_and_the_rest_still_run() {
+    let snap = snapshot("todo");
+    let body = json!({
+        "subject": {"type": "user", "id": RICK},
+        "action": {"name": "can_create_todo"},
+        "evaluations": [
+            {"resource": {"type": "todo", "id": "t1"}},
+            {"resource": {"type": "todo"}},
+            "not an object",
+            {"resource": {"type": "todo", "id": "t2"}},
+        ],
+    });
+    let resp = call(&snap, Op::Evaluations, body).expect("200");
+    let items = resp["evaluations"].as_array().expect("array");
+    assert_eq!(items.len(), 4);
+    assert_eq!(items[0], json!({"decision": true}));
+    assert_eq!(items[1]["decision"], false);
+    assert_eq!(items[1]["context"]["error"]["field"], "resource.id");
+    assert_eq!(items[2]["decision"], false);
+    assert_eq!(items[2]["context"]["error"]["field"], "evaluations[2]");
+    assert_eq!(items[3], json!({"decision": true}));
+}
+
+#[test]
+fn batch_semantics_stop_where_the_spec_says() {
+    let snap = snapshot("todo");
+    let batch = |semantic: &str| {
+        json!({
+            "subject": {"type": "user", "id": JERRY},
+            "resource": {"type": "todo", "id": "t1"},
+            "options": {"evaluations_semantic": semantic},
+            "evaluations": [
+                {"action": {"name": "can_read_todos"}},
+                {"action": {"name": "can_create_todo"}},
+                {"action": {"name": "can_read_todos"}},
+            ],
+        })
+    };
+    let decisions = |semantic: &str| -> Vec<bool> {
+        let resp = call(&snap, Op::Evaluations, batch(semantic)).expect("200");
+        resp["evaluations"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|e| e["decision"].as_bool().expect("bool"))
+            .collect()
+    };
+    assert_eq!(decisions("execute_all"), [true, false, true]);
+    assert_eq!(decisions("deny_on_first_deny"), [true, false]);
+    assert_eq!(decisions("permit_on_first_permit"), [true]);
+    let err = call(&snap, Op::Evaluations, batch("first_come")).expect_err("400");
+    assert_eq!(err["field"], "options.evaluations_semantic");
+    let mut not_array = batch("execute_all");
+    not_array["evaluations"] = json!({"a": 1});
+    assert_eq!(
+        call(&snap, Op::Evaluations, not_array).expect_err("400")["field"],
+        "evaluations"
+    );
+}
+
+#[test]
+fn reasons_only_when_asked_for() {
+    let snap = snapshot("todo");
+    let mut body = todo_eval(JERRY, "can_create_todo", "x");
+    assert_eq!(
+        call(&snap, Op::Evaluation, body.clone()).expect("200"),
+        json!({"decision": false})
+    );
+    body["options"] = json!({"include_reasons": true});
+    let resp = call(&snap, Op::Evaluation, body).expect("200");
+    assert_eq!(resp["decision"], false);
+    assert_eq!(
+        resp["context"]["reason_admin"]["debug"]["reason"],
+        "no_permission"
+    );
+}
+
+#[test]
+fn search_of_unknown_ids_or_types_is_empty_not_an_error() {
+    let snap = snapshot("search");
+    let cases = [
+        (
+            Op::SearchSubject,
+            json!({"subject": {"type": "user"}, "action": {"name": "delete"}, "resource": {"type": "record", "id": "999"}}),
+        ),
+        (
+            Op::SearchSubject,
+            json!({"subject": {"type": "user"}, "action": {"name": "fly"}, "resource": {"type": "record", "id": "101"}}),
+        ),
+        (
+            Op::SearchSubject,
+            json!({"subject": {"type": "group"}, "action": {"name": "view"}, "resource": {"type": "record", "id": "101"}}),
+        ),
+        (
+            Op::SearchResource,
+            json!({"subject": {"type": "user", "id": "nobody"}, "action": {"name": "view"}, "resource": {"type": "record"}}),
+        ),
+        (
+            Op::SearchResource,
+            json!({"subject": {"type": "user", "id": "alice"}, "action": {"name": "view"}, "resource": {"type": "spaceship"}}),
+        ),
+        (
+            Op::SearchAction,
+            json!({"subject": {"type": "user", "id": "alice"}, "resource": {"type": "spaceship", "id": "1"}}),
+        ),
+        (
+            Op::SearchAction,
+            json!({"subject": {"type": "user", "id": "nobody"}, "resource": {"type": "record", "id": "118"}}),
+        ),
+    ];
+    for (op, body) in cases {
+        let resp = call(&snap, op, body.clone()).expect("200");
+        assert_eq!(resp["results"], json!([]), "{body}");
+    }
+}
+
+#[test]
+fn search_agrees_with_evaluation_for_unregistered_ids() {
+    // Managers may view every record (a type-level grant), so they may view
+    // one the snapshot has never seen, exactly as an evaluation would say.
+    let snap = snapshot("search");
+    let resp = call(
+        &snap,
+        Op::SearchSubject,
+        json!({"subject": {"type": "user"}, "action": {"name": "view"}, "resource": {"type": "record", "id": "999"}}),
+    )
+    .expect("200");
+    assert_eq!(ids(&resp, "id"), ["alice", "dan"]);
+    for (user, want) in [("alice", true), ("dan", true), ("erin", false)] {
+        let eval = json!({"subject": {"type": "user", "id": user}, "action": {"name": "view"},
+                          "resource": {"type": "record", "id": "999"}});
+        assert_eq!(
+            call(&snap, Op::Evaluation, eval).expect("200")["decision"],
+            want,
+            "{user}"
+        );
+    }
+}
+
+#[test]
+fn the_searched_entity_id_is_ignored() {
+    let snap = snapshot("search");
+    let plain = json!({"subject": {"type": "user"}, "action": {"name": "delete"}, "resource": {"type": "record", "id": "105"}});
+    let mut with_id = plain.clone();
+    with_id["subject"]["id"] = json!(42);
+    let a = call(&snap, Op::SearchSubject, plain).expect("200");
+    assert_eq!(a["results"], json!([{"type": "user", "id": "erin"}]));
+    assert_eq!(call(&snap, Op::SearchSubject, with_id).expect("200"), a);
+}
+
+#[test]
+fn search_pages_cover_every_result_once() {
+    let snap = snapshot("search");
+    let base = json!({"subject": {"type": "user", "id": "alice"}, "action": {"name": "view"}, "resource": {"type": "record"}});
+    let all = call(&snap, Op::SearchResource, base.clone()).expect("200");
+    assert_eq!(all["results"].as_array().map(Vec::len), Some(20));
+    assert_eq!(all["page"]["next_token"], "");
+    for limit in [1, 3, 7, 20, 50] {
+        let mut collected = Vec::new();
+        let mut token = String::new();
+        for round in 0.. {
+            assert!(round <= 20, "pagination does not end");
+            let mut body = base.clone();
+            body["page"] = json!({"limit": limit, "token": token});
+            let resp = call(&snap, Op::SearchResource, body).expect("200");
+            let page = resp["results"].as_array().expect("array").clone();
+            assert!(
+                !page.is_empty() && page.len() <= limit,
+                "limit {limit}: {resp}"
+            );
+            collected.extend(page);
+            token = resp["page"]["next_token"]
+                .as_str()
+                .expect("token")
+                .to_owned();
+            if token.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(Value::Array(collected), all["results"], "limit {limit}");
+    }
+    let mut bad = base.clone();
+    bad["page"] = json!({"token": "forged"});
+    assert_eq!(
+        call(&snap, Op::SearchResource, bad).expect_err("400")["field"],
+        "page.token"
+    );
+    let mut bad = base;
+    bad["page"] = json!({"limit": -1});
+    assert_eq!(
+        call(&snap, Op::SearchResource, bad).expect_err("400")["field"],
+        "page.limit"
+    );
+}
+
+#[test]
+fn search_is_transitive_through_relationships() {
+    // A user granted through a folder relationship is found by subject search.
+    let doc: DataDocument = serde_json::from_value(json!({
+        "tenants": [{"key": "default"}],
+        "resources": [
+            {"key": "folder", "actions": {"read": {}}, "roles": {"viewer": {"permissions": ["read"]}}},
+            {"key": "doc", "actions": {"read": {}}, "relations": {"parent": {"resource": "folder"}},
+             "roles": {"viewer": {"permissions": ["read"], "granted_to": {"users_with_role": [
+                 {"role": "viewer", "on_resource": "folder", "linked_by_relation": "parent"}]}}}},
+        ],
+        "users": [{"key": "ann"}, {"key": "ben"}],
+        "role_assignments": [{"user": "ann", "role": "viewer", "tenant": "default", "resource_instance": "folder:f1"}],
+        "relationship_tuples": [{"subject": "folder:f1", "relation": "parent", "object": "doc:d1", "tenant": "default"}],
+    }))
+    .expect("doc");
+    let snap = Snapshot::build(&doc).expect("builds");
+    let resp = call(
+        &snap,
+        Op::SearchSubject,
+        json!({"subject": {"type": "user"}, "action": {"name": "read"}, "resource": {"type": "doc", "id": "d1"}}),
+    )
+    .expect("200");
+    assert_eq!(resp["results"], json!([{"type": "user", "id": "ann"}]));
+}
+
+#[test]
+fn discovery_names_every_endpoint_under_the_base_url() {
+    let meta = authzen::configuration("http://127.0.0.1:7766/");
+    assert_eq!(meta["policy_decision_point"], "http://127.0.0.1:7766");
+    assert_eq!(
+        meta["access_evaluation_endpoint"],
+        "http://127.0.0.1:7766/access/v1/evaluation"
+    );
+    assert_eq!(
+        meta["access_evaluations_endpoint"],
+        "http://127.0.0.1:7766/access/v1/evaluations"
+    );
+    for (key, op) in [
+        ("search_subject_endpoint", Op::SearchSubject),
+        ("search_resource_endpoint", Op::SearchResource),
+        ("search_action_endpoint", Op::SearchAction),
+    ] {
+        let url = meta[key].as_str().expect(key);
+        let path = url
+            .strip_prefix("http://127.0.0.1:7766")
+            .expect("under base");
+        assert_eq!(Op::from_path(path), Some(op));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Certification scenario (README §7): the eight checked decisions and the
+// search checks, against `certification.json`.
+
+fn cert(snap: &Snapshot, subject: Value, action: Value, resource: Value) -> bool {
+    let body = json!({"subject": subject, "action": action, "resource": resource});
+    call(snap, Op::Evaluation, body.clone()).expect("200")["decision"]
+        .as_bool()
+        .unwrap_or_else(|| panic!("{body}"))
+}
+
+#[test]
+fn certification_decisions() {
+    let snap = snapshot("certification");
+    let user = |id: &str| json!({"type": "user", "id": id});
+    let act = |name: &str| json!({"name": name});
+    let rec = |id: &str| json!({"type": "record", "id": id});
+    assert!(
+        cert(&snap, user("alice"), act("read"), rec("record-1")),
+        "1"
+    );
+    assert!(
+        cert(&snap, user("alice"), act("write"), rec("record-1")),
+        "2"
+    );
+    assert!(cert(&snap, user("bob"), act("read"), rec("record-1")), "3");
+    assert!(
+        !cert(&snap, user("bob"), act("write"), rec("record-1")),
+        "4"
+    );
+    let archived =
+        json!({"type": "record", "id": "record-1", "properties": {"status": "archived"}});
+    assert!(
+        !cert(&snap, user("alice"), act("write"), archived.clone()),
+        "5"
+    );
+    let admin = json!({"type": "user", "id": "alice", "properties": {"role": "admin"}});
+    assert!(cert(&snap, admin, act("write"), archived), "6");
+    let soft = |b: bool| json!({"name": "delete", "properties": {"soft": b}});
+    assert!(cert(&snap, user("alice"), soft(true), rec("record-1")), "7");
+    assert!(
+        !cert(&snap, user("alice"), soft(false), rec("record-1")),
+        "8"
+    );
+}
+
+fn ids(resp: &Value, key: &str) -> Vec<String> {
+    let mut v: Vec<String> = resp["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r[key].as_str().expect("string").to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn certification_searches() {
+    let snap = snapshot("certification");
+    let s1 = call(
+        &snap,
+        Op::SearchSubject,
+        json!({"subject": {"type": "user"}, "action": {"name": "read"}, "resource": {"type": "record", "id": "record-1"}}),
+    )
+    .expect("200");
+    assert_eq!(ids(&s1, "id"), ["alice", "bob"]);
+    let s2 = call(
+        &snap,
+        Op::SearchResource,
+        json!({"subject": {"type": "user", "id": "alice"}, "action": {"name": "read"}, "resource": {"type": "record"}}),
+    )
+    .expect("200");
+    assert!(ids(&s2, "id").contains(&"record-1".to_owned()));
+    let s3 = call(
+        &snap,
+        Op::SearchAction,
+        json!({"subject": {"type": "user", "id": "alice"}, "resource": {"type": "record", "id": "record-1"}}),
+    )
+    .expect("200");
+    assert_eq!(ids(&s3, "name"), ["read", "write"]);
+    // S4-S6: the admin/archived variants.
+    let s4 = call(
+        &snap,
+        Op::SearchSubject,
+        json!({"subject": {"type": "user"}, "action": {"name": "write"}, "resource": {"type": "record", "id": "record-2"}}),
+    )
+    .expect("200");
+    assert_eq!(ids(&s4, "id"), ["bob"]);
+    let s5 = call(
+        &snap,
+        Op::SearchResource,
+        json!({"subject": {"type": "user", "id": "bob"}, "action": {"name": "write"}, "resource": {"type": "record"}}),
+    )
+    .expect("200");
+    assert_eq!(ids(&s5, "id"), ["record-2"]);
+    let s6 = call(
+        &snap,
+        Op::SearchAction,
+        json!({"subject": {"type": "user", "id": "bob"}, "resource": {"type": "record", "id": "record-2"}}),
+    )
+    .expect("200");
+    assert_eq!(ids(&s6, "name"), ["read", "write"]);
 }
