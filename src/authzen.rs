@@ -73,10 +73,11 @@ impl AuthzenError {
         }
     }
 
-    /// The JSON body of the 400 answer: `{"error": <message>, "field": <path>}`
-    /// (`field` left out when the body as a whole is bad).
+    /// The JSON body of the 400 answer, in the shape of the server's other
+    /// errors: `{"error": "invalid_request", "detail": <message>, "field":
+    /// <path>}` (`field` left out when the body as a whole is bad).
     pub fn to_body(&self) -> Value {
-        let mut body = json!({ "error": self.to_string() });
+        let mut body = json!({ "error": "invalid_request", "detail": self.to_string() });
         if let Some(field) = self.field() {
             body["field"] = Value::String(field.to_owned());
         }
@@ -804,7 +805,7 @@ mod tests {
         assert_eq!(err.field(), Some("subject.id"));
         assert_eq!(
             err.to_body(),
-            json!({"error": "`subject.id` is required", "field": "subject.id"})
+            json!({"error": "invalid_request", "detail": "`subject.id` is required", "field": "subject.id"})
         );
         let err = parse(json!({
             "subject": {"type": "user", "id": "a", "properties": [1]},
@@ -814,7 +815,7 @@ mod tests {
         assert_eq!(err.field(), Some("subject.properties"));
         assert_eq!(
             AuthzenError::NotJson("x".into()).to_body(),
-            json!({"error": "request body is not a JSON object: x"})
+            json!({"error": "invalid_request", "detail": "request body is not a JSON object: x"})
         );
     }
 
