@@ -890,3 +890,199 @@ fn certification_searches() {
     .expect("200");
     assert_eq!(ids(&s6, "name"), ["read", "write"]);
 }
+
+// ---------------------------------------------------------------------------
+// Through the real HTTP server, as the upstream harnesses call it.
+
+mod over_http {
+    use super::*;
+    use crate::support::{TestServer, KEY};
+
+    /// POSTs `body` as the harness does (`Authorization` verbatim, JSON
+    /// content type) and returns the status and the raw body text.
+    async fn post_raw(server: &TestServer, path: &str, body: &Value) -> (u16, String) {
+        let resp = server
+            .client
+            .post(server.url(path))
+            .header("Authorization", format!("Bearer {KEY}"))
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("answered");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("body"))
+    }
+
+    #[tokio::test]
+    async fn every_interop_vector_passes_over_http() {
+        let mut report = Vec::new();
+        let mut all_failures = Vec::new();
+        for fixture_name in ["todo", "search"] {
+            let server =
+                TestServer::start_fixture(&format!("tests/fixtures/authzen/{fixture_name}.json"))
+                    .await;
+            for suite in SUITES.iter().filter(|s| s.fixture == fixture_name) {
+                let mut passes = 0;
+                let mut failures = Vec::new();
+                for case in cases(suite) {
+                    let (status, body) = post_raw(&server, case.op.path(), &case.request).await;
+                    let verdict = if status == 200 {
+                        judge(case.judge, &case.expected, &body)
+                    } else {
+                        Err(format!("ERROR status {status}: {body}"))
+                    };
+                    match verdict {
+                        Ok(()) => passes += 1,
+                        Err(why) => {
+                            failures.push(format!("{}: {why} REQ: {}", suite.file, case.request))
+                        }
+                    }
+                }
+                report.push(format!(
+                    "{}: {passes} PASS, {} FAIL",
+                    suite.file,
+                    failures.len()
+                ));
+                if passes != suite.expected_passes {
+                    failures.push(format!(
+                        "{}: {passes} passes, expected {}",
+                        suite.file, suite.expected_passes
+                    ));
+                }
+                all_failures.extend(failures);
+            }
+            server.stop().await;
+        }
+        eprintln!("{}", report.join("\n"));
+        assert!(all_failures.is_empty(), "{}", all_failures.join("\n"));
+    }
+
+    #[tokio::test]
+    async fn http_rules_request_id_auth_content_type_and_400s() {
+        let server = TestServer::start_fixture("tests/fixtures/authzen/todo.json").await;
+        let body = todo_eval(RICK, "can_read_todos", "x");
+        let url = server.url("/access/v1/evaluation");
+
+        let resp = server
+            .client
+            .post(&url)
+            .bearer_auth(KEY)
+            .header("X-Request-ID", "req-42")
+            .json(&body)
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-request-id"], "req-42");
+        assert_eq!(
+            resp.headers()["content-type"].to_str().ok(),
+            Some("application/json")
+        );
+        assert_eq!(
+            resp.json::<Value>().await.expect("json"),
+            json!({"decision": true})
+        );
+
+        // Same caller authentication as the Permit API.
+        let resp = server
+            .client
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(resp.status(), 401);
+        let resp = server
+            .client
+            .post(&url)
+            .bearer_auth("wrong")
+            .json(&body)
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(resp.status(), 403);
+
+        // JSON only.
+        let resp = server
+            .client
+            .post(&url)
+            .bearer_auth(KEY)
+            .header("Content-Type", "text/plain")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(resp.status(), 415);
+
+        // Missing entity, empty body, wrong types: 400 with a JSON error.
+        for (bad, field) in [
+            (
+                json!({"subject": body["subject"], "action": body["action"]}),
+                Some("resource"),
+            ),
+            (
+                json!({"subject": "alice", "action": body["action"], "resource": body["resource"]}),
+                Some("subject"),
+            ),
+            (
+                json!({"subject": body["subject"], "action": {"name": 123}, "resource": body["resource"]}),
+                Some("action.name"),
+            ),
+        ] {
+            let (status, text) = post_raw(&server, "/access/v1/evaluation", &bad).await;
+            assert_eq!(status, 400, "{text}");
+            let err: Value = serde_json::from_str(&text).expect("a JSON error");
+            assert_eq!(err["error"], "invalid_request");
+            assert_eq!(err["field"].as_str(), field);
+        }
+        let resp = server
+            .client
+            .post(&url)
+            .bearer_auth(KEY)
+            .header("Content-Type", "application/json")
+            .body("")
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(resp.status(), 400);
+        assert!(resp.json::<Value>().await.is_ok(), "the 400 body is JSON");
+
+        // A deny is a 200, never a 4xx.
+        let (status, text) = post_raw(
+            &server,
+            "/access/v1/evaluation",
+            &todo_eval(JERRY, "can_delete_todo", "rick@the-citadel.com"),
+        )
+        .await;
+        assert_eq!((status, text.as_str()), (200, r#"{"decision":false}"#));
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn discovery_points_at_the_server_itself() {
+        let server = TestServer::start_fixture("tests/fixtures/authzen/search.json").await;
+        // Metadata is public: a PEP reads it before it has credentials.
+        let (status, meta) = server.get("/.well-known/authzen-configuration").await;
+        assert_eq!(status, 200, "{meta}");
+        assert_eq!(meta["policy_decision_point"], server.base_url);
+        let search = meta["search_subject_endpoint"]
+            .as_str()
+            .expect("search supported");
+        let (status, text) = post_raw(
+            &server,
+            search.strip_prefix(&server.base_url).expect("same server"),
+            &json!({"subject": {"type": "user"}, "action": {"name": "delete"},
+                    "resource": {"type": "record", "id": "105"}}),
+        )
+        .await;
+        assert_eq!(
+            (status, text.as_str()),
+            (
+                200,
+                r#"{"results":[{"type":"user","id":"erin"}],"page":{"next_token":""}}"#
+            )
+        );
+        server.stop().await;
+    }
+}

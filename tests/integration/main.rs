@@ -1,3 +1,6 @@
-//! The one integration test binary: each area is a module.
+//! The one integration test binary: each area is a module; `support` starts
+//! the real server on port 0.
+
+mod support;
 
 mod authzen;
