@@ -5,7 +5,10 @@
 //!
 //! The HTTP edge (routes, caller authentication, `X-Request-ID`, content type)
 //! is not here: it hands [`handle`] the operation and the raw body and writes
-//! back either the JSON value or [`AuthzenError::to_body`] with status 400.
+//! back either the [`Response`] (200) or [`AuthzenError::to_body`] (400).
+//! Search decides every candidate with `decide::check`, so its cost is linear
+//! in the users (subject search), the instances (resource search) or the
+//! actions of the type (action search).
 //!
 //! Mapping (see `tests/fixtures/authzen/` for data that exercises each rule):
 //! - tenant: `resource.properties.tenant` when it is a non-empty string, else
@@ -223,32 +226,33 @@ pub fn configuration(base_url: &str) -> Value {
 // ---------------------------------------------------------------------------
 // Request types and parsing
 
-/// A subject or resource. `id` is `None` only for the searched-for entity.
+/// A subject or resource, borrowing its strings from the parsed body. `id`
+/// is `None` only for the searched-for entity.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Entity {
-    pub kind: String,
-    pub id: Option<String>,
+pub struct Entity<'a> {
+    pub kind: &'a str,
+    pub id: Option<&'a str>,
     pub properties: Map<String, Value>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Action {
-    pub name: String,
+pub struct Action<'a> {
+    pub name: &'a str,
     pub properties: Map<String, Value>,
 }
 
 /// One access evaluation: every entity present and identified.
 #[derive(Debug, Clone, PartialEq)]
-pub struct EvaluationRequest {
-    pub subject: Entity,
-    pub action: Action,
-    pub resource: Entity,
+pub struct EvaluationRequest<'a> {
+    pub subject: Entity<'a>,
+    pub action: Action<'a>,
+    pub resource: Entity<'a>,
     pub context: Map<String, Value>,
 }
 
-impl EvaluationRequest {
+impl<'a> EvaluationRequest<'a> {
     /// Parses an evaluation body (unknown fields ignored).
-    pub fn parse(body: &Value) -> Result<Self, AuthzenError> {
+    pub fn parse(body: &'a Value) -> Result<Self, AuthzenError> {
         let top = as_object(body)?;
         Ok(EvaluationRequest {
             subject: parse_entity(top.get("subject"), "subject", true)?,
@@ -283,12 +287,18 @@ fn present<'a>(v: Option<&'a Value>, field: &str) -> Result<&'a Value, AuthzenEr
     }
 }
 
-fn required_str(obj: &Map<String, Value>, key: &str, parent: &str) -> Result<String, AuthzenError> {
-    let field = format!("{parent}.{key}");
-    match present(obj.get(key), &field)? {
-        Value::String(s) if !s.is_empty() => Ok(s.clone()),
-        Value::String(_) => Err(AuthzenError::missing(field)),
-        _ => Err(AuthzenError::wrong(field, "a string")),
+fn required_str<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    parent: &str,
+) -> Result<&'a str, AuthzenError> {
+    match obj.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        // Only failures pay for the field path.
+        None | Some(Value::Null) | Some(Value::String(_)) => {
+            Err(AuthzenError::missing(format!("{parent}.{key}")))
+        }
+        Some(_) => Err(AuthzenError::wrong(format!("{parent}.{key}"), "a string")),
     }
 }
 
@@ -305,7 +315,11 @@ fn optional_object(
 
 /// Parses a subject or resource. With `need_id` false (the searched-for
 /// entity) `id` is ignored whatever it holds, as the spec asks.
-fn parse_entity(v: Option<&Value>, field: &str, need_id: bool) -> Result<Entity, AuthzenError> {
+fn parse_entity<'a>(
+    v: Option<&'a Value>,
+    field: &str,
+    need_id: bool,
+) -> Result<Entity<'a>, AuthzenError> {
     let obj = present(v, field)?
         .as_object()
         .ok_or_else(|| AuthzenError::wrong(field, "an object"))?;
@@ -329,7 +343,7 @@ fn parse_entity(v: Option<&Value>, field: &str, need_id: bool) -> Result<Entity,
     })
 }
 
-fn parse_action(v: Option<&Value>, field: &str) -> Result<Action, AuthzenError> {
+fn parse_action<'a>(v: Option<&'a Value>, field: &str) -> Result<Action<'a>, AuthzenError> {
     let obj = present(v, field)?
         .as_object()
         .ok_or_else(|| AuthzenError::wrong(field, "an object"))?;
@@ -360,59 +374,54 @@ pub fn resolve_user<'a>(snap: &'a Snapshot, id: &'a str) -> &'a str {
     snap.user_by_email(id).unwrap_or(id)
 }
 
-fn tenant_of(resource_properties: &Map<String, Value>) -> &str {
-    match resource_properties.get("tenant") {
-        Some(Value::String(t)) if !t.is_empty() => t,
-        _ => DEFAULT_TENANT,
-    }
-}
-
 fn borrowed(s: &str) -> Str<'_> {
     Str(Cow::Borrowed(s))
 }
 
-/// The request context with the action added as `context.action`
-/// (`{name, properties?}`), unless the caller already put something there.
-fn permit_context(context: &Map<String, Value>, action: &Action) -> Map<String, Value> {
-    let mut ctx = context.clone();
-    if !ctx.contains_key("action") {
-        let mut a = Map::new();
-        a.insert("name".into(), Value::String(action.name.clone()));
-        if !action.properties.is_empty() {
-            a.insert(
-                "properties".into(),
-                Value::Object(action.properties.clone()),
-            );
-        }
-        ctx.insert("action".into(), Value::Object(a));
+/// Adds the action to the context as `context.action` (`{name,
+/// properties?}`), unless the caller already put something there.
+fn add_action(context: &mut Map<String, Value>, name: &str, props: &Map<String, Value>) {
+    if context.contains_key("action") {
+        return;
     }
-    ctx
+    let mut a = Map::new();
+    a.insert("name".into(), Value::String(name.to_owned()));
+    if !props.is_empty() {
+        a.insert("properties".into(), Value::Object(props.clone()));
+    }
+    context.insert("action".into(), Value::Object(a));
 }
 
-/// The Permit `/allowed` query for one (user, action, resource). Search
-/// builds it once and swaps the candidate in (see [`set_action`]).
+/// The Permit `/allowed` query for one (user, action, resource), taking the
+/// attribute maps by value. Search builds it once and swaps each candidate
+/// in (see [`set_action`]).
 fn permit_query<'a>(
     user_key: &'a str,
-    subject: &Entity,
-    action: &'a Action,
-    resource: &'a Entity,
+    user_attributes: Map<String, Value>,
+    action: &'a str,
+    resource_kind: &'a str,
     resource_key: Option<&'a str>,
-    context: &Map<String, Value>,
+    resource_attributes: Map<String, Value>,
+    context: Map<String, Value>,
 ) -> AllowedQuery<'a> {
+    let tenant = match resource_attributes.get("tenant") {
+        Some(Value::String(t)) if !t.is_empty() => Str(Cow::Owned(t.clone())),
+        _ => borrowed(DEFAULT_TENANT),
+    };
     AllowedQuery {
         user: UserInput {
             key: borrowed(user_key),
-            attributes: subject.properties.clone(),
+            attributes: user_attributes,
         },
-        action: borrowed(&action.name),
+        action: borrowed(action),
         resource: ResourceInput {
-            kind: borrowed(&resource.kind),
+            kind: borrowed(resource_kind),
             key: resource_key.map(borrowed),
-            tenant: Some(borrowed(tenant_of(&resource.properties))),
-            attributes: resource.properties.clone(),
+            tenant: Some(tenant),
+            attributes: resource_attributes,
             context: Map::new(),
         },
-        context: permit_context(context, action),
+        context,
     }
 }
 
@@ -429,21 +438,28 @@ fn set_action<'a>(q: &mut AllowedQuery<'a>, name: &'a str) {
 
 /// The Permit query an AuthZEN evaluation maps to, or `None` when the subject
 /// is not a user (nothing in the Permit model can allow it).
-pub fn to_allowed_query<'a>(
+pub fn into_allowed_query<'a>(
     snap: &'a Snapshot,
-    req: &'a EvaluationRequest,
+    req: EvaluationRequest<'a>,
 ) -> Option<AllowedQuery<'a>> {
-    if !is_user_type(&req.subject.kind) {
+    if !is_user_type(req.subject.kind) {
         return None;
     }
-    let id = req.subject.id.as_deref().unwrap_or_default();
+    let EvaluationRequest {
+        subject,
+        action,
+        resource,
+        mut context,
+    } = req;
+    add_action(&mut context, action.name, &action.properties);
     Some(permit_query(
-        resolve_user(snap, id),
-        &req.subject,
-        &req.action,
-        &req.resource,
-        req.resource.id.as_deref(),
-        &req.context,
+        resolve_user(snap, subject.id.unwrap_or_default()),
+        subject.properties,
+        action.name,
+        resource.kind,
+        resource.id,
+        resource.properties,
+        context,
     ))
 }
 
@@ -459,8 +475,8 @@ fn wants_reasons(top: &Map<String, Value>) -> bool {
         .unwrap_or(false)
 }
 
-fn decide_parsed(snap: &Snapshot, req: &EvaluationRequest) -> Option<Decision> {
-    to_allowed_query(snap, req).map(|q| decide::check(snap, &q))
+fn decide_parsed(snap: &Snapshot, req: EvaluationRequest) -> Option<Decision> {
+    into_allowed_query(snap, req).map(|q| decide::check(snap, &q))
 }
 
 /// `{"decision": b}`, with `context.reason_admin` (the Permit answer with
@@ -483,7 +499,7 @@ fn decision_body(decision: Option<&Decision>, reasons: bool) -> EvaluationRespon
 /// `POST /access/v1/evaluation`.
 pub fn evaluation(snap: &Snapshot, body: &Value) -> Result<EvaluationResponse, AuthzenError> {
     let req = EvaluationRequest::parse(body)?;
-    let decision = decide_parsed(snap, &req);
+    let decision = decide_parsed(snap, req);
     Ok(decision_body(
         decision.as_ref(),
         wants_reasons(as_object(body)?),
@@ -542,7 +558,7 @@ pub fn evaluations(snap: &Snapshot, body: &Value) -> Result<Response, AuthzenErr
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let answer = match batch_item(top, item, i) {
-            Ok(req) => decision_body(decide_parsed(snap, &req).as_ref(), reasons),
+            Ok(req) => decision_body(decide_parsed(snap, req).as_ref(), reasons),
             Err(e) => item_error(&e),
         };
         let allow = answer.decision;
@@ -563,25 +579,24 @@ pub fn evaluations(snap: &Snapshot, body: &Value) -> Result<Response, AuthzenErr
 
 /// Merges one item with the defaults (whole entities, never field by field)
 /// and parses the result.
-fn batch_item(
-    top: &Map<String, Value>,
-    item: &Value,
+fn batch_item<'a>(
+    top: &'a Map<String, Value>,
+    item: &'a Value,
     index: usize,
-) -> Result<EvaluationRequest, AuthzenError> {
+) -> Result<EvaluationRequest<'a>, AuthzenError> {
     let item = item
         .as_object()
         .ok_or_else(|| AuthzenError::wrong(format!("evaluations[{index}]"), "an object"))?;
-    let mut merged = Map::new();
-    for key in ["subject", "action", "resource", "context"] {
-        let chosen = match item.get(key) {
-            Some(v) if !v.is_null() => Some(v),
-            _ => top.get(key),
-        };
-        if let Some(v) = chosen {
-            merged.insert(key.to_owned(), v.clone());
-        }
-    }
-    EvaluationRequest::parse(&Value::Object(merged))
+    let pick = |key: &str| match item.get(key) {
+        Some(v) if !v.is_null() => Some(v),
+        _ => top.get(key),
+    };
+    Ok(EvaluationRequest {
+        subject: parse_entity(pick("subject"), "subject", true)?,
+        action: parse_action(pick("action"), "action")?,
+        resource: parse_entity(pick("resource"), "resource", true)?,
+        context: parse_context(pick("context"))?,
+    })
 }
 
 /// A batch item that could not be parsed: denied, with the 400 it would
@@ -678,31 +693,26 @@ pub fn search_subject(snap: &Snapshot, body: &Value) -> Result<SearchResponse, A
     let subject = parse_entity(top.get("subject"), "subject", false)?;
     let action = parse_action(top.get("action"), "action")?;
     let resource = parse_entity(top.get("resource"), "resource", true)?;
-    let context = parse_context(top.get("context"))?;
+    let mut context = parse_context(top.get("context"))?;
     let page = Page::parse(top)?;
-    if !is_user_type(&subject.kind) {
+    if !is_user_type(subject.kind) {
         return Ok(empty_search());
     }
+    add_action(&mut context, action.name, &action.properties);
     let mut q = permit_query(
         "",
-        &subject,
-        &action,
-        &resource,
-        resource.id.as_deref(),
-        &context,
+        subject.properties,
+        action.name,
+        resource.kind,
+        resource.id,
+        resource.properties,
+        context,
     );
     let (keys, next) = paginate(snap.user_keys(), page, |user| {
         q.user.key = borrowed(user);
         decide::check(snap, &q).allow
     });
-    let results = keys
-        .into_iter()
-        .map(|k| Hit::Entity {
-            kind: subject.kind.clone(),
-            id: k.to_owned(),
-        })
-        .collect();
-    Ok(search_body(results, next))
+    Ok(search_body(hits(subject.kind, keys), next))
 }
 
 /// `POST /access/v1/search/resource`: the instances of `resource.type` the
@@ -712,25 +722,26 @@ pub fn search_resource(snap: &Snapshot, body: &Value) -> Result<SearchResponse, 
     let subject = parse_entity(top.get("subject"), "subject", true)?;
     let action = parse_action(top.get("action"), "action")?;
     let resource = parse_entity(top.get("resource"), "resource", false)?;
-    let context = parse_context(top.get("context"))?;
+    let mut context = parse_context(top.get("context"))?;
     let page = Page::parse(top)?;
-    if !is_user_type(&subject.kind) {
+    if !is_user_type(subject.kind) {
         return Ok(empty_search());
     }
-    let user = resolve_user(snap, subject.id.as_deref().unwrap_or_default());
-    let mut q = permit_query(user, &subject, &action, &resource, None, &context);
-    let (keys, next) = paginate(snap.instance_keys_of_type(&resource.kind), page, |key| {
+    add_action(&mut context, action.name, &action.properties);
+    let mut q = permit_query(
+        resolve_user(snap, subject.id.unwrap_or_default()),
+        subject.properties,
+        action.name,
+        resource.kind,
+        None,
+        resource.properties,
+        context,
+    );
+    let (keys, next) = paginate(snap.instance_keys_of_type(resource.kind), page, |key| {
         q.resource.key = Some(borrowed(key));
         decide::check(snap, &q).allow
     });
-    let results = keys
-        .into_iter()
-        .map(|k| Hit::Entity {
-            kind: resource.kind.clone(),
-            id: k.to_owned(),
-        })
-        .collect();
-    Ok(search_body(results, next))
+    Ok(search_body(hits(resource.kind, keys), next))
 }
 
 /// `POST /access/v1/search/action`: the actions of `resource.type` the
@@ -739,27 +750,23 @@ pub fn search_action(snap: &Snapshot, body: &Value) -> Result<SearchResponse, Au
     let top = as_object(body)?;
     let subject = parse_entity(top.get("subject"), "subject", true)?;
     let resource = parse_entity(top.get("resource"), "resource", true)?;
-    let context = parse_context(top.get("context"))?;
+    let mut context = parse_context(top.get("context"))?;
     let page = Page::parse(top)?;
-    if !is_user_type(&subject.kind) {
+    if !is_user_type(subject.kind) {
         return Ok(empty_search());
     }
-    let user = resolve_user(snap, subject.id.as_deref().unwrap_or_default());
-    // Action search names no action; the query starts from a placeholder
-    // that every candidate replaces.
-    let placeholder = Action {
-        name: String::new(),
-        properties: Map::new(),
-    };
+    // The request names no action: each candidate's name is swapped in.
+    add_action(&mut context, "", &Map::new());
     let mut q = permit_query(
-        user,
-        &subject,
-        &placeholder,
-        &resource,
-        resource.id.as_deref(),
-        &context,
+        resolve_user(snap, subject.id.unwrap_or_default()),
+        subject.properties,
+        "",
+        resource.kind,
+        resource.id,
+        resource.properties,
+        context,
     );
-    let (names, next) = paginate(snap.actions_of_type(&resource.kind), page, |name| {
+    let (names, next) = paginate(snap.actions_of_type(resource.kind), page, |name| {
         set_action(&mut q, name);
         decide::check(snap, &q).allow
     });
@@ -770,23 +777,28 @@ pub fn search_action(snap: &Snapshot, body: &Value) -> Result<SearchResponse, Au
     Ok(search_body(results, next))
 }
 
+fn hits(kind: &str, ids: Vec<&str>) -> Vec<Hit> {
+    ids.into_iter()
+        .map(|id| Hit::Entity {
+            kind: kind.to_owned(),
+            id: id.to_owned(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(body: Value) -> Result<EvaluationRequest, AuthzenError> {
-        EvaluationRequest::parse(&body)
-    }
-
     #[test]
     fn top_level_fields_become_properties_and_properties_win() {
-        let req = parse(json!({
+        let body = json!({
             "subject": {"type": "user", "id": "rick@the-citadel.com", "identity": "PID"},
             "action": {"name": "can_delete_todo"},
             "resource": {"type": "todo", "id": "t1", "ownerID": "old", "userID": "u",
                          "properties": {"ownerID": "new"}},
-        }))
-        .expect("valid");
+        });
+        let req = EvaluationRequest::parse(&body).expect("valid");
         assert_eq!(
             req.subject.properties,
             *json!({"identity": "PID"}).as_object().unwrap()
@@ -801,17 +813,18 @@ mod tests {
 
     #[test]
     fn errors_name_the_field_and_serialize_as_json() {
-        let err = parse(json!({"subject": {"type": "user", "id": ""}})).expect_err("empty id");
+        let body = json!({"subject": {"type": "user", "id": ""}});
+        let err = EvaluationRequest::parse(&body).expect_err("empty id");
         assert_eq!(err.field(), Some("subject.id"));
         assert_eq!(
             err.to_body(),
             json!({"error": "invalid_request", "detail": "`subject.id` is required", "field": "subject.id"})
         );
-        let err = parse(json!({
+        let body = json!({
             "subject": {"type": "user", "id": "a", "properties": [1]},
             "action": {"name": "x"}, "resource": {"type": "t", "id": "1"},
-        }))
-        .expect_err("properties not an object");
+        });
+        let err = EvaluationRequest::parse(&body).expect_err("properties not an object");
         assert_eq!(err.field(), Some("subject.properties"));
         assert_eq!(
             AuthzenError::NotJson("x".into()).to_body(),
@@ -821,11 +834,9 @@ mod tests {
 
     #[test]
     fn the_action_reaches_the_context_without_overriding_the_caller() {
-        let action = Action {
-            name: "delete".into(),
-            properties: json!({"soft": true}).as_object().unwrap().clone(),
-        };
-        let ctx = permit_context(&Map::new(), &action);
+        let props = json!({"soft": true}).as_object().unwrap().clone();
+        let mut ctx = Map::new();
+        add_action(&mut ctx, "delete", &props);
         assert_eq!(
             Value::Object(ctx),
             json!({"action": {"name": "delete", "properties": {"soft": true}}})
@@ -834,7 +845,9 @@ mod tests {
             .as_object()
             .unwrap()
             .clone();
-        assert_eq!(permit_context(&mine, &action), mine);
+        let mut ctx = mine.clone();
+        add_action(&mut ctx, "delete", &props);
+        assert_eq!(ctx, mine);
     }
 
     #[test]
