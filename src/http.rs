@@ -169,6 +169,18 @@ fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<B
     }
 }
 
+const ALLOW_BODY: &[u8] = b"{\"allow\":true,\"result\":true}";
+const DENY_BODY: &[u8] = b"{\"allow\":false,\"result\":false}";
+
+fn static_json(body: &'static [u8]) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
 fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
     let status = e.status();
     let mut resp = json_response(status, &json!({"error": e.code(), "detail": e.to_string()}));
@@ -193,6 +205,23 @@ enum Route {
     Live,
     Metrics,
 }
+
+/// Route labels for metrics, indexed by `Route as usize`; the last is for
+/// requests that matched no route.
+pub const ROUTE_LABELS: &[&str] = &[
+    "/allowed",
+    "/allowed/bulk",
+    "/allowed/all-tenants",
+    "/user-permissions",
+    "/authorized_users",
+    "/user-tenants",
+    "/sync",
+    "/health",
+    "/ready",
+    "/livez",
+    "/metrics",
+    "unmatched",
+];
 
 impl Route {
     fn find(method: &Method, path: &str) -> Result<Route, ApiError> {
@@ -225,19 +254,7 @@ impl Route {
     }
 
     fn label(self) -> &'static str {
-        match self {
-            Route::Allowed => "/allowed",
-            Route::Bulk => "/allowed/bulk",
-            Route::AllTenants => "/allowed/all-tenants",
-            Route::UserPermissions => "/user-permissions",
-            Route::AuthorizedUsers => "/authorized_users",
-            Route::UserTenants => "/user-tenants",
-            Route::Sync => "/sync",
-            Route::Health => "/health",
-            Route::Ready => "/ready",
-            Route::Live => "/livez",
-            Route::Metrics => "/metrics",
-        }
+        ROUTE_LABELS[self as usize]
     }
 
     fn public(self) -> bool {
@@ -270,11 +287,13 @@ impl App {
     }
 
     /// The snapshot to decide against, or why there is none to trust.
-    fn snapshot(&self) -> Result<Arc<Loaded>, ApiError> {
-        let loaded = self
-            .store
-            .load()
-            .ok_or_else(|| ApiError::NotReady("no policy snapshot has been loaded yet".into()))?;
+    fn snapshot(&self) -> Result<arc_swap::Guard<Option<Arc<Loaded>>>, ApiError> {
+        let loaded = self.store.current();
+        if loaded.is_none() {
+            return Err(ApiError::NotReady(
+                "no policy snapshot has been loaded yet".into(),
+            ));
+        }
         if let Some(max) = self.settings.max_staleness {
             let age = self.store.freshness_age();
             if age > max {
@@ -296,9 +315,9 @@ impl App {
                     Ok(resp) => resp,
                     Err(e) => error_response(&e),
                 };
-                (route.label(), resp)
+                (route as usize, resp)
             }
-            Err(e) => ("unmatched", error_response(&e)),
+            Err(e) => (ROUTE_LABELS.len() - 1, error_response(&e)),
         };
         self.metrics.http(label, resp.status().as_u16());
         if let Some(id) = request_id {
@@ -337,8 +356,13 @@ impl App {
             }
             _ => {
                 let body = self.read_json_body(req).await?;
-                let loaded = self.snapshot()?;
-                self.decide(route, &loaded, &body)
+                let guard = self.snapshot()?;
+                match guard.as_deref() {
+                    Some(loaded) => self.decide(route, loaded, &body),
+                    None => Err(ApiError::NotReady(
+                        "no policy snapshot has been loaded yet".into(),
+                    )),
+                }
             }
         }
     }
@@ -361,7 +385,12 @@ impl App {
             Route::Allowed => {
                 let q: AllowedQuery = decode(body)?;
                 let d = decide::check(snap, &q);
-                let resp = json_response(StatusCode::OK, &d.to_response(debug));
+                let resp = if debug {
+                    json_response(StatusCode::OK, &d.to_response(debug))
+                } else {
+                    // The two answers without debug are constants.
+                    static_json(if d.allow { ALLOW_BODY } else { DENY_BODY })
+                };
                 ok(Endpoint::Allowed, d.allow as u64, !d.allow as u64, resp)
             }
             Route::Bulk => {
@@ -546,5 +575,30 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
         _ = tokio::time::sleep(app.settings.shutdown_grace) => {
             warn!(grace = ?app.settings.shutdown_grace, "grace period over; closing remaining connections");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::{Decision, Reason};
+
+    #[test]
+    fn constant_answers_match_the_encoded_ones() {
+        for (allow, body) in [(true, ALLOW_BODY), (false, DENY_BODY)] {
+            let d = Decision {
+                allow,
+                sources: 0,
+                reason: Reason::Allow,
+            };
+            assert_eq!(serde_json::to_vec(&d.to_response(false)).unwrap(), body);
+        }
+    }
+
+    #[test]
+    fn route_labels_line_up_with_routes() {
+        assert_eq!(Route::Metrics.label(), "/metrics");
+        assert_eq!(Route::Allowed.label(), "/allowed");
+        assert_eq!(ROUTE_LABELS.len(), Route::Metrics as usize + 2);
     }
 }

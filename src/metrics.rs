@@ -62,10 +62,16 @@ struct EndpointSeries {
     latency: Histogram,
 }
 
+/// Statuses counted under their own label; the rest are `other`.
+const STATUSES: [u16; 13] = [
+    200, 202, 400, 401, 403, 404, 405, 413, 415, 422, 500, 503, 0,
+];
+
 pub struct Metrics {
     registry: Registry,
     endpoints: Vec<EndpointSeries>,
-    http: IntCounterVec,
+    /// `http[route][status index]`, resolved once.
+    http: Vec<Vec<IntCounter>>,
     snapshot_objects: IntGaugeVec,
     snapshot_loaded_at: Gauge,
     snapshot_confirmed_age: Gauge,
@@ -73,7 +79,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(registry: Registry) -> Result<Metrics, prometheus::Error> {
+    /// `routes` are the route labels that [`Metrics::http`] will be given
+    /// indexes into.
+    pub fn new(registry: Registry, routes: &[&str]) -> Result<Metrics, prometheus::Error> {
         let decisions = IntCounterVec::new(
             Opts::new(
                 "pdp_decisions_total",
@@ -130,6 +138,15 @@ impl Metrics {
                 latency: latency.with_label_values(&[e.label()]),
             })
             .collect();
+        let http = routes
+            .iter()
+            .map(|route| {
+                STATUSES
+                    .iter()
+                    .map(|&s| http.with_label_values(&[route, status_label(s)]))
+                    .collect()
+            })
+            .collect();
         Ok(Metrics {
             registry,
             endpoints,
@@ -156,10 +173,15 @@ impl Metrics {
         s.latency.observe(took.as_secs_f64());
     }
 
-    pub fn http(&self, route: &str, status: u16) {
-        self.http
-            .with_label_values(&[route, itoa_status(status)])
-            .inc();
+    /// Counts a response; `route` indexes the labels given to [`Metrics::new`].
+    pub fn http(&self, route: usize, status: u16) {
+        let s = STATUSES
+            .iter()
+            .position(|&x| x == status)
+            .unwrap_or(STATUSES.len() - 1);
+        if let Some(counter) = self.http.get(route).and_then(|r| r.get(s)) {
+            counter.inc();
+        }
     }
 
     /// Brings the snapshot gauges up to date with the store.
@@ -209,7 +231,7 @@ impl Metrics {
     }
 }
 
-fn itoa_status(status: u16) -> &'static str {
+fn status_label(status: u16) -> &'static str {
     match status {
         200 => "200",
         202 => "202",

@@ -64,6 +64,12 @@ impl Store {
         self.current.load_full()
     }
 
+    /// The current snapshot for the length of one request: no reference
+    /// count is touched, so concurrent requests share no cache line.
+    pub fn current(&self) -> arc_swap::Guard<Option<Arc<Loaded>>> {
+        self.current.load()
+    }
+
     pub fn swap(&self, next: Loaded) {
         self.current.store(Some(Arc::new(next)));
         self.swaps.fetch_add(1, Ordering::Relaxed);

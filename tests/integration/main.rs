@@ -1,6 +1,12 @@
 //! The one integration test binary: each area is a module; `support` starts
-//! the real server on port 0.
+//! the real server on port 0 and holds the other shared helpers.
 
 mod support;
 
 mod authzen;
+mod binary;
+mod http;
+mod props;
+mod reference;
+mod sdk_fixture;
+mod semantics;
