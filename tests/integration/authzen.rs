@@ -1089,3 +1089,99 @@ mod over_http {
         server.stop().await;
     }
 }
+
+// ---------------------------------------------------------------------------
+// Properties: no request can panic the handler, and search agrees with
+// evaluation candidate by candidate.
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i32>().prop_map(|n| json!(n)),
+            prop_oneof![
+                Just("user"),
+                Just("identity"),
+                Just("record"),
+                Just("101"),
+                Just("alice"),
+                Just("view"),
+                Just("p1.3"),
+                Just(""),
+                Just("execute_all"),
+                Just("deny_on_first_deny"),
+            ]
+            .prop_map(|s| Value::String(s.to_owned())),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            let keys = prop_oneof![
+                Just("subject"),
+                Just("action"),
+                Just("resource"),
+                Just("context"),
+                Just("type"),
+                Just("id"),
+                Just("name"),
+                Just("properties"),
+                Just("evaluations"),
+                Just("options"),
+                Just("evaluations_semantic"),
+                Just("page"),
+                Just("token"),
+                Just("limit"),
+                Just("tenant"),
+            ];
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(keys, inner, 0..5).prop_map(|m| Value::Object(
+                    m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+                )),
+            ]
+        })
+    }
+
+    const OPS: [Op; 5] = [
+        Op::Evaluation,
+        Op::Evaluations,
+        Op::SearchSubject,
+        Op::SearchResource,
+        Op::SearchAction,
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::default())]
+
+        #[test]
+        fn any_json_gets_an_answer_or_a_400(body in json_value(), op in 0usize..5) {
+            let snap = snapshot("search");
+            match authzen::handle(OPS[op], &snap, body.to_string().as_bytes()) {
+                Ok(resp) => prop_assert!(serde_json::from_slice::<Value>(&resp.to_json()).is_ok()),
+                Err(e) => prop_assert_eq!(&e.to_body()["error"], "invalid_request"),
+            }
+        }
+
+        #[test]
+        fn subject_search_is_the_users_evaluation_allows(
+            record in 100u32..122, action in prop::sample::select(vec!["view", "edit", "delete", "fly"]),
+        ) {
+            let snap = snapshot("search");
+            let resource = json!({"type": "record", "id": record.to_string()});
+            let found = call(&snap, Op::SearchSubject,
+                json!({"subject": {"type": "user"}, "action": {"name": action}, "resource": resource}))
+                .expect("200");
+            let mut want = Vec::new();
+            for user in ["alice", "bob", "carol", "dan", "erin", "felix"] {
+                let eval = json!({"subject": {"type": "user", "id": user}, "action": {"name": action},
+                                  "resource": resource});
+                if call(&snap, Op::Evaluation, eval).expect("200")["decision"] == true {
+                    want.push(user.to_owned());
+                }
+            }
+            prop_assert_eq!(ids(&found, "id"), want);
+        }
+    }
+}
