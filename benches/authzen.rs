@@ -4,7 +4,7 @@
 //! Inputs are built outside the timed loops.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use pdp::authzen::{self, Op};
+use pdp::authzen::{self, Limits, Op};
 use pdp::decide::{self, AllowedQuery};
 use pdp::model::DataDocument;
 use pdp::snapshot::Snapshot;
@@ -70,7 +70,12 @@ fn evaluation(c: &mut Criterion) {
     });
     g.bench_function("authzen_evaluation_handle", |b| {
         b.iter(|| {
-            let r = authzen::handle(Op::Evaluation, &snap, black_box(authzen_body.as_bytes()));
+            let r = authzen::handle(
+                Op::Evaluation,
+                &snap,
+                black_box(authzen_body.as_bytes()),
+                &Limits::default(),
+            );
             black_box(r.expect("200").to_json())
         })
     });
@@ -105,12 +110,24 @@ fn search(c: &mut Criterion) {
     });
     g.bench_function("subject_search_10k_candidates", |b| {
         b.iter(|| {
-            authzen::handle(Op::SearchSubject, &snap, black_box(subject.as_bytes())).expect("200")
+            authzen::handle(
+                Op::SearchSubject,
+                &snap,
+                black_box(subject.as_bytes()),
+                &Limits::default(),
+            )
+            .expect("200")
         })
     });
     g.bench_function("resource_search_2k_candidates", |b| {
         b.iter(|| {
-            authzen::handle(Op::SearchResource, &snap, black_box(resource.as_bytes())).expect("200")
+            authzen::handle(
+                Op::SearchResource,
+                &snap,
+                black_box(resource.as_bytes()),
+                &Limits::default(),
+            )
+            .expect("200")
         })
     });
     g.finish();

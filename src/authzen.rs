@@ -62,6 +62,8 @@ pub enum AuthzenError {
         "`options.evaluations_semantic` {0:?} is not one of execute_all, deny_on_first_deny, permit_on_first_permit"
     )]
     UnknownSemantic(String),
+    #[error("{count} evaluations in one request; the limit is {limit}")]
+    TooManyItems { count: usize, limit: usize },
 }
 
 impl AuthzenError {
@@ -73,14 +75,29 @@ impl AuthzenError {
             AuthzenError::Missing { field } | AuthzenError::WrongType { field, .. } => Some(field),
             AuthzenError::BadPageToken => Some("page.token"),
             AuthzenError::UnknownSemantic(_) => Some("options.evaluations_semantic"),
+            AuthzenError::TooManyItems { .. } => Some("evaluations"),
         }
     }
 
-    /// The JSON body of the 400 answer, in the shape of the server's other
+    /// The HTTP status: 413 for an oversized batch (as `/allowed/bulk`),
+    /// 400 for everything else.
+    pub fn status(&self) -> u16 {
+        match self {
+            AuthzenError::TooManyItems { .. } => 413,
+            _ => 400,
+        }
+    }
+
+    /// The JSON body of the error answer, in the shape of the server's other
     /// errors: `{"error": "invalid_request", "detail": <message>, "field":
-    /// <path>}` (`field` left out when the body as a whole is bad).
+    /// <path>}` (`field` left out when the body as a whole is bad;
+    /// `"error": "too_many_items"` for an oversized batch).
     pub fn to_body(&self) -> Value {
-        let mut body = json!({ "error": "invalid_request", "detail": self.to_string() });
+        let code = match self {
+            AuthzenError::TooManyItems { .. } => "too_many_items",
+            _ => "invalid_request",
+        };
+        let mut body = json!({ "error": code, "detail": self.to_string() });
         if let Some(field) = self.field() {
             body["field"] = Value::String(field.to_owned());
         }
@@ -191,10 +208,31 @@ pub struct PageOut {
     pub next_token: String,
 }
 
+/// Bounds on one request's work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most items in one `/access/v1/evaluations` request (the server's
+    /// `max_bulk_items`, so both batch APIs share one bound).
+    pub max_batch_items: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_batch_items: 10_000,
+        }
+    }
+}
+
 /// Answers one AuthZEN call: parses `body`, decides against `snap`, and
 /// returns the response (status 200). A deny is a `false` decision, not an
 /// error.
-pub fn handle(op: Op, snap: &Snapshot, body: &[u8]) -> Result<Response, AuthzenError> {
+pub fn handle(
+    op: Op,
+    snap: &Snapshot,
+    body: &[u8],
+    limits: &Limits,
+) -> Result<Response, AuthzenError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(AuthzenError::NotJson("the body is empty".into()));
     }
@@ -202,7 +240,7 @@ pub fn handle(op: Op, snap: &Snapshot, body: &[u8]) -> Result<Response, AuthzenE
         serde_json::from_slice(body).map_err(|e| AuthzenError::NotJson(e.to_string()))?;
     Ok(match op {
         Op::Evaluation => Response::Evaluation(evaluation(snap, &body)?),
-        Op::Evaluations => evaluations(snap, &body)?,
+        Op::Evaluations => evaluations(snap, &body, limits)?,
         Op::SearchSubject => Response::Search(search_subject(snap, &body)?),
         Op::SearchResource => Response::Search(search_resource(snap, &body)?),
         Op::SearchAction => Response::Search(search_action(snap, &body)?),
@@ -541,7 +579,11 @@ impl Semantic {
 /// and `context` are defaults that an item replaces whole. An item that
 /// cannot be parsed is a `false` decision carrying the error in its context;
 /// only a bad envelope is a 400.
-pub fn evaluations(snap: &Snapshot, body: &Value) -> Result<Response, AuthzenError> {
+pub fn evaluations(
+    snap: &Snapshot,
+    body: &Value,
+    limits: &Limits,
+) -> Result<Response, AuthzenError> {
     let top = as_object(body)?;
     let items = match top.get("evaluations") {
         None | Some(Value::Null) => None,
@@ -554,6 +596,12 @@ pub fn evaluations(snap: &Snapshot, body: &Value) -> Result<Response, AuthzenErr
         // The spec: no items means a plain evaluation of the defaults.
         return evaluation(snap, body).map(Response::Evaluation);
     };
+    if items.len() > limits.max_batch_items {
+        return Err(AuthzenError::TooManyItems {
+            count: items.len(),
+            limit: limits.max_batch_items,
+        });
+    }
     let reasons = wants_reasons(top);
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use pdp::authzen::{self, Op};
+use pdp::authzen::{self, Limits, Op};
 use pdp::model::DataDocument;
 use pdp::snapshot::Snapshot;
 use serde_json::{json, Value};
@@ -213,7 +213,7 @@ pub fn replay(suite: &Suite, mut answer: impl FnMut(Op, &Value) -> String) -> (u
 }
 
 fn in_process(snap: &Snapshot, op: Op, request: &Value) -> String {
-    match authzen::handle(op, snap, request.to_string().as_bytes()) {
+    match authzen::handle(op, snap, request.to_string().as_bytes(), &Limits::default()) {
         Ok(resp) => String::from_utf8(resp.to_json()).expect("utf-8"),
         Err(e) => e.to_body().to_string(),
     }
@@ -364,7 +364,7 @@ fn judge_fails_what_the_harness_fails() {
 // (X-Request-ID, authentication, content type) are in the server tests.
 
 fn call(snap: &Snapshot, op: Op, body: Value) -> Result<Value, Value> {
-    match authzen::handle(op, snap, body.to_string().as_bytes()) {
+    match authzen::handle(op, snap, body.to_string().as_bytes(), &Limits::default()) {
         Ok(resp) => Ok(serde_json::from_slice(&resp.to_json()).expect("json")),
         Err(e) => Err(e.to_body()),
     }
@@ -437,7 +437,8 @@ fn missing_or_mistyped_entities_are_400_naming_the_field() {
         );
     }
     for body in [&b""[..], b"  ", b"not json", b"[1]", b"null"] {
-        let err = authzen::handle(Op::Evaluation, &snap, body).expect_err("not an object");
+        let err = authzen::handle(Op::Evaluation, &snap, body, &Limits::default())
+            .expect_err("not an object");
         assert_eq!(err.to_body()["error"], "invalid_request");
     }
 }
@@ -561,6 +562,21 @@ fn a_bad_batch_item_is_a_denied_item_and_the_rest_still_run() {
     assert_eq!(items[2]["decision"], false);
     assert_eq!(items[2]["context"]["error"]["field"], "evaluations[2]");
     assert_eq!(items[3], json!({"decision": true}));
+}
+
+#[test]
+fn an_oversized_batch_is_413_like_bulk() {
+    let snap = snapshot("todo");
+    let mut body = todo_eval(RICK, "can_read_todos", "x");
+    body["evaluations"] = json!([{}, {}, {}]);
+    let limits = Limits { max_batch_items: 2 };
+    let err = authzen::handle(Op::Evaluations, &snap, body.to_string().as_bytes(), &limits)
+        .expect_err("over the limit");
+    assert_eq!(err.status(), 413);
+    assert_eq!(err.to_body()["error"], "too_many_items");
+    let limits = Limits { max_batch_items: 3 };
+    let ok = authzen::handle(Op::Evaluations, &snap, body.to_string().as_bytes(), &limits);
+    assert!(ok.is_ok());
 }
 
 #[test]
@@ -1158,7 +1174,7 @@ mod properties {
         #[test]
         fn any_json_gets_an_answer_or_a_400(body in json_value(), op in 0usize..5) {
             let snap = snapshot("search");
-            match authzen::handle(OPS[op], &snap, body.to_string().as_bytes()) {
+            match authzen::handle(OPS[op], &snap, body.to_string().as_bytes(), &Limits::default()) {
                 Ok(resp) => prop_assert!(serde_json::from_slice::<Value>(&resp.to_json()).is_ok()),
                 Err(e) => prop_assert_eq!(&e.to_body()["error"], "invalid_request"),
             }
