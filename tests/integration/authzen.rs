@@ -72,6 +72,14 @@ pub const SUITES: &[Suite] = &[
         parts: TODO_SINGLE,
         expected_passes: 40,
     },
+    // Upstream's runner no longer loads this file (its key is `decisions`);
+    // it is the -00 shape and replayed here as extra coverage.
+    Suite {
+        file: "todo/decisions-pre-1_0-legacy.json",
+        fixture: "todo",
+        parts: &[("decisions", Op::Evaluation, Judge::Decision)],
+        expected_passes: 40,
+    },
     Suite {
         file: "api-gateway/decisions.json",
         fixture: "todo",
@@ -252,6 +260,11 @@ fn todo_00_with_email_subjects_and_top_level_properties_all_40_pass() {
 }
 
 #[test]
+fn todo_legacy_pre_1_0_all_40_pass() {
+    assert_suite(suite("todo/decisions-pre-1_0-legacy.json"));
+}
+
+#[test]
 fn gateway_with_identity_subjects_all_25_pass() {
     assert_suite(suite("api-gateway/decisions.json"));
 }
@@ -288,8 +301,7 @@ fn every_vector_file_is_replayed() {
                 .into_string()
                 .expect("utf-8");
             let is_vectors = name.starts_with("decisions") || name.ends_with("results.json");
-            // The legacy file's runner is gone upstream (wrong top-level key).
-            if is_vectors && name != "decisions-pre-1_0-legacy.json" {
+            if is_vectors {
                 on_disk.push(format!("{sub}/{name}"));
             }
         }
@@ -299,7 +311,8 @@ fn every_vector_file_is_replayed() {
     replayed.sort();
     assert_eq!(on_disk, replayed);
     let total: usize = SUITES.iter().map(|s| s.expected_passes).sum();
-    assert_eq!(total, 43 + 40 + 40 + 25 + 198 + 6);
+    // The upstream totals, plus the 40 legacy vectors.
+    assert_eq!(total, 43 + 40 + 40 + 25 + 198 + 6 + 40);
 }
 
 // ---------------------------------------------------------------------------
