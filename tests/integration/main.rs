@@ -10,3 +10,4 @@ mod props;
 mod reference;
 mod sdk_fixture;
 mod semantics;
+mod sync;
