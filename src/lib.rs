@@ -10,6 +10,7 @@
 //! - [`snapshot`]: the one validating constructor from a document to an
 //!   interned, indexed, immutable snapshot.
 //! - [`abac`]: ABAC conditions, compiled once per snapshot.
+//! - [`authzen`]: OpenID AuthZEN 1.0 requests mapped onto [`decide`].
 //! - [`store`]: the serving snapshot behind one `ArcSwap`; requests load it
 //!   once and never wait for a writer.
 //! - [`config`]: defaults, `config/pdp.toml`, `PDP_*`, validated before bind.
@@ -22,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod abac;
+pub mod authzen;
 pub mod config;
 pub mod decide;
 pub mod http;

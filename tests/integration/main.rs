@@ -3,6 +3,7 @@
 
 mod support;
 
+mod authzen;
 mod binary;
 mod http;
 mod props;
