@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+use crate::authzen;
 use crate::decide::{self, AllowedQuery};
 use crate::metrics::{Endpoint, Metrics};
 use crate::store::{Loaded, Store};
@@ -100,6 +101,8 @@ pub enum ApiError {
     NotReady(String),
     #[error("could not read the request body: {0}")]
     BodyRead(String),
+    #[error(transparent)]
+    Authzen(#[from] authzen::AuthzenError),
 }
 
 impl ApiError {
@@ -115,6 +118,9 @@ impl ApiError {
             }
             ApiError::BadJson(_) | ApiError::BadRequest(_) | ApiError::BodyRead(_) => {
                 StatusCode::BAD_REQUEST
+            }
+            ApiError::Authzen(e) => {
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST)
             }
             ApiError::WrongShape(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -135,6 +141,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotReady(_) => "not_ready",
             ApiError::BodyRead(_) => "body_read_error",
+            ApiError::Authzen(_) => "invalid_request",
         }
     }
 }
@@ -183,7 +190,12 @@ fn static_json(body: &'static [u8]) -> Response<Full<Bytes>> {
 
 fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
     let status = e.status();
-    let mut resp = json_response(status, &json!({"error": e.code(), "detail": e.to_string()}));
+    let body = match e {
+        // Carries the field at fault as well.
+        ApiError::Authzen(az) => az.to_body(),
+        _ => json!({"error": e.code(), "detail": e.to_string()}),
+    };
+    let mut resp = json_response(status, &body);
     if let ApiError::MethodNotAllowed { allow, .. } = e {
         resp.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(allow));
@@ -204,6 +216,12 @@ enum Route {
     Ready,
     Live,
     Metrics,
+    AuthzenEvaluation,
+    AuthzenEvaluations,
+    AuthzenSearchSubject,
+    AuthzenSearchResource,
+    AuthzenSearchAction,
+    AuthzenConfiguration,
 }
 
 /// Route labels for metrics, indexed by `Route as usize`; the last is for
@@ -220,6 +238,12 @@ pub const ROUTE_LABELS: &[&str] = &[
     "/ready",
     "/livez",
     "/metrics",
+    "/access/v1/evaluation",
+    "/access/v1/evaluations",
+    "/access/v1/search/subject",
+    "/access/v1/search/resource",
+    "/access/v1/search/action",
+    "/.well-known/authzen-configuration",
     "unmatched",
 ];
 
@@ -237,6 +261,17 @@ impl Route {
             "/ready" => (Route::Ready, "GET"),
             "/livez" => (Route::Live, "GET"),
             "/metrics" => (Route::Metrics, "GET"),
+            "/access/v1/evaluation" => (Route::AuthzenEvaluation, "POST"),
+            "/access/v1/evaluations" => (Route::AuthzenEvaluations, "POST"),
+            "/access/v1/search/subject" => (Route::AuthzenSearchSubject, "POST"),
+            "/access/v1/search/resource" => (Route::AuthzenSearchResource, "POST"),
+            "/access/v1/search/action" => (Route::AuthzenSearchAction, "POST"),
+            // Also the per-tenant form `/.well-known/authzen-configuration/<tenant>`.
+            p if p == "/.well-known/authzen-configuration"
+                || p.starts_with("/.well-known/authzen-configuration/") =>
+            {
+                (Route::AuthzenConfiguration, "GET")
+            }
             _ => return Err(ApiError::NotFound(path.to_owned())),
         };
         let ok = match allow {
@@ -257,11 +292,28 @@ impl Route {
         ROUTE_LABELS[self as usize]
     }
 
+    /// Routes that need no caller key: probes, metrics, and AuthZEN
+    /// metadata (a PEP reads it before it has credentials).
     fn public(self) -> bool {
         matches!(
             self,
-            Route::Health | Route::Ready | Route::Live | Route::Metrics
+            Route::Health
+                | Route::Ready
+                | Route::Live
+                | Route::Metrics
+                | Route::AuthzenConfiguration
         )
+    }
+
+    fn authzen_op(self) -> Option<authzen::Op> {
+        Some(match self {
+            Route::AuthzenEvaluation => authzen::Op::Evaluation,
+            Route::AuthzenEvaluations => authzen::Op::Evaluations,
+            Route::AuthzenSearchSubject => authzen::Op::SearchSubject,
+            Route::AuthzenSearchResource => authzen::Op::SearchResource,
+            Route::AuthzenSearchAction => authzen::Op::SearchAction,
+            _ => return None,
+        })
     }
 }
 
@@ -346,6 +398,20 @@ impl App {
                     HeaderValue::from_static("text/plain; version=0.0.4"),
                 );
                 Ok(resp)
+            }
+            Route::AuthzenConfiguration => {
+                let host = req
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("localhost:7766");
+                let https = req
+                    .headers()
+                    .get("x-forwarded-proto")
+                    .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
+                let scheme = if https { "https" } else { "http" };
+                let meta = authzen::configuration(&format!("{scheme}://{host}"));
+                Ok(json_response(StatusCode::OK, &meta))
             }
             Route::Sync => {
                 self.refresh.notify_one();
@@ -455,8 +521,48 @@ impl App {
                     json_response(StatusCode::OK, &r),
                 )
             }
-            _ => Err(ApiError::NotFound(route.label().to_owned())),
+            _ => match route.authzen_op() {
+                Some(op) => self.authzen(op, snap, body, started),
+                None => Err(ApiError::NotFound(route.label().to_owned())),
+            },
         }
+    }
+
+    fn authzen(
+        &self,
+        op: authzen::Op,
+        snap: &crate::snapshot::Snapshot,
+        body: &[u8],
+        started: Instant,
+    ) -> Result<Response<Full<Bytes>>, ApiError> {
+        let limits = authzen::Limits {
+            max_batch_items: self.settings.max_bulk_items,
+        };
+        let answer = authzen::handle(op, snap, body, &limits)?;
+        let (endpoint, allowed, denied) = match &answer {
+            authzen::Response::Evaluation(r) => (
+                Endpoint::AuthzenEvaluation,
+                r.decision as u64,
+                !r.decision as u64,
+            ),
+            authzen::Response::Evaluations(r) => {
+                let allowed = r.evaluations.iter().filter(|e| e.decision).count() as u64;
+                (
+                    Endpoint::AuthzenEvaluations,
+                    allowed,
+                    r.evaluations.len() as u64 - allowed,
+                )
+            }
+            authzen::Response::Search(_) => (Endpoint::AuthzenSearch, 0, 0),
+        };
+        self.metrics
+            .decisions(endpoint, allowed, denied, started.elapsed());
+        let mut resp = Response::new(Full::new(Bytes::from(answer.to_json())));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        Ok(resp)
     }
 
     /// Checks the content type and reads the body within the size cap.
@@ -599,6 +705,10 @@ mod tests {
     fn route_labels_line_up_with_routes() {
         assert_eq!(Route::Metrics.label(), "/metrics");
         assert_eq!(Route::Allowed.label(), "/allowed");
-        assert_eq!(ROUTE_LABELS.len(), Route::Metrics as usize + 2);
+        assert_eq!(
+            Route::AuthzenConfiguration.label(),
+            "/.well-known/authzen-configuration"
+        );
+        assert_eq!(ROUTE_LABELS.len(), Route::AuthzenConfiguration as usize + 2);
     }
 }

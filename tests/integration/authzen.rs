@@ -944,7 +944,6 @@ mod over_http {
     }
 
     #[tokio::test]
-    #[ignore = "needs the AuthZEN routes in src/http.rs (lead); remove this line when they land"]
     async fn every_interop_vector_passes_over_http() {
         let mut report = Vec::new();
         let mut all_failures = Vec::new();
@@ -989,7 +988,6 @@ mod over_http {
     }
 
     #[tokio::test]
-    #[ignore = "needs the AuthZEN routes in src/http.rs (lead); remove this line when they land"]
     async fn http_rules_request_id_auth_content_type_and_400s() {
         let server = TestServer::start_fixture("tests/fixtures/authzen/todo.json").await;
         let body = todo_eval(RICK, "can_read_todos", "x");
@@ -1091,7 +1089,6 @@ mod over_http {
     }
 
     #[tokio::test]
-    #[ignore = "needs the AuthZEN routes in src/http.rs (lead); remove this line when they land"]
     async fn discovery_points_at_the_server_itself() {
         let server = TestServer::start_fixture("tests/fixtures/authzen/search.json").await;
         // Metadata is public: a PEP reads it before it has credentials.
