@@ -406,7 +406,7 @@ fn is_user_type(kind: &str) -> bool {
 /// key, else the key of the user with that email, else the id unchanged (an
 /// unknown user, decided with only the request's attributes).
 pub fn resolve_user<'a>(snap: &'a Snapshot, id: &'a str) -> &'a str {
-    if snap.users.get(id).is_some() {
+    if snap.has_user(id) {
         return id;
     }
     snap.user_by_email(id).unwrap_or(id)

@@ -811,12 +811,11 @@ fn add_abac_permissions(
                                 .insert(perm);
                         }
                         ResourceSet::Cond(..) => {
-                            for (inst, key) in snap.instances.iter() {
-                                if snap.instances.scope(inst) != ty
-                                    || snap.inst_tenant[inst as usize] != t
-                                {
+                            for inst in snap.instances_of_type(Some(ty)) {
+                                if snap.inst_tenant[inst as usize] != t {
                                     continue;
                                 }
+                                let key = snap.instances.name(inst);
                                 let mut iq = base.clone();
                                 iq.resource.key = Some(Str(Cow::Borrowed(key)));
                                 // Exactly what /allowed would see on this instance.

@@ -151,6 +151,8 @@ pub struct Snapshot {
     /// Instance keys, scoped by type id.
     pub(crate) instances: Interner,
     pub(crate) inst_tenant: Vec<u32>,
+    /// type → its instances
+    pub(crate) type_instances: Csr<u32>,
     pub(crate) inst_attrs: HashMap<u32, Map<String, Value>>,
     /// user → (instance, resource role)
     pub(crate) user_inst_roles: Csr<(u32, u32)>,
@@ -188,17 +190,27 @@ impl Snapshot {
         self.tenants.iter().map(|(_, k)| k)
     }
 
+    /// Whether the snapshot knows this user key.
+    pub fn has_user(&self, key: &str) -> bool {
+        self.users.get(key).is_some()
+    }
+
     /// The key of the user whose email this is.
     pub fn user_by_email(&self, email: &str) -> Option<&str> {
         self.emails.get(email).map(|&u| self.users.name(u))
     }
 
     pub fn instance_keys_of_type<'a>(&'a self, ty: &str) -> impl Iterator<Item = &'a str> + 'a {
-        let t = self.types.get(ty);
-        self.instances
+        self.instances_of_type(self.types.get(ty))
+            .map(|i| self.instances.name(i))
+    }
+
+    /// Instance ids of a type, in id order.
+    pub(crate) fn instances_of_type(&self, ty: Option<u32>) -> impl Iterator<Item = u32> + '_ {
+        ty.map(|t| self.type_instances.row(t))
+            .unwrap_or_default()
             .iter()
-            .filter(move |&(id, _)| Some(self.instances.scope(id)) == t)
-            .map(|(_, k)| k)
+            .copied()
     }
 
     pub fn actions_of_type<'a>(&'a self, ty: &str) -> impl Iterator<Item = &'a str> + 'a {
@@ -228,6 +240,7 @@ impl Snapshot {
             + self.tuples_in.heap_bytes()
             + self.tuples_out.heap_bytes()
             + self.inst_tenant.capacity() * 4
+            + self.type_instances.heap_bytes()
     }
 }
 
@@ -638,6 +651,12 @@ impl Builder {
         }
 
         let n_users = users.len();
+        let type_instances = Csr::build(
+            types.len(),
+            (0..instances.len() as u32)
+                .map(|i| (instances.scope(i), i))
+                .collect(),
+        );
         let tenant_users = Csr::build(
             tenants.len(),
             tenant_pairs
@@ -710,6 +729,7 @@ impl Builder {
             tenant_users,
             instances,
             inst_tenant,
+            type_instances,
             inst_attrs,
             user_inst_roles,
             inst_users,
