@@ -50,13 +50,42 @@ impl<'de> Deserialize<'de> for Json {
     }
 }
 
-/// `null` or absent → `T::default()`.
+/// `null` or absent → `T::default()`. Binary formats carry no `null`: there
+/// the value is read as written.
 pub(crate) fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de> + Default,
 {
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+    if d.is_human_readable() {
+        Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+    } else {
+        T::deserialize(d)
+    }
+}
+
+/// Reads one of several JSON shapes into a canonical value; binary formats
+/// hold only the canonical one. `T` is the canonical type, `J` the JSON shapes.
+fn canonical<'de, D, T, J>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + From<J>,
+    J: Deserialize<'de>,
+{
+    if d.is_human_readable() {
+        J::deserialize(d).map(T::from)
+    } else {
+        T::deserialize(d)
+    }
+}
+
+/// A content hash of a document: blake3 over its bincode encoding (lists in
+/// the order given, maps sorted), hex. Equal documents hash equal, so an
+/// unchanged environment can skip a swap.
+pub fn content_hash(doc: &DataDocument) -> String {
+    let bytes = bincode::serde::encode_to_vec(doc, bincode::config::standard())
+        .expect("a data document always encodes");
+    blake3::hash(&bytes).to_hex().to_string()
 }
 
 /// A whole environment. Every key is optional.
@@ -104,10 +133,15 @@ pub struct Resource {
     pub action_groups: BTreeMap<String, ActionGroup>,
 }
 
-/// An action group: a bare list of action keys, or `ResourceActionGroupRead`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// An action group's action keys. JSON: a bare list, or
+/// `ResourceActionGroupRead` (`{"actions": [...]}`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct ActionGroup(pub Vec<String>);
+
+#[derive(Deserialize)]
 #[serde(untagged)]
-pub enum ActionGroup {
+enum ActionGroupJson {
     Actions(Vec<String>),
     Read {
         #[serde(default, deserialize_with = "nullable")]
@@ -115,11 +149,35 @@ pub enum ActionGroup {
     },
 }
 
+impl From<ActionGroupJson> for ActionGroup {
+    fn from(j: ActionGroupJson) -> Self {
+        match j {
+            ActionGroupJson::Actions(a) | ActionGroupJson::Read { actions: a } => ActionGroup(a),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ActionGroup {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Canonical(Vec<String>);
+        impl From<Canonical> for ActionGroup {
+            fn from(c: Canonical) -> Self {
+                ActionGroup(c.0)
+            }
+        }
+        impl From<ActionGroupJson> for Canonical {
+            fn from(j: ActionGroupJson) -> Self {
+                Canonical(ActionGroup::from(j).0)
+            }
+        }
+        canonical::<D, Canonical, ActionGroupJson>(d).map(ActionGroup::from)
+    }
+}
+
 impl ActionGroup {
     pub fn actions(&self) -> &[String] {
-        match self {
-            ActionGroup::Actions(a) | ActionGroup::Read { actions: a } => a,
-        }
+        &self.0
     }
 }
 
@@ -178,7 +236,9 @@ pub struct Relation {
 
 impl Relation {
     pub fn subject_type(&self) -> Option<&str> {
-        self.subject_resource.as_deref().or(self.resource.as_deref())
+        self.subject_resource
+            .as_deref()
+            .or(self.resource.as_deref())
     }
 }
 
@@ -292,18 +352,36 @@ pub struct ConditionSet {
     pub parent_id: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A resource type named by key. JSON: a string or `{"key": ...}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct ResourceRef(pub String);
+
+#[derive(Deserialize)]
 #[serde(untagged)]
-pub enum ResourceRef {
+enum ResourceRefJson {
     Key(String),
     Read { key: String },
 }
 
+impl<'de> Deserialize<'de> for ResourceRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Canonical(String);
+        impl From<ResourceRefJson> for Canonical {
+            fn from(j: ResourceRefJson) -> Self {
+                match j {
+                    ResourceRefJson::Key(k) | ResourceRefJson::Read { key: k } => Canonical(k),
+                }
+            }
+        }
+        canonical::<D, Canonical, ResourceRefJson>(d).map(|c| ResourceRef(c.0))
+    }
+}
+
 impl ResourceRef {
     pub fn key(&self) -> &str {
-        match self {
-            ResourceRef::Key(k) | ResourceRef::Read { key: k } => k,
-        }
+        &self.0
     }
 }
 
@@ -345,7 +423,10 @@ mod tests {
         let (back, _): (DataDocument, usize) =
             bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
         assert_eq!(back, doc);
-        assert_eq!(back.condition_sets[0].resource.as_ref().unwrap().key(), "doc");
+        assert_eq!(
+            back.condition_sets[0].resource.as_ref().unwrap().key(),
+            "doc"
+        );
     }
 
     #[test]

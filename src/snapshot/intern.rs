@@ -1,0 +1,245 @@
+//! Compact string interning: keys become dense `u32` ids.
+//!
+//! A snapshot holds a million instance keys and a hundred thousand user keys;
+//! a `HashMap<String, u32>` would cost a heap allocation and ~50 bytes per
+//! key. Here every key lives in one arena string, an entry costs a span
+//! (8 bytes), a scope (4 bytes) and a slot in a `HashTable<u32>`, and a lookup
+//! borrows the caller's `&str` without allocating.
+//!
+//! A *scope* lets one table hold keys that are only unique within a parent,
+//! e.g. instance keys within their resource type: `(type_id, "d1")`.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+
+use hashbrown::{DefaultHashBuilder, HashTable};
+
+pub const NONE: u32 = u32::MAX;
+
+#[derive(Default)]
+pub struct Interner {
+    arena: String,
+    spans: Vec<(u32, u32)>,
+    scopes: Vec<u32>,
+    table: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+}
+
+impl Interner {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn hash(hasher: &DefaultHashBuilder, scope: u32, key: &str) -> u64 {
+        let mut h = hasher.build_hasher();
+        scope.hash(&mut h);
+        key.hash(&mut h);
+        h.finish()
+    }
+
+    fn slice<'a>(arena: &'a str, spans: &[(u32, u32)], id: u32) -> &'a str {
+        let (start, len) = spans[id as usize];
+        &arena[start as usize..(start + len) as usize]
+    }
+
+    /// The id of `key` in `scope`, adding it if new.
+    pub fn intern_in(&mut self, scope: u32, key: &str) -> u32 {
+        if let Some(id) = self.get_in(scope, key) {
+            return id;
+        }
+        let id = self.spans.len() as u32;
+        let start = self.arena.len() as u32;
+        self.arena.push_str(key);
+        self.spans.push((start, key.len() as u32));
+        self.scopes.push(scope);
+        let (arena, spans, scopes, hasher) = (&self.arena, &self.spans, &self.scopes, &self.hasher);
+        let hash = Self::hash(hasher, scope, key);
+        self.table.insert_unique(hash, id, |&other| {
+            Self::hash(
+                hasher,
+                scopes[other as usize],
+                Self::slice(arena, spans, other),
+            )
+        });
+        id
+    }
+
+    pub fn intern(&mut self, key: &str) -> u32 {
+        self.intern_in(0, key)
+    }
+
+    pub fn get_in(&self, scope: u32, key: &str) -> Option<u32> {
+        let hash = Self::hash(&self.hasher, scope, key);
+        self.table
+            .find(hash, |&id| {
+                self.scopes[id as usize] == scope
+                    && Self::slice(&self.arena, &self.spans, id) == key
+            })
+            .copied()
+    }
+
+    pub fn get(&self, key: &str) -> Option<u32> {
+        self.get_in(0, key)
+    }
+
+    pub fn name(&self, id: u32) -> &str {
+        Self::slice(&self.arena, &self.spans, id)
+    }
+
+    pub fn scope(&self, id: u32) -> u32 {
+        self.scopes[id as usize]
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &str)> + '_ {
+        (0..self.spans.len() as u32).map(move |id| (id, self.name(id)))
+    }
+
+    pub fn shrink_to_fit(&mut self) {
+        self.arena.shrink_to_fit();
+        self.spans.shrink_to_fit();
+        self.scopes.shrink_to_fit();
+        let (arena, spans, scopes, hasher) = (&self.arena, &self.spans, &self.scopes, &self.hasher);
+        self.table.shrink_to_fit(|&other| {
+            Self::hash(
+                hasher,
+                scopes[other as usize],
+                Self::slice(arena, spans, other),
+            )
+        });
+    }
+
+    /// Heap bytes held, for the snapshot's memory report.
+    pub fn heap_bytes(&self) -> usize {
+        self.arena.capacity()
+            + self.spans.capacity() * 8
+            + self.scopes.capacity() * 4
+            + self.table.capacity() * 5
+    }
+}
+
+/// Compressed sparse rows: for each owner id, a sorted slice of items.
+/// One allocation for all rows instead of a `Vec` per owner.
+pub struct Csr<T> {
+    offsets: Vec<u32>,
+    items: Vec<T>,
+}
+
+impl<T: Copy + Ord> Csr<T> {
+    /// `pairs` are `(owner, item)`; `owners` is the number of owners.
+    pub fn build(owners: usize, mut pairs: Vec<(u32, T)>) -> Self {
+        pairs.sort_unstable();
+        pairs.dedup();
+        let mut offsets = vec![0u32; owners + 1];
+        for &(owner, _) in &pairs {
+            offsets[owner as usize + 1] += 1;
+        }
+        for i in 0..owners {
+            offsets[i + 1] += offsets[i];
+        }
+        let items = pairs.into_iter().map(|(_, item)| item).collect();
+        Csr { offsets, items }
+    }
+
+    pub fn row(&self, owner: u32) -> &[T] {
+        let o = owner as usize;
+        if o + 1 >= self.offsets.len() {
+            return &[];
+        }
+        &self.items[self.offsets[o] as usize..self.offsets[o + 1] as usize]
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.offsets.capacity() * 4 + self.items.capacity() * std::mem::size_of::<T>()
+    }
+}
+
+/// A fixed-size bit set over dense ids.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct BitSet(Vec<u64>);
+
+impl BitSet {
+    pub fn with_len(bits: usize) -> Self {
+        BitSet(vec![0; bits.div_ceil(64)])
+    }
+
+    pub fn insert(&mut self, i: u32) {
+        let (w, b) = ((i / 64) as usize, i % 64);
+        if w >= self.0.len() {
+            self.0.resize(w + 1, 0);
+        }
+        self.0[w] |= 1 << b;
+    }
+
+    pub fn contains(&self, i: u32) -> bool {
+        let (w, b) = ((i / 64) as usize, i % 64);
+        self.0.get(w).is_some_and(|word| word & (1 << b) != 0)
+    }
+
+    pub fn union_with(&mut self, other: &BitSet) {
+        if other.0.len() > self.0.len() {
+            self.0.resize(other.0.len(), 0);
+        }
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            *a |= b;
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.0.iter().enumerate().flat_map(|(w, &word)| {
+            (0..64u32)
+                .filter(move |b| word & (1u64 << b) != 0)
+                .map(move |b| w as u32 * 64 + b)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interning_is_stable_and_scoped() {
+        let mut i = Interner::new();
+        let a = i.intern("alice");
+        let b = i.intern("bob");
+        assert_eq!(i.intern("alice"), a);
+        assert_ne!(a, b);
+        let d1 = i.intern_in(7, "d1");
+        let d1b = i.intern_in(8, "d1");
+        assert_ne!(d1, d1b);
+        assert_eq!(i.get_in(7, "d1"), Some(d1));
+        assert_eq!(i.get("d1"), None);
+        assert_eq!(i.name(b), "bob");
+        for n in 0..10_000 {
+            i.intern(&format!("k{n}"));
+        }
+        i.shrink_to_fit();
+        assert_eq!(i.get("k9999").map(|id| i.name(id)), Some("k9999"));
+        assert_eq!(i.get("alice"), Some(a));
+    }
+
+    #[test]
+    fn csr_rows_are_sorted_and_deduplicated() {
+        let csr = Csr::build(3, vec![(2, 5u32), (0, 9), (2, 1), (2, 5)]);
+        assert_eq!(csr.row(0), &[9]);
+        assert_eq!(csr.row(1), &[] as &[u32]);
+        assert_eq!(csr.row(2), &[1, 5]);
+        assert_eq!(csr.row(99), &[] as &[u32]);
+    }
+
+    #[test]
+    fn bitset_basics() {
+        let mut s = BitSet::with_len(10);
+        s.insert(3);
+        s.insert(130);
+        assert!(s.contains(3) && s.contains(130) && !s.contains(4));
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![3, 130]);
+    }
+}
