@@ -374,7 +374,7 @@ fn schema() -> Vec<Resource> {
                 .iter()
                 .map(|(g, acts)| {
                     let acts = acts.iter().map(|a| a.to_string()).collect();
-                    (g.to_string(), ActionGroup::Actions(acts))
+                    (g.to_string(), ActionGroup(acts))
                 })
                 .collect(),
             ..Resource::default()
@@ -448,7 +448,7 @@ fn condition_sets() -> (Vec<ConditionSet>, Vec<ConditionSetRule>) {
         key: key.into(),
         id: Some(format!("cs-{key}")),
         kind: ConditionSetType::Resourceset,
-        resource: Some(ResourceRef::Key("document".into())),
+        resource: Some(ResourceRef("document".into())),
         resource_id: None,
         conditions: Json(cond),
         parent_id: None,
