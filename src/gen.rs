@@ -1392,4 +1392,22 @@ mod tests {
         q.tenant = None;
         assert!(!mix.expected(&q));
     }
+
+    #[test]
+    fn the_engine_agrees_with_the_generators_evaluator() {
+        let doc = generate(&GenSpec::small());
+        let snap = crate::snapshot::Snapshot::build(&doc).expect("generated documents are valid");
+        let mut mix = QueryMix::new(&doc, 3);
+        let mut queries = mix.mixed(2_000);
+        queries.extend(mix.rebac(3, 300));
+        let mut wrong = Vec::new();
+        for q in &queries {
+            let body = q.to_json().to_string();
+            let parsed: crate::decide::AllowedQuery = serde_json::from_str(&body).unwrap();
+            if crate::decide::check(&snap, &parsed).allow != q.expect_allow {
+                wrong.push(body);
+            }
+        }
+        assert!(wrong.is_empty(), "{} of {} disagree, e.g. {:?}", wrong.len(), queries.len(), &wrong[..wrong.len().min(5)]);
+    }
 }
