@@ -8,7 +8,8 @@
 //! `--load-dir` writes one request body per line, for `benches/load/*.lua`:
 //! `allowed.jsonl` (the mixed `/allowed` queries), `bulk.jsonl` (arrays of 100
 //! of them for `/allowed/bulk`) and `user_permissions.jsonl`, plus
-//! `expected.txt` with the share of queries the generator expects allowed.
+//! `expected.txt` (how many queries the generator expects allowed) and
+//! `meta.env` (the document's sizes, for per-assignment figures).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -44,9 +45,8 @@ fn parse() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    let mut spec = GenSpec::preset(&preset).ok_or_else(|| {
-        format!("unknown preset {preset} (small, medium, large, rebac_large)")
-    })?;
+    let mut spec = GenSpec::preset(&preset)
+        .ok_or_else(|| format!("unknown preset {preset} (small, medium, large, rebac_large)"))?;
     if let Some(seed) = seed {
         spec.seed = seed;
     }
@@ -109,7 +109,17 @@ fn run(args: Args) -> std::io::Result<()> {
         )?;
         std::fs::write(
             dir.join("expected.txt"),
-            format!("{allowed} of {} allowed\n", queries.len()),
+            format!("{allowed} of {} queries expected allowed\n", queries.len()),
+        )?;
+        std::fs::write(
+            dir.join("meta.env"),
+            format!(
+                "ROLE_ASSIGNMENTS={}\nINSTANCES={}\nTUPLES={}\nUSERS={}\n",
+                doc.role_assignments.len(),
+                doc.resource_instances.len(),
+                doc.relationship_tuples.len(),
+                doc.users.len()
+            ),
         )?;
         eprintln!(
             "gen: {} queries ({allowed} expected allowed) -> {}",

@@ -190,7 +190,12 @@ type TenantRoleDef = (
 const TENANT_ROLES: &[TenantRoleDef] = &[
     (
         "viewer",
-        &["document:read", "report:read", "project:read", "ticket:read"],
+        &[
+            "document:read",
+            "report:read",
+            "project:read",
+            "ticket:read",
+        ],
         &[],
         350,
     ),
@@ -344,7 +349,9 @@ const DEPARTMENTS: &[&str] = &[
 ];
 const COUNTRIES: &[&str] = &["us", "de", "fr", "nl", "jp", "br", "in"];
 const FIRST: &[&str] = &["Ada", "Grace", "Alan", "Edsger", "Barbara", "Ken", "Radia"];
-const LAST: &[&str] = &["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Thompson"];
+const LAST: &[&str] = &[
+    "Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Thompson",
+];
 const CLASSIFICATIONS: &[&str] = &["public", "internal", "confidential"];
 
 pub fn user_key(i: usize) -> String {
@@ -405,7 +412,7 @@ fn schema() -> Vec<Resource> {
                     role: role.into(),
                     on_resource: on.into(),
                     linked_by_relation: "parent".into(),
-                    when: no_direct.then(|| When {
+                    when: no_direct.then_some(When {
                         no_direct_roles_on_object: true,
                     }),
                 }],
@@ -563,8 +570,7 @@ pub fn generate(spec: &GenSpec) -> DataDocument {
         })
         .collect();
 
-    doc.role_assignments =
-        Vec::with_capacity(spec.tenant_assignments + spec.instance_assignments);
+    doc.role_assignments = Vec::with_capacity(spec.tenant_assignments + spec.instance_assignments);
     tenant_assignments(spec, &mut rng, &mut doc);
     let placed = instances_and_tuples(spec, &mut rng, &mut doc);
     instance_assignments(spec, &mut rng, &mut doc, &placed);
@@ -679,13 +685,13 @@ fn instances_and_tuples(spec: &GenSpec, rng: &mut ChaCha8Rng, doc: &mut DataDocu
         object: format!("{}:{}", CHAIN[level], instance_key(level, child)),
         tenant: spec.tenants.gt(&0).then(|| tenant_key(t as usize)),
     };
-    'natural: for level in 1..3 {
-        for child in 0..placed.counts[level] {
+    'natural: for (level, parents) in parent.iter().enumerate().skip(1) {
+        let parents = parents.iter().zip(&placed.tenants[level]);
+        for (child, (&p, &t)) in parents.enumerate() {
             if tuples.len() == spec.tuples {
                 break 'natural;
             }
-            let p = parent[level][child] as usize;
-            tuples.push(tuple(level, child, p, placed.tenants[level][child]));
+            tuples.push(tuple(level, child, p as usize, t));
         }
     }
     // Files shared into a second folder, until the tuple budget is spent.
@@ -860,8 +866,8 @@ impl<'a> QueryMix<'a> {
                 }
                 (Some(inst), _) => {
                     m.direct.entry((&ra.user, inst)).or_default().push(&ra.role);
-                    if let Some(level) = split_instance(inst)
-                        .and_then(|(ty, _)| CHAIN.iter().position(|c| *c == ty))
+                    if let Some(level) =
+                        split_instance(inst).and_then(|(ty, _)| CHAIN.iter().position(|c| *c == ty))
                     {
                         m.chain_ras[level].push(i);
                     }
@@ -955,8 +961,11 @@ impl<'a> QueryMix<'a> {
             let Some(g) = &role.granted_to else { continue };
             let role_wide = g.when.as_ref().is_some_and(|w| w.no_direct_roles_on_object);
             for rule in &g.users_with_role {
-                let no_direct =
-                    role_wide || rule.when.as_ref().is_some_and(|w| w.no_direct_roles_on_object);
+                let no_direct = role_wide
+                    || rule
+                        .when
+                        .as_ref()
+                        .is_some_and(|w| w.no_direct_roles_on_object);
                 if no_direct && direct.is_some_and(|d| !d.is_empty()) {
                     continue;
                 }
@@ -1068,13 +1077,16 @@ impl<'a> QueryMix<'a> {
             set(key).is_some()
         };
         self.doc.condition_set_rules.iter().any(|r| {
-            r.permission == perm && set_holds(&r.user_set, true) && set_holds(&r.resource_set, false)
+            r.permission == perm
+                && set_holds(&r.user_set, true)
+                && set_holds(&r.resource_set, false)
         })
     }
 
     fn tenant_query(&mut self, want_allow: bool) -> Query {
         let doc = self.doc;
-        let ra = &doc.role_assignments[self.tenant_ras[below(&mut self.rng, self.tenant_ras.len())]];
+        let ra =
+            &doc.role_assignments[self.tenant_ras[below(&mut self.rng, self.tenant_ras.len())]];
         let tenant = ra.tenant.clone();
         let all: Vec<(&str, &str)> = RBAC_TYPES
             .iter()
@@ -1082,7 +1094,10 @@ impl<'a> QueryMix<'a> {
             .collect();
         let granted: Vec<(&str, &str)> = if want_allow {
             let perms = &self.tenant_perms[ra.role.as_str()];
-            all.iter().copied().filter(|(t, a)| perms.contains(&format!("{t}:{a}"))).collect()
+            all.iter()
+                .copied()
+                .filter(|(t, a)| perms.contains(&format!("{t}:{a}")))
+                .collect()
         } else {
             all
         };
@@ -1097,7 +1112,11 @@ impl<'a> QueryMix<'a> {
         };
         if !want_allow && below(&mut self.rng, 3) == 0 && !doc.tenants.is_empty() {
             // A tenant the user is (most likely) not a member of.
-            q.tenant = Some(doc.tenants[below(&mut self.rng, doc.tenants.len())].key.clone());
+            q.tenant = Some(
+                doc.tenants[below(&mut self.rng, doc.tenants.len())]
+                    .key
+                    .clone(),
+            );
         }
         q
     }
@@ -1226,7 +1245,10 @@ impl<'a> QueryMix<'a> {
 
     /// Tenants `user` holds a tenant role in, in assignment order.
     pub fn tenants_of(&self, user: &str) -> &[&'a str] {
-        self.user_tenants.get(user).map(Vec::as_slice).unwrap_or_default()
+        self.user_tenants
+            .get(user)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 }
 
@@ -1345,7 +1367,11 @@ mod tests {
             assert!(!qs.is_empty(), "{name} is empty");
             let allowed = qs.iter().filter(|q| q.expect_allow).count();
             let share = allowed as f64 / qs.len() as f64;
-            assert!((0.3..=0.7).contains(&share), "{name}: {allowed}/{}", qs.len());
+            assert!(
+                (0.3..=0.7).contains(&share),
+                "{name}: {allowed}/{}",
+                qs.len()
+            );
         }
     }
 
@@ -1359,16 +1385,19 @@ mod tests {
             .iter()
             .find(|r| {
                 r.role == "admin"
-                    && r.resource_instance
-                        .as_deref()
-                        .is_some_and(|i| i.starts_with("organization:") && mix.children.contains_key(i))
+                    && r.resource_instance.as_deref().is_some_and(|i| {
+                        i.starts_with("organization:") && mix.children.contains_key(i)
+                    })
                     && mix.children[r.resource_instance.as_deref().unwrap()]
                         .iter()
                         .any(|f| mix.children.contains_key(f))
             })
             .expect("an org admin with a file below");
         let org = ra.resource_instance.as_deref().unwrap();
-        let folder = mix.children[org].iter().find(|f| mix.children.contains_key(*f)).unwrap();
+        let folder = mix.children[org]
+            .iter()
+            .find(|f| mix.children.contains_key(*f))
+            .unwrap();
         let file = mix.children[*folder][0];
         let roles = mix.roles_on(&ra.user, file, 0);
         assert!(roles.contains("editor"), "{roles:?}");
@@ -1381,7 +1410,12 @@ mod tests {
             expect_allow: false,
         };
         assert!(mix.expected(&q));
-        assert!(!mix.expected(&Query { action: "share".into(), ..q.clone() }) || roles.contains("owner"));
+        assert!(
+            !mix.expected(&Query {
+                action: "share".into(),
+                ..q.clone()
+            }) || roles.contains("owner")
+        );
     }
 
     #[test]
@@ -1408,6 +1442,12 @@ mod tests {
                 wrong.push(body);
             }
         }
-        assert!(wrong.is_empty(), "{} of {} disagree, e.g. {:?}", wrong.len(), queries.len(), &wrong[..wrong.len().min(5)]);
+        assert!(
+            wrong.is_empty(),
+            "{} of {} disagree, e.g. {:?}",
+            wrong.len(),
+            queries.len(),
+            &wrong[..wrong.len().min(5)]
+        );
     }
 }
