@@ -34,10 +34,10 @@ fn rss_bytes() -> usize {
         .map_or(0, |pages| pages * 4096)
 }
 
-/// The naive RBAC floor.
+/// The naive RBAC floor: two hash probes on borrowed keys, no allocation.
 struct Naive<'a> {
     roles: HashMap<(&'a str, &'a str), Vec<&'a str>>,
-    perms: HashMap<&'a str, HashSet<(String, String)>>,
+    perms: HashMap<&'a str, HashSet<(&'a str, &'a str)>>,
 }
 
 impl<'a> Naive<'a> {
@@ -67,9 +67,9 @@ impl<'a> Naive<'a> {
                             .find(|x| x.key == t)
                             .and_then(|x| x.action_groups.get(a));
                         match group {
-                            Some(g) => set.extend(g.0.iter().map(|a| (t.to_string(), a.clone()))),
+                            Some(g) => set.extend(g.0.iter().map(|a| (t, a.as_str()))),
                             None => {
-                                set.insert((t.to_string(), a.to_string()));
+                                set.insert((t, a));
                             }
                         }
                     }
@@ -82,10 +82,9 @@ impl<'a> Naive<'a> {
     }
 
     fn check(&self, user: &str, tenant: &str, ty: &str, action: &str) -> bool {
-        let probe = (ty.to_string(), action.to_string());
         self.roles.get(&(user, tenant)).is_some_and(|rs| {
             rs.iter()
-                .any(|r| self.perms.get(r).is_some_and(|p| p.contains(&probe)))
+                .any(|r| self.perms.get(r).is_some_and(|p| p.contains(&(ty, action))))
         })
     }
 }
