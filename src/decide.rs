@@ -799,12 +799,12 @@ fn add_abac_permissions(
                         context: q.context.clone(),
                     };
                     let ctx = AttrCtx::new(snap, &base, user, Some(t), tenant_key, ty);
-                    if !user_set_matches(snap, us, &ctx) {
-                        continue;
-                    }
                     let perm = perm_name(snap, ty, a as u32);
                     match &snap.resource_sets[rs as usize] {
                         ResourceSet::Type(_) => {
+                            if !user_set_matches(snap, us, &ctx) {
+                                continue;
+                            }
                             out.entry(format!("__tenant:{tenant_key}"))
                                 .or_insert_with(|| tenant_entry(snap, t))
                                 .permissions
@@ -819,8 +819,11 @@ fn add_abac_permissions(
                                 }
                                 let mut iq = base.clone();
                                 iq.resource.key = Some(Str(Cow::Borrowed(key)));
+                                // Exactly what /allowed would see on this instance.
                                 let ictx = AttrCtx::new(snap, &iq, user, Some(t), tenant_key, ty);
-                                if resource_set_matches(snap, rs, &ictx) {
+                                if user_set_matches(snap, us, &ictx)
+                                    && resource_set_matches(snap, rs, &ictx)
+                                {
                                     let ekey = format!("{}:{}", snap.types.name(ty), key);
                                     out.entry(ekey.clone())
                                         .or_insert_with(|| instance_entry(snap, inst))

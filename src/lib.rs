@@ -1,9 +1,219 @@
-//! pdp: a Policy Decision Point sidecar.
+//! pdp: a Policy Decision Point sidecar that answers the Permit.io PDP API
+//! and OpenID AuthZEN 1.0 from an immutable in-memory snapshot.
+//!
+//! The request path is three hops: [`http`] accepts, routes and decodes;
+//! [`decide`] answers from the current [`snapshot::Snapshot`]; [`http`]
+//! encodes. Around it:
+//!
+//! - [`model`]: the data document, the one input format (control plane,
+//!   local file, backup).
+//! - [`snapshot`]: the one validating constructor from a document to an
+//!   interned, indexed, immutable snapshot.
+//! - [`abac`]: ABAC conditions, compiled once per snapshot.
+//! - [`store`]: the serving snapshot behind one `ArcSwap`; requests load it
+//!   once and never wait for a writer.
+//! - [`config`]: defaults, `config/pdp.toml`, `PDP_*`, validated before bind.
+//! - [`metrics`]: Prometheus series, registered once, pre-resolved on the
+//!   hot path.
+//! - [`run`] wires them: load the first snapshot, start the background
+//!   refresh, serve until shutdown, drain.
 #![forbid(unsafe_code)]
 
 pub mod abac;
+pub mod config;
 pub mod decide;
 pub mod gen;
+pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod snapshot;
 pub mod store;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, Mode};
+use crate::http::{App, HttpSettings};
+use crate::metrics::Metrics;
+use crate::model::DataDocument;
+use crate::snapshot::Snapshot;
+use crate::store::{Loaded, SnapshotMeta, Source, Store};
+
+/// The example environment served when nothing else is configured.
+pub const EMBEDDED_DATA: &str = include_str!("../config/example-data.json");
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid data document: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{origin} was refused: {source}")]
+    Invalid {
+        origin: String,
+        source: snapshot::BuildError,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Reads a data document from a JSON file.
+pub fn read_document(path: &Path) -> Result<DataDocument, LoadError> {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|source| LoadError::Parse {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Validates `doc` and swaps it in as the serving snapshot.
+pub fn install(store: &Store, doc: &DataDocument, source: Source) -> Result<(), LoadError> {
+    let started = Instant::now();
+    let snapshot = Snapshot::build(doc).map_err(|e| LoadError::Invalid {
+        origin: format!("{source:?}"),
+        source: e,
+    })?;
+    let content_hash = model::content_hash(doc);
+    let counts = snapshot.counts().clone();
+    store.swap(Loaded {
+        snapshot,
+        meta: SnapshotMeta {
+            source,
+            content_hash,
+            loaded_at: SystemTime::now(),
+        },
+    });
+    info!(
+        users = counts.users,
+        tenants = counts.tenants,
+        tenant_role_assignments = counts.tenant_role_assignments,
+        instance_role_assignments = counts.instance_role_assignments,
+        resource_instances = counts.resource_instances,
+        relationship_tuples = counts.relationship_tuples,
+        dropped_facts = counts.dropped_facts,
+        took_ms = started.elapsed().as_millis() as u64,
+        "snapshot loaded"
+    );
+    if counts.dropped_facts > 0 {
+        warn!(
+            dropped = counts.dropped_facts,
+            "facts referring to unknown schema were dropped"
+        );
+    }
+    Ok(())
+}
+
+fn load_file(store: &Store, path: &Path) -> Result<(), LoadError> {
+    let doc = read_document(path)?;
+    install(store, &doc, Source::File(path.to_owned()))
+}
+
+/// Runs the PDP on `listener` until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let store = Arc::new(Store::new());
+    let metrics = Arc::new(Metrics::new(
+        prometheus::Registry::new(),
+        http::ROUTE_LABELS,
+    )?);
+    let refresh = Arc::new(Notify::new());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+
+    match config.mode() {
+        Mode::Embedded => {
+            let doc: DataDocument =
+                serde_json::from_str(EMBEDDED_DATA).map_err(|source| LoadError::Parse {
+                    path: "config/example-data.json".into(),
+                    source,
+                })?;
+            install(&store, &doc, Source::Embedded)?;
+        }
+        Mode::File(path) => {
+            load_file(&store, &path)?;
+            tokio::spawn(reload_on_request(
+                store.clone(),
+                path,
+                refresh.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        Mode::ControlPlane => {
+            error!("control-plane sync is not available in this build; set PDP_DATA_FILE");
+        }
+    }
+
+    let app = Arc::new(App {
+        store,
+        settings: HttpSettings {
+            api_key: config.api_key.clone(),
+            debug: config.debug,
+            max_body_bytes: config.max_body_bytes,
+            max_bulk_items: config.max_bulk_items,
+            header_read_timeout: config.header_read_timeout,
+            shutdown_grace: config.shutdown_grace,
+            max_staleness: config.max_staleness,
+        },
+        metrics,
+        refresh,
+        health_details: None,
+    });
+    http::serve(app, listener, shutdown).await;
+    let _ = stop_tx.send(true);
+    Ok(())
+}
+
+/// Re-reads the data file on `POST /sync` or SIGHUP; a bad file is logged
+/// and the serving snapshot kept.
+async fn reload_on_request(
+    store: Arc<Store>,
+    path: PathBuf,
+    refresh: Arc<Notify>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGHUP; reload only through POST /sync");
+            None
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = refresh.notified() => {}
+            Some(_) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {}
+            _ = stop.changed() => return,
+        }
+        let store = store.clone();
+        let path = path.clone();
+        let result = tokio::task::spawn_blocking(move || load_file(&store, &path)).await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!(error = %e, "reload failed; the previous snapshot keeps serving"),
+            Err(e) => error!(error = %e, "reload task failed"),
+        }
+    }
+}

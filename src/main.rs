@@ -1,1 +1,97 @@
-fn main() {}
+//! The `pdp` binary: configuration, logging, bind, run, exit code.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+
+use pdp::config::{Config, LogFormat};
+use tracing::{error, info, warn};
+
+/// sysexits: EX_USAGE for configuration errors, EX_DATAERR for bad data,
+/// EX_UNAVAILABLE when the port cannot be bound.
+const EX_USAGE: u8 = 64;
+const EX_DATAERR: u8 = 65;
+const EX_UNAVAILABLE: u8 = 69;
+
+fn main() -> ExitCode {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let file = Config::default_file(&env);
+    let mut config = match Config::load(file.as_deref(), &env) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("pdp: configuration error: {e}");
+            }
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    init_tracing(&config);
+    if config.api_key.is_none() && !config.host.is_loopback() {
+        warn!(
+            requested = %config.host,
+            "no PDP_API_KEY: callers are not authenticated, so listening on 127.0.0.1 only"
+        );
+        config.host = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let addr = SocketAddr::new(config.host, config.port);
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                error!(%addr, error = %e, "cannot listen");
+                return ExitCode::from(EX_UNAVAILABLE);
+            }
+        };
+        let local = listener.local_addr().unwrap_or(addr);
+        info!(
+            address = %local,
+            mode = ?config.mode(),
+            "pdp listening; try: curl -s -H 'Content-Type: application/json' -d '{{\"user\":\"alice\",\"action\":\"read\",\"resource\":{{\"type\":\"document\",\"tenant\":\"acme\"}}}}' http://{local}/allowed"
+        );
+        match pdp::run(config, listener, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!(error = %e, "pdp stopped");
+                ExitCode::from(EX_DATAERR)
+            }
+        }
+    })
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::new(&config.log_level);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+    }
+}

@@ -6,8 +6,9 @@
 //! `arc-swap` makes the load a few atomic operations.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use serde::Serialize;
@@ -40,6 +41,17 @@ pub struct Loaded {
 #[derive(Default)]
 pub struct Store {
     current: ArcSwapOption<Loaded>,
+    /// Unix milliseconds when the serving snapshot was last known current:
+    /// swapped in, or confirmed unchanged by a sync.
+    confirmed_ms: AtomicU64,
+    swaps: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
 }
 
 impl Store {
@@ -52,8 +64,32 @@ impl Store {
         self.current.load_full()
     }
 
+    /// The current snapshot for the length of one request: no reference
+    /// count is touched, so concurrent requests share no cache line.
+    pub fn current(&self) -> arc_swap::Guard<Option<Arc<Loaded>>> {
+        self.current.load()
+    }
+
     pub fn swap(&self, next: Loaded) {
         self.current.store(Some(Arc::new(next)));
+        self.swaps.fetch_add(1, Ordering::Relaxed);
+        self.mark_fresh();
+    }
+
+    /// Records that the control plane confirmed the serving snapshot is current.
+    pub fn mark_fresh(&self) {
+        self.confirmed_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Time since the snapshot was last swapped in or confirmed current.
+    pub fn freshness_age(&self) -> Duration {
+        let confirmed = self.confirmed_ms.load(Ordering::Relaxed);
+        Duration::from_millis(now_ms().saturating_sub(confirmed))
+    }
+
+    /// Snapshots swapped in since start.
+    pub fn swaps(&self) -> u64 {
+        self.swaps.load(Ordering::Relaxed)
     }
 
     pub fn is_loaded(&self) -> bool {

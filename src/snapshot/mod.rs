@@ -619,12 +619,6 @@ impl Builder {
                     };
                     let user = intern_user(&mut users, &mut user_info, &ra.user);
                     let i = intern_inst(&mut instances, &mut inst_tenant, t, key);
-                    if inst_tenant[i as usize] == NONE {
-                        if let Some(tenant) = ra.tenant.as_deref().filter(|t| !t.is_empty()) {
-                            inst_tenant[i as usize] =
-                                intern_tenant(&mut tenants, &mut tenant_attrs, tenant);
-                        }
-                    }
                     inst_pairs.push((user, (i, role)));
                 }
                 None => {

@@ -1,0 +1,493 @@
+//! Configuration: defaults, then `config/pdp.toml`, then `PDP_*` variables.
+//!
+//! Resolved once, in two steps (raw strings, then typed values), before
+//! anything binds. Every bad key is reported, not just the first; `main`
+//! exits 64 on any. Tests pass their own variables as a map instead of
+//! touching the process environment.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// One setting: its key, default and meaning (the table in the README and
+/// the comments in `config/pdp.toml` say the same).
+struct Key {
+    name: &'static str,
+    default: &'static str,
+}
+
+const KEYS: &[Key] = &[
+    Key {
+        name: "host",
+        default: "0.0.0.0",
+    },
+    Key {
+        name: "port",
+        default: "7766",
+    },
+    Key {
+        name: "api_key",
+        default: "",
+    },
+    Key {
+        name: "debug",
+        default: "false",
+    },
+    Key {
+        name: "data_file",
+        default: "",
+    },
+    Key {
+        name: "log_level",
+        default: "info",
+    },
+    Key {
+        name: "log_format",
+        default: "text",
+    },
+    Key {
+        name: "max_body_bytes",
+        default: "1048576",
+    },
+    Key {
+        name: "max_bulk_items",
+        default: "10000",
+    },
+    Key {
+        name: "header_read_timeout",
+        default: "10s",
+    },
+    Key {
+        name: "shutdown_grace",
+        default: "20s",
+    },
+    Key {
+        name: "control_plane",
+        default: "https://api.permit.io",
+    },
+    Key {
+        name: "sync_interval",
+        default: "60s",
+    },
+    Key {
+        name: "sync_request_timeout",
+        default: "30s",
+    },
+    Key {
+        name: "sync_deadline",
+        default: "30m",
+    },
+    Key {
+        name: "backup_dir",
+        default: "",
+    },
+    Key {
+        name: "max_staleness",
+        default: "",
+    },
+    Key {
+        name: "rate_limit_overall",
+        default: "2500",
+    },
+    Key {
+        name: "rate_limit_facts",
+        default: "1500",
+    },
+    Key {
+        name: "rate_limit_schema",
+        default: "500",
+    },
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: IpAddr,
+    pub port: u16,
+    /// The key callers must present, and the environment key used to sync.
+    pub api_key: Option<String>,
+    pub debug: bool,
+    /// Serve this data document instead of syncing from the control plane.
+    pub data_file: Option<PathBuf>,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub max_body_bytes: usize,
+    pub max_bulk_items: usize,
+    pub header_read_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub control_plane: String,
+    pub sync_interval: Duration,
+    pub sync_request_timeout: Duration,
+    pub sync_deadline: Duration,
+    pub backup_dir: Option<PathBuf>,
+    pub max_staleness: Option<Duration>,
+    /// Requests per minute; 0 = unlimited.
+    pub rate_limit_overall: u32,
+    pub rate_limit_facts: u32,
+    pub rate_limit_schema: u32,
+}
+
+/// What the PDP serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// The example environment compiled into the binary.
+    Embedded,
+    File(PathBuf),
+    ControlPlane,
+}
+
+impl Config {
+    /// Where decisions come from: a data file if one is named, else the
+    /// control plane if there is a key to sync with, else the embedded example.
+    pub fn mode(&self) -> Mode {
+        match (&self.data_file, &self.api_key) {
+            (Some(f), _) => Mode::File(f.clone()),
+            (None, Some(_)) => Mode::ControlPlane,
+            (None, None) => Mode::Embedded,
+        }
+    }
+
+    /// Defaults, overridden by `file` (TOML) if given, overridden by `PDP_*`
+    /// entries of `env`.
+    pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Config, Vec<String>> {
+        let mut raw: BTreeMap<&'static str, String> = KEYS
+            .iter()
+            .map(|k| (k.name, k.default.to_owned()))
+            .collect();
+        let mut errors = Vec::new();
+        if let Some(path) = file {
+            match std::fs::read_to_string(path) {
+                Ok(text) => merge_toml(&text, path, &mut raw, &mut errors),
+                Err(e) => errors.push(format!("{}: {e}", path.display())),
+            }
+        }
+        for k in KEYS {
+            if let Some(v) = env.get(&format!("PDP_{}", k.name.to_uppercase())) {
+                raw.insert(k.name, v.clone());
+            }
+        }
+        let config = Parser {
+            raw: &raw,
+            errors: &mut errors,
+        }
+        .parse();
+        match config {
+            Some(c) if errors.is_empty() => Ok(c),
+            _ => Err(errors),
+        }
+    }
+
+    /// The config file to read: `PDP_CONFIG_FILE` if set, else
+    /// `config/pdp.toml` when it exists.
+    pub fn default_file(env: &HashMap<String, String>) -> Option<PathBuf> {
+        if let Some(p) = env.get("PDP_CONFIG_FILE") {
+            return Some(PathBuf::from(p));
+        }
+        let p = PathBuf::from("config/pdp.toml");
+        p.exists().then_some(p)
+    }
+}
+
+fn merge_toml(
+    text: &str,
+    path: &Path,
+    raw: &mut BTreeMap<&'static str, String>,
+    errors: &mut Vec<String>,
+) {
+    let table: toml::Table = match text.parse() {
+        Ok(t) => t,
+        Err(e) => {
+            errors.push(format!("{}: {e}", path.display()));
+            return;
+        }
+    };
+    for (key, value) in table {
+        let Some(k) = KEYS.iter().find(|k| k.name == key) else {
+            errors.push(format!("{}: unknown key `{key}`", path.display()));
+            continue;
+        };
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            other => {
+                errors.push(format!(
+                    "{}: `{key}` cannot be {}",
+                    path.display(),
+                    other.type_str()
+                ));
+                continue;
+            }
+        };
+        raw.insert(k.name, text);
+    }
+}
+
+/// Parses a duration such as `250ms`, `10s`, `5m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+struct Parser<'a> {
+    raw: &'a BTreeMap<&'static str, String>,
+    errors: &'a mut Vec<String>,
+}
+
+impl Parser<'_> {
+    fn get(&self, key: &str) -> &str {
+        self.raw.get(key).map(String::as_str).unwrap_or_default()
+    }
+
+    fn fail<T>(&mut self, key: &str, want: &str) -> Option<T> {
+        let env = format!("PDP_{}", key.to_uppercase());
+        self.errors.push(format!(
+            "{env} / `{key}`: `{}` is not {want}",
+            self.get(key)
+        ));
+        None
+    }
+
+    fn value<T: std::str::FromStr>(&mut self, key: &str, want: &str) -> Option<T> {
+        match self.get(key).trim().parse() {
+            Ok(v) => Some(v),
+            Err(_) => self.fail(key, want),
+        }
+    }
+
+    fn flag(&mut self, key: &str) -> Option<bool> {
+        match self.get(key).trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Some(true),
+            "0" | "false" | "no" | "off" | "" => Some(false),
+            _ => self.fail(key, "a boolean (true/false)"),
+        }
+    }
+
+    fn duration(&mut self, key: &str) -> Option<Duration> {
+        match parse_duration(self.get(key)) {
+            Some(d) => Some(d),
+            None => self.fail(key, "a duration like 500ms, 10s, 5m"),
+        }
+    }
+
+    fn positive_duration(&mut self, key: &str) -> Option<Duration> {
+        match self.duration(key)? {
+            d if d.is_zero() => self.fail(key, "a duration above zero"),
+            d => Some(d),
+        }
+    }
+
+    fn optional<T>(
+        &mut self,
+        key: &str,
+        f: impl FnOnce(&mut Self, &str) -> Option<T>,
+    ) -> Option<Option<T>> {
+        if self.get(key).trim().is_empty() {
+            Some(None)
+        } else {
+            f(self, key).map(Some)
+        }
+    }
+
+    fn parse(mut self) -> Option<Config> {
+        let host = self.value("host", "an IP address");
+        let port = self.value("port", "a port number (0-65535)");
+        let debug = self.flag("debug");
+        let log_level = self.get("log_level").trim().to_owned();
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            self.fail::<()>(
+                "log_level",
+                "a log level or filter (error, warn, info, debug, trace)",
+            );
+        }
+        let log_format = match self.get("log_format").trim() {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => self.fail("log_format", "`text` or `json`"),
+        };
+        let max_body_bytes = match self.value::<usize>("max_body_bytes", "a number of bytes") {
+            Some(0) => self.fail("max_body_bytes", "above zero"),
+            v => v,
+        };
+        let max_bulk_items = match self.value::<usize>("max_bulk_items", "a count") {
+            Some(0) => self.fail("max_bulk_items", "above zero"),
+            v => v,
+        };
+        let header_read_timeout = self.positive_duration("header_read_timeout");
+        let shutdown_grace = self.duration("shutdown_grace");
+        let control_plane = self
+            .get("control_plane")
+            .trim()
+            .trim_end_matches('/')
+            .to_owned();
+        if !(control_plane.starts_with("http://") || control_plane.starts_with("https://")) {
+            self.fail::<()>("control_plane", "an http:// or https:// URL");
+        }
+        let sync_interval = self.positive_duration("sync_interval");
+        let sync_request_timeout = self.positive_duration("sync_request_timeout");
+        let sync_deadline = self.positive_duration("sync_deadline");
+        let max_staleness = self.optional("max_staleness", |p, k| p.positive_duration(k));
+        let rate_limit_overall =
+            self.value("rate_limit_overall", "requests per minute (0 = unlimited)");
+        let rate_limit_facts =
+            self.value("rate_limit_facts", "requests per minute (0 = unlimited)");
+        let rate_limit_schema =
+            self.value("rate_limit_schema", "requests per minute (0 = unlimited)");
+        let text = |v: &str| (!v.trim().is_empty()).then(|| v.trim().to_owned());
+        let api_key = text(self.get("api_key"));
+        let data_file = text(self.get("data_file")).map(PathBuf::from);
+        let backup_dir = text(self.get("backup_dir")).map(PathBuf::from);
+        Some(Config {
+            host: host?,
+            port: port?,
+            api_key,
+            debug: debug?,
+            data_file,
+            log_level,
+            log_format: log_format?,
+            max_body_bytes: max_body_bytes?,
+            max_bulk_items: max_bulk_items?,
+            header_read_timeout: header_read_timeout?,
+            shutdown_grace: shutdown_grace?,
+            control_plane,
+            sync_interval: sync_interval?,
+            sync_request_timeout: sync_request_timeout?,
+            sync_deadline: sync_deadline?,
+            backup_dir,
+            max_staleness: max_staleness?,
+            rate_limit_overall: rate_limit_overall?,
+            rate_limit_facts: rate_limit_facts?,
+            rate_limit_schema: rate_limit_schema?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_need_nothing() {
+        let c = Config::load(None, &env(&[])).unwrap();
+        assert_eq!(c.port, 7766);
+        assert_eq!(c.host.to_string(), "0.0.0.0");
+        assert_eq!(c.api_key, None);
+        assert_eq!(c.mode(), Mode::Embedded);
+        assert_eq!(c.max_body_bytes, 1 << 20);
+        assert_eq!(c.sync_interval, Duration::from_secs(60));
+        assert_eq!(c.max_staleness, None);
+    }
+
+    #[test]
+    fn environment_overrides_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pdp.toml");
+        std::fs::write(&file, "port = 9000\ndebug = true\nlog_format = \"json\"\n").unwrap();
+        let c = Config::load(
+            Some(&file),
+            &env(&[("PDP_PORT", "9100"), ("PDP_API_KEY", "k")]),
+        )
+        .unwrap();
+        assert_eq!(c.port, 9100);
+        assert!(c.debug);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.mode(), Mode::ControlPlane);
+        let c = Config::load(
+            Some(&file),
+            &env(&[("PDP_DATA_FILE", "x.json"), ("PDP_API_KEY", "k")]),
+        )
+        .unwrap();
+        assert_eq!(c.mode(), Mode::File("x.json".into()));
+    }
+
+    #[test]
+    fn every_bad_key_is_reported() {
+        let errors = Config::load(
+            None,
+            &env(&[
+                ("PDP_PORT", "70000"),
+                ("PDP_HOST", "not-an-ip"),
+                ("PDP_DEBUG", "maybe"),
+                ("PDP_MAX_BODY_BYTES", "0"),
+                ("PDP_SYNC_INTERVAL", "soon"),
+                ("PDP_LOG_FORMAT", "xml"),
+                ("PDP_CONTROL_PLANE", "ftp://x"),
+            ]),
+        )
+        .unwrap_err();
+        for key in [
+            "PDP_PORT",
+            "PDP_HOST",
+            "PDP_DEBUG",
+            "PDP_MAX_BODY_BYTES",
+            "PDP_SYNC_INTERVAL",
+            "PDP_LOG_FORMAT",
+            "PDP_CONTROL_PLANE",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.starts_with(key)),
+                "{key} missing from {errors:?}"
+            );
+        }
+        assert_eq!(errors.len(), 7, "{errors:?}");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pdp.toml");
+        std::fs::write(&file, "prot = 1\n").unwrap();
+        let errors = Config::load(Some(&file), &env(&[])).unwrap_err();
+        assert!(errors[0].contains("unknown key `prot`"), "{errors:?}");
+    }
+
+    #[test]
+    fn the_shipped_config_file_is_valid_and_complete() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pdp.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        for k in KEYS {
+            assert!(
+                text.contains(&format!("{} =", k.name)),
+                "config/pdp.toml lacks `{}`",
+                k.name
+            );
+        }
+        Config::load(Some(&path), &env(&[])).unwrap();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_duration("3 weeks"), None);
+    }
+}

@@ -1,0 +1,604 @@
+//! The HTTP edge: accept, route and decode, decide, encode.
+//!
+//! One hyper server answers the Permit PDP API, the AuthZEN API, health,
+//! readiness and metrics on one port, over HTTP/1.1 (keep-alive) and HTTP/2
+//! (h2c). Routing is a plain `match` on the path. Every failure is an
+//! [`ApiError`], turned into a response in one place ([`ApiError::status`]
+//! and [`error_response`]): bad input gets a 4xx with a JSON body naming
+//! the problem; nothing a client sends can make the server panic or answer 500.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::decide::{self, AllowedQuery};
+use crate::metrics::{Endpoint, Metrics};
+use crate::store::{Loaded, Store};
+
+/// What the HTTP layer needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub api_key: Option<String>,
+    pub debug: bool,
+    pub max_body_bytes: usize,
+    pub max_bulk_items: usize,
+    pub header_read_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub max_staleness: Option<Duration>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            api_key: None,
+            debug: false,
+            max_body_bytes: 1 << 20,
+            max_bulk_items: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(20),
+            max_staleness: None,
+        }
+    }
+}
+
+/// Shared state of the server: cheap to clone behind an `Arc`.
+pub struct App {
+    pub store: Arc<Store>,
+    pub settings: HttpSettings,
+    pub metrics: Arc<Metrics>,
+    /// Woken by `POST /sync` (a sync, or a reload of the data file).
+    pub refresh: Arc<Notify>,
+    /// Extra `/health` details (the sync task's status), if any.
+    pub health_details: Option<Box<dyn Fn() -> serde_json::Value + Send + Sync>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("no route for {0}")]
+    NotFound(String),
+    #[error("method {method} is not allowed on {path}; use {allow}")]
+    MethodNotAllowed {
+        method: Method,
+        path: String,
+        allow: &'static str,
+    },
+    #[error("Missing Authorization header")]
+    MissingAuth,
+    #[error("You are not authorized to access this resource, please check your API key.")]
+    BadKey,
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    #[error("request body is larger than {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("{count} items in one request; the limit is {limit}")]
+    TooManyItems { count: usize, limit: usize },
+    #[error("request body is not valid JSON: {0}")]
+    BadJson(String),
+    #[error("request body has the wrong shape: {0}")]
+    WrongShape(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("not ready: {0}")]
+    NotReady(String),
+    #[error("could not read the request body: {0}")]
+    BodyRead(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MissingAuth => StatusCode::UNAUTHORIZED,
+            ApiError::BadKey => StatusCode::FORBIDDEN,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::BodyTooLarge(_) | ApiError::TooManyItems { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiError::BadJson(_) | ApiError::BadRequest(_) | ApiError::BodyRead(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::WrongShape(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::MissingAuth => "missing_authorization",
+            ApiError::BadKey => "invalid_api_key",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::BodyTooLarge(_) => "body_too_large",
+            ApiError::TooManyItems { .. } => "too_many_items",
+            ApiError::BadJson(_) => "invalid_json",
+            ApiError::WrongShape(_) => "invalid_request",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::NotReady(_) => "not_ready",
+            ApiError::BodyRead(_) => "body_read_error",
+        }
+    }
+}
+
+/// Decodes a JSON body: syntax errors are 400, shape errors 422.
+pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::WrongShape(e.to_string()),
+        _ => ApiError::BadJson(e.to_string()),
+    })
+}
+
+fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec(value) {
+        Ok(body) => {
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        Err(e) => {
+            warn!(error = %e, "failed to encode a response");
+            let mut resp = Response::new(Full::new(Bytes::from_static(
+                b"{\"error\":\"internal\",\"detail\":\"internal error\"}",
+            )));
+            *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            resp
+        }
+    }
+}
+
+const ALLOW_BODY: &[u8] = b"{\"allow\":true,\"result\":true}";
+const DENY_BODY: &[u8] = b"{\"allow\":false,\"result\":false}";
+
+fn static_json(body: &'static [u8]) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
+    let status = e.status();
+    let mut resp = json_response(status, &json!({"error": e.code(), "detail": e.to_string()}));
+    if let ApiError::MethodNotAllowed { allow, .. } = e {
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
+    resp
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Allowed,
+    Bulk,
+    AllTenants,
+    UserPermissions,
+    AuthorizedUsers,
+    UserTenants,
+    Sync,
+    Health,
+    Ready,
+    Live,
+    Metrics,
+}
+
+/// Route labels for metrics, indexed by `Route as usize`; the last is for
+/// requests that matched no route.
+pub const ROUTE_LABELS: &[&str] = &[
+    "/allowed",
+    "/allowed/bulk",
+    "/allowed/all-tenants",
+    "/user-permissions",
+    "/authorized_users",
+    "/user-tenants",
+    "/sync",
+    "/health",
+    "/ready",
+    "/livez",
+    "/metrics",
+    "unmatched",
+];
+
+impl Route {
+    fn find(method: &Method, path: &str) -> Result<Route, ApiError> {
+        let (route, allow) = match path {
+            "/allowed" => (Route::Allowed, "POST"),
+            "/allowed/bulk" => (Route::Bulk, "POST"),
+            "/allowed/all-tenants" => (Route::AllTenants, "POST"),
+            "/user-permissions" => (Route::UserPermissions, "POST"),
+            "/authorized_users" => (Route::AuthorizedUsers, "POST"),
+            "/user-tenants" => (Route::UserTenants, "POST"),
+            "/sync" => (Route::Sync, "POST"),
+            "/health" | "/healthy" => (Route::Health, "GET"),
+            "/ready" => (Route::Ready, "GET"),
+            "/livez" => (Route::Live, "GET"),
+            "/metrics" => (Route::Metrics, "GET"),
+            _ => return Err(ApiError::NotFound(path.to_owned())),
+        };
+        let ok = match allow {
+            "GET" => method == Method::GET || method == Method::HEAD,
+            _ => method == Method::POST,
+        };
+        if !ok {
+            return Err(ApiError::MethodNotAllowed {
+                method: method.clone(),
+                path: path.to_owned(),
+                allow,
+            });
+        }
+        Ok(route)
+    }
+
+    fn label(self) -> &'static str {
+        ROUTE_LABELS[self as usize]
+    }
+
+    fn public(self) -> bool {
+        matches!(
+            self,
+            Route::Health | Route::Ready | Route::Live | Route::Metrics
+        )
+    }
+}
+
+impl App {
+    /// Bearer-key check (contract §1.2), in constant time.
+    fn authenticate<B>(&self, req: &Request<B>) -> Result<(), ApiError> {
+        let Some(expected) = &self.settings.api_key else {
+            return Ok(());
+        };
+        let value = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .ok_or(ApiError::MissingAuth)?
+            .as_bytes();
+        if value.len() < 7 || !value[..7].eq_ignore_ascii_case(b"bearer ") {
+            return Err(ApiError::BadKey);
+        }
+        if bool::from(value[7..].ct_eq(expected.as_bytes())) {
+            Ok(())
+        } else {
+            Err(ApiError::BadKey)
+        }
+    }
+
+    /// The snapshot to decide against, or why there is none to trust.
+    fn snapshot(&self) -> Result<arc_swap::Guard<Option<Arc<Loaded>>>, ApiError> {
+        let loaded = self.store.current();
+        if loaded.is_none() {
+            return Err(ApiError::NotReady(
+                "no policy snapshot has been loaded yet".into(),
+            ));
+        }
+        if let Some(max) = self.settings.max_staleness {
+            let age = self.store.freshness_age();
+            if age > max {
+                return Err(ApiError::NotReady(format!(
+                    "the policy snapshot was last confirmed {}s ago, over the {}s limit (PDP_MAX_STALENESS)",
+                    age.as_secs(),
+                    max.as_secs()
+                )));
+            }
+        }
+        Ok(loaded)
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let request_id = req.headers().get("x-request-id").cloned();
+        let (label, mut resp) = match Route::find(req.method(), req.uri().path()) {
+            Ok(route) => {
+                let resp = match self.dispatch(route, req).await {
+                    Ok(resp) => resp,
+                    Err(e) => error_response(&e),
+                };
+                (route as usize, resp)
+            }
+            Err(e) => (ROUTE_LABELS.len() - 1, error_response(&e)),
+        };
+        self.metrics.http(label, resp.status().as_u16());
+        if let Some(id) = request_id {
+            resp.headers_mut().insert("x-request-id", id);
+        }
+        resp
+    }
+
+    async fn dispatch(
+        &self,
+        route: Route,
+        req: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, ApiError> {
+        if !route.public() {
+            self.authenticate(&req)?;
+        }
+        match route {
+            Route::Health => Ok(self.health(true)),
+            Route::Ready => Ok(self.health(false)),
+            Route::Live => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+            Route::Metrics => {
+                let mut resp =
+                    Response::new(Full::new(Bytes::from(self.metrics.render(&self.store))));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                Ok(resp)
+            }
+            Route::Sync => {
+                self.refresh.notify_one();
+                Ok(json_response(
+                    StatusCode::ACCEPTED,
+                    &json!({"status": "refresh requested"}),
+                ))
+            }
+            _ => {
+                let body = self.read_json_body(req).await?;
+                let guard = self.snapshot()?;
+                match guard.as_deref() {
+                    Some(loaded) => self.decide(route, loaded, &body),
+                    None => Err(ApiError::NotReady(
+                        "no policy snapshot has been loaded yet".into(),
+                    )),
+                }
+            }
+        }
+    }
+
+    fn decide(
+        &self,
+        route: Route,
+        loaded: &Loaded,
+        body: &[u8],
+    ) -> Result<Response<Full<Bytes>>, ApiError> {
+        let snap = &loaded.snapshot;
+        let debug = self.settings.debug;
+        let started = Instant::now();
+        let ok = |endpoint: Endpoint, allowed: u64, denied: u64, resp| {
+            self.metrics
+                .decisions(endpoint, allowed, denied, started.elapsed());
+            Ok(resp)
+        };
+        match route {
+            Route::Allowed => {
+                let q: AllowedQuery = decode(body)?;
+                let d = decide::check(snap, &q);
+                let resp = if debug {
+                    json_response(StatusCode::OK, &d.to_response(debug))
+                } else {
+                    // The two answers without debug are constants.
+                    static_json(if d.allow { ALLOW_BODY } else { DENY_BODY })
+                };
+                ok(Endpoint::Allowed, d.allow as u64, !d.allow as u64, resp)
+            }
+            Route::Bulk => {
+                let qs: Vec<AllowedQuery> = decode(body)?;
+                if qs.len() > self.settings.max_bulk_items {
+                    return Err(ApiError::TooManyItems {
+                        count: qs.len(),
+                        limit: self.settings.max_bulk_items,
+                    });
+                }
+                let answers: Vec<_> = qs
+                    .iter()
+                    .map(|q| decide::check(snap, q).to_response(debug))
+                    .collect();
+                let allowed = answers.iter().filter(|a| a.allow).count() as u64;
+                let resp = json_response(StatusCode::OK, &json!({ "allow": answers }));
+                ok(
+                    Endpoint::Bulk,
+                    allowed,
+                    answers.len() as u64 - allowed,
+                    resp,
+                )
+            }
+            Route::AllTenants => {
+                let q: AllowedQuery = decode(body)?;
+                let r = decide::allowed_tenants(snap, &q);
+                let n = r.allowed_tenants.len() as u64;
+                ok(
+                    Endpoint::AllTenants,
+                    n,
+                    (n == 0) as u64,
+                    json_response(StatusCode::OK, &r),
+                )
+            }
+            Route::UserPermissions => {
+                let q: decide::UserPermissionsQuery = decode(body)?;
+                let r = decide::user_permissions(snap, &q);
+                ok(
+                    Endpoint::UserPermissions,
+                    0,
+                    0,
+                    json_response(StatusCode::OK, &r),
+                )
+            }
+            Route::AuthorizedUsers => {
+                let q: decide::AuthorizedUsersQuery = decode(body)?;
+                let r = decide::authorized_users(snap, &q);
+                ok(
+                    Endpoint::AuthorizedUsers,
+                    0,
+                    0,
+                    json_response(StatusCode::OK, &r),
+                )
+            }
+            Route::UserTenants => {
+                let q: decide::UserTenantsQuery = decode(body)?;
+                let r = decide::user_tenants(snap, &q);
+                ok(
+                    Endpoint::UserTenants,
+                    0,
+                    0,
+                    json_response(StatusCode::OK, &r),
+                )
+            }
+            _ => Err(ApiError::NotFound(route.label().to_owned())),
+        }
+    }
+
+    /// Checks the content type and reads the body within the size cap.
+    async fn read_json_body(&self, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| {
+                let v = v.trim();
+                v.eq_ignore_ascii_case("application/json")
+                    || (v.len() > 5 && v[v.len() - 5..].eq_ignore_ascii_case("+json"))
+            });
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        read_body(req.into_body(), self.settings.max_body_bytes).await
+    }
+
+    fn health(&self, detailed: bool) -> Response<Full<Bytes>> {
+        let loaded = self.store.load();
+        let fresh = self.snapshot().is_ok();
+        let mut body = match &loaded {
+            Some(l) => {
+                let age = SystemTime::now()
+                    .duration_since(l.meta.loaded_at)
+                    .unwrap_or_default();
+                json!({
+                    "status": if fresh { "ok" } else { "stale" },
+                    "snapshot": {
+                        "source": l.meta.source,
+                        "content_hash": l.meta.content_hash,
+                        "age_seconds": age.as_secs(),
+                        "last_confirmed_seconds_ago": self.store.freshness_age().as_secs(),
+                        "objects": l.snapshot.counts(),
+                    },
+                })
+            }
+            None => json!({"status": "not_ready", "snapshot": null,
+                           "detail": "no policy snapshot has been loaded yet"}),
+        };
+        if detailed {
+            if let Some(details) = &self.health_details {
+                body["sync"] = details();
+            }
+        }
+        let status = if fresh {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json_response(status, &body)
+    }
+}
+
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::BodyTooLarge(limit)),
+        Err(e) => Err(ApiError::BodyRead(e.to_string())),
+    }
+}
+
+/// Decodes a JSON body of an owned type (for callers outside this module).
+pub fn decode_owned<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    decode(body)
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then stops
+/// accepting and lets in-flight requests finish within the grace period.
+pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(app.settings.header_read_timeout)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Typically EMFILE: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let service = service_fn(move |req| {
+                    let app = app.clone();
+                    async move { Ok::<_, Infallible>(app.handle(req).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let in_flight = graceful.count();
+    info!(connections = in_flight, "draining");
+    tokio::select! {
+        _ = graceful.shutdown() => info!("drained"),
+        _ = tokio::time::sleep(app.settings.shutdown_grace) => {
+            warn!(grace = ?app.settings.shutdown_grace, "grace period over; closing remaining connections");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::{Decision, Reason};
+
+    #[test]
+    fn constant_answers_match_the_encoded_ones() {
+        for (allow, body) in [(true, ALLOW_BODY), (false, DENY_BODY)] {
+            let d = Decision {
+                allow,
+                sources: 0,
+                reason: Reason::Allow,
+            };
+            assert_eq!(serde_json::to_vec(&d.to_response(false)).unwrap(), body);
+        }
+    }
+
+    #[test]
+    fn route_labels_line_up_with_routes() {
+        assert_eq!(Route::Metrics.label(), "/metrics");
+        assert_eq!(Route::Allowed.label(), "/allowed");
+        assert_eq!(ROUTE_LABELS.len(), Route::Metrics as usize + 2);
+    }
+}

@@ -1,0 +1,106 @@
+//! The `pdp` binary as an operator runs it: configuration errors, the
+//! embedded default, and SIGTERM.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn pdp() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pdp"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Polls `url` until it answers 200, for at most `limit`.
+pub async fn wait_ready(url: &str, limit: Duration) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if let Ok(r) = reqwest::get(url).await {
+            if r.status().as_u16() == 200 {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[test]
+fn bad_configuration_exits_64_naming_every_problem() {
+    let out = pdp()
+        .env("PDP_PORT", "seventy")
+        .env("PDP_DEBUG", "maybe")
+        .env("PDP_MAX_STALENESS", "-3")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in ["PDP_PORT", "PDP_DEBUG", "PDP_MAX_STALENESS"] {
+        assert!(stderr.contains(key), "{key} not reported in:\n{stderr}");
+    }
+}
+
+#[test]
+fn a_broken_data_file_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("env.json");
+    std::fs::write(&file, r#"{"roles": [{"key": "a", "extends": ["a"]}]}"#).unwrap();
+    let out = pdp()
+        .env("PDP_PORT", free_port().to_string())
+        .env("PDP_DATA_FILE", &file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(65));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("inheritance cycle: a -> a"), "{stderr}");
+}
+
+#[tokio::test]
+async fn serves_the_embedded_default_and_drains_on_sigterm() {
+    let port = free_port();
+    let mut child = pdp()
+        .env("PDP_PORT", port.to_string())
+        .env("PDP_LOG_FORMAT", "json")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    assert!(wait_ready(&format!("{base}/ready"), Duration::from_secs(10)).await);
+    let body: serde_json::Value = reqwest::Client::new()
+        .post(format!("{base}/allowed"))
+        .json(&serde_json::json!({"user": "alice", "action": "read", "resource": {"type": "document", "tenant": "acme"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["allow"], true);
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert_eq!(status.code(), Some(0));
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,687 @@
+//! The Permit PDP API over a real socket: every endpoint, every
+//! authentication outcome, every class of bad input, readiness, metrics,
+//! HTTP/2, and snapshot swaps under load.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use pdp::http::HttpSettings;
+use pdp::store::Source;
+use serde_json::{json, Value};
+
+use crate::support::{document, settings, TestServer, KEY};
+
+fn env() -> Value {
+    json!({
+        "resources": [
+            {"key": "document", "actions": {"read": {}, "write": {}, "delete": {}},
+             "roles": {"owner": {"permissions": ["read", "write", "delete"]}}},
+            {"key": "invoice", "actions": {"read": {}, "pay": {}}}
+        ],
+        "roles": [
+            {"key": "viewer", "permissions": ["document:read"]},
+            {"key": "editor", "permissions": ["document:write"], "extends": ["viewer"]},
+            {"key": "billing", "permissions": ["invoice:pay", "invoice:read"]}
+        ],
+        "tenants": [{"key": "default"}, {"key": "acme", "attributes": {"tier": "gold"}}, {"key": "globex"}],
+        "users": [{"key": "alice"}, {"key": "bob"}],
+        "role_assignments": [
+            {"user": "alice", "role": "editor", "tenant": "acme"},
+            {"user": "alice", "role": "viewer", "tenant": "default"},
+            {"user": "bob", "role": "billing", "tenant": "globex"},
+            {"user": "bob", "role": "owner", "tenant": "acme", "resource_instance": "document:d1"}
+        ]
+    })
+}
+
+async fn server() -> TestServer {
+    TestServer::start(document(env())).await
+}
+
+fn q(user: Value, action: &str, resource: Value) -> Value {
+    json!({"user": user, "action": action, "resource": resource, "context": {}})
+}
+
+#[tokio::test]
+async fn allowed_answers_rbac_and_rebac_with_result_mirroring_allow() {
+    let s = server().await;
+    let cases = [
+        (
+            q(
+                json!({"key": "alice"}),
+                "write",
+                json!({"type": "document", "tenant": "acme"}),
+            ),
+            true,
+        ),
+        (
+            q(
+                json!("alice"),
+                "read",
+                json!({"type": "document", "tenant": "acme", "key": null}),
+            ),
+            true,
+        ),
+        (
+            q(
+                json!({"key": "alice"}),
+                "write",
+                json!({"type": "document", "tenant": "default"}),
+            ),
+            false,
+        ),
+        (
+            q(
+                json!({"key": "alice"}),
+                "write",
+                json!({"type": "document", "tenant": "globex"}),
+            ),
+            false,
+        ),
+        (
+            q(
+                json!({"key": "alice"}),
+                "write",
+                json!({"type": "document"}),
+            ),
+            false,
+        ),
+        (
+            q(
+                json!({"key": "bob"}),
+                "pay",
+                json!({"type": "invoice", "tenant": "globex"}),
+            ),
+            true,
+        ),
+        (
+            q(
+                json!({"key": "bob"}),
+                "delete",
+                json!({"type": "document", "key": "d1", "tenant": "acme"}),
+            ),
+            true,
+        ),
+        (
+            q(
+                json!({"key": "bob"}),
+                "delete",
+                json!({"type": "document", "key": "d2", "tenant": "acme"}),
+            ),
+            false,
+        ),
+        (
+            q(
+                json!({"key": "nobody"}),
+                "read",
+                json!({"type": "document", "tenant": "acme"}),
+            ),
+            false,
+        ),
+    ];
+    for (query, want) in cases {
+        assert_eq!(s.allowed(query.clone()).await, want, "{query}");
+    }
+}
+
+#[tokio::test]
+async fn debug_reasons_when_enabled() {
+    let s = TestServer::start_with(
+        Some(document(env())),
+        HttpSettings {
+            debug: true,
+            ..settings()
+        },
+    )
+    .await;
+    let (_, body) = s
+        .post(
+            "/allowed",
+            &q(
+                json!("alice"),
+                "write",
+                json!({"type": "document", "tenant": "acme"}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        body["debug"],
+        json!({"reason": "allow", "allowing_sources": ["rbac"]})
+    );
+    let (_, body) = s
+        .post(
+            "/allowed",
+            &q(
+                json!("zed"),
+                "write",
+                json!({"type": "document", "tenant": "acme"}),
+            ),
+        )
+        .await;
+    assert_eq!(body["debug"]["reason"], "user_not_synced");
+    let (_, body) = server()
+        .await
+        .post(
+            "/allowed",
+            &q(
+                json!("alice"),
+                "write",
+                json!({"type": "document", "tenant": "acme"}),
+            ),
+        )
+        .await;
+    assert!(
+        body.get("debug").is_none(),
+        "no debug block unless PDP_DEBUG: {body}"
+    );
+}
+
+#[tokio::test]
+async fn bulk_keeps_order_and_length() {
+    let s = server().await;
+    let checks = json!([
+        q(
+            json!("alice"),
+            "write",
+            json!({"type": "document", "tenant": "acme"})
+        ),
+        q(
+            json!("alice"),
+            "write",
+            json!({"type": "document", "tenant": "globex"})
+        ),
+        q(
+            json!("bob"),
+            "pay",
+            json!({"type": "invoice", "tenant": "globex"})
+        ),
+    ]);
+    let (status, body) = s.post("/allowed/bulk", &checks).await;
+    assert_eq!(status, 200);
+    let allows: Vec<bool> = body["allow"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["allow"].as_bool().unwrap())
+        .collect();
+    assert_eq!(allows, [true, false, true]);
+    let (status, body) = s.post("/allowed/bulk", &json!([])).await;
+    assert_eq!((status, body), (200, json!({"allow": []})));
+}
+
+#[tokio::test]
+async fn multi_answer_endpoints() {
+    let s = server().await;
+    let (status, body) = s
+        .post(
+            "/allowed/all-tenants",
+            &q(json!("alice"), "read", json!({"type": "document"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"allowed_tenants": [
+            {"allow": true, "result": true, "tenant": {"key": "acme", "attributes": {"tier": "gold"}}},
+            {"allow": true, "result": true, "tenant": {"key": "default", "attributes": {}}}
+        ]})
+    );
+
+    let (status, body) = s
+        .post(
+            "/user-permissions",
+            &json!({"user": {"key": "alice"}, "tenants": ["acme"], "resources": null, "resource_types": null}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"__tenant:acme": {"tenant": {"key": "acme", "attributes": {"tier": "gold"}},
+               "permissions": ["document:read", "document:write"], "roles": ["editor"]}})
+    );
+    let (_, body) = s
+        .post("/user-permissions", &json!({"user": {"key": "bob"}}))
+        .await;
+    assert_eq!(
+        body["document:d1"],
+        json!({"resource": {"key": "d1", "type": "document", "attributes": {}},
+               "permissions": ["document:delete", "document:read", "document:write"], "roles": ["owner"]})
+    );
+
+    let (status, body) = s
+        .post(
+            "/authorized_users",
+            &json!({"action": "read", "resource": {"type": "document", "key": "d1", "tenant": "acme"}, "context": {}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"resource": "document:d1", "tenant": "acme", "users": {
+            "alice": [{"user": "alice", "tenant": "acme", "resource": "__tenant:acme", "role": "editor"}],
+            "bob": [{"user": "bob", "tenant": "acme", "resource": "document:d1", "role": "owner"}]
+        }})
+    );
+
+    let (status, body) = s
+        .post("/user-tenants", &json!({"user": {"key": "alice"}}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!([{"key": "acme", "attributes": {"tier": "gold"}}, {"key": "default", "attributes": {}}])
+    );
+}
+
+#[tokio::test]
+async fn caller_authentication() {
+    let s = server().await;
+    let body = q(
+        json!("alice"),
+        "read",
+        json!({"type": "document", "tenant": "acme"}),
+    );
+    let send = |auth: Option<&'static str>| {
+        let mut req = s.client.post(s.url("/allowed")).json(&body);
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(send(None).await, 401);
+    assert_eq!(send(Some("Bearer wrong-key")).await, 403);
+    assert_eq!(send(Some("Basic dGVzdC1rZXk=")).await, 403);
+    assert_eq!(
+        send(Some("Bearer  test-key")).await,
+        403,
+        "the token is not trimmed"
+    );
+    assert_eq!(send(Some("Bearer")).await, 403);
+    assert_eq!(send(Some("Bearer test-key")).await, 200);
+    assert_eq!(send(Some("bearer test-key")).await, 200);
+    assert_eq!(send(Some("BEARER test-key")).await, 200);
+    // Health, readiness and metrics need no key.
+    for path in ["/health", "/healthy", "/ready", "/metrics", "/livez"] {
+        assert_eq!(s.get(path).await.0, 200, "{path}");
+    }
+    // An operator's sync trigger does.
+    let status = s.client.post(s.url("/sync")).send().await.unwrap().status();
+    assert_eq!(status, 401);
+    let status = s
+        .client
+        .post(s.url("/sync"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 202);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_4xx() {
+    let s = TestServer::start_with(
+        Some(document(env())),
+        HttpSettings {
+            max_body_bytes: 4096,
+            max_bulk_items: 3,
+            ..settings()
+        },
+    )
+    .await;
+    let raw = |path: &'static str, ct: Option<&'static str>, body: Vec<u8>| {
+        let mut req = s.client.post(s.url(path)).bearer_auth(KEY).body(body);
+        if let Some(ct) = ct {
+            req = req.header("Content-Type", ct);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.expect("error bodies are JSON");
+            (status, body)
+        }
+    };
+    let json_ct = Some("application/json");
+    let (st, body) = raw("/allowed", json_ct, b"{\"user\": ".to_vec()).await;
+    assert_eq!(st, 400);
+    assert_eq!(body["error"], "invalid_json");
+    let (st, _) = raw("/allowed", json_ct, Vec::new()).await;
+    assert_eq!(st, 400);
+    let (st, _) = raw("/allowed", Some("text/plain"), b"{}".to_vec()).await;
+    assert_eq!(st, 415);
+    let (st, _) = raw("/allowed", None, b"{}".to_vec()).await;
+    assert_eq!(st, 415);
+    let (st, _) = raw(
+        "/allowed",
+        Some("application/json; charset=utf-8"),
+        serde_json::to_vec(&q(
+            json!("alice"),
+            "read",
+            json!({"type": "document", "tenant": "acme"}),
+        ))
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(st, 200, "a charset parameter is fine");
+    let (st, body) = raw(
+        "/allowed",
+        json_ct,
+        br#"{"user": {"key": "alice"}, "resource": {"type": "document"}}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(st, 422);
+    assert!(
+        body["detail"].as_str().unwrap().contains("action"),
+        "names the field: {body}"
+    );
+    let (st, body) = raw(
+        "/allowed",
+        json_ct,
+        br#"{"user": 5, "action": "read", "resource": {"type": "d"}}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(st, 422, "{body}");
+    let (st, _) = raw(
+        "/allowed",
+        json_ct,
+        br#"{"user": {"name": "x"}, "action": "read", "resource": {"type": "d"}}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(st, 422, "a user without a key");
+    let (st, _) = raw("/allowed/bulk", json_ct, b"{}".to_vec()).await;
+    assert_eq!(st, 422, "bulk takes an array");
+    let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(5000));
+    let (st, body) = raw("/allowed", json_ct, big.into_bytes()).await;
+    assert_eq!(st, 413, "{body}");
+    let four = serde_json::to_vec(&vec![q(json!("a"), "read", json!({"type": "d"})); 4]).unwrap();
+    let (st, body) = raw("/allowed/bulk", json_ct, four).await;
+    assert_eq!(st, 413);
+    assert_eq!(body["error"], "too_many_items");
+
+    let (st, body) = s.get("/nope").await;
+    assert_eq!((st, body["error"].as_str()), (404, Some("not_found")));
+    let resp = s
+        .client
+        .get(s.url("/allowed"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 405);
+    assert_eq!(resp.headers()["allow"], "POST");
+    let resp = s.client.delete(s.url("/ready")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 405);
+}
+
+#[tokio::test]
+async fn hostile_bodies_never_break_the_server() {
+    let s = server().await;
+    let nasty: Vec<Vec<u8>> = vec![
+        vec![0xff, 0xfe, 0x00],
+        b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[".to_vec(),
+        br#"{"user": {"key": "a", "attributes": []}, "action": "r", "resource": {"type": "d"}}"#.to_vec(),
+        br#"{"user": {"key": "a"}, "action": "r", "resource": {"type": "d", "tenant": 7}}"#.to_vec(),
+        br#"{"user": {"key": "a"}, "action": "r", "resource": {"type": "d", "context": 7}}"#.to_vec(),
+        "\"\u{1F600}\"".as_bytes().to_vec(),
+        b"null".to_vec(),
+    ];
+    for path in [
+        "/allowed",
+        "/allowed/bulk",
+        "/allowed/all-tenants",
+        "/user-permissions",
+        "/authorized_users",
+        "/user-tenants",
+    ] {
+        for body in &nasty {
+            let resp = s
+                .client
+                .post(s.url(path))
+                .bearer_auth(KEY)
+                .header("Content-Type", "application/json")
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            // Some bodies are fine for endpoints that ignore the odd field;
+            // none may fail the server, and none is a valid /allowed query.
+            assert!(status < 500, "{path} {body:?} -> {status}");
+            if path == "/allowed" {
+                assert!((400..500).contains(&status), "{path} {body:?} -> {status}");
+            }
+        }
+    }
+    assert!(
+        s.allowed(q(
+            json!("alice"),
+            "read",
+            json!({"type": "document", "tenant": "acme"})
+        ))
+        .await
+    );
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off() {
+    let s = TestServer::start_with(
+        Some(document(env())),
+        HttpSettings {
+            header_read_timeout: Duration::from_millis(300),
+            ..settings()
+        },
+    )
+    .await;
+    let addr = s.addr;
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        conn.write_all(b"POST /allowed HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = Vec::new();
+        let _ = conn.read_to_end(&mut buf);
+        (started.elapsed(), buf)
+    })
+    .await
+    .unwrap();
+    assert!(
+        closed.0 < Duration::from_secs(4),
+        "the server closed the connection: {:?}",
+        closed.0
+    );
+}
+
+#[tokio::test]
+async fn not_ready_until_a_snapshot_is_loaded() {
+    let s = TestServer::start_with(None, settings()).await;
+    let (status, body) = s.get("/ready").await;
+    assert_eq!(status, 503);
+    assert_eq!(body["status"], "not_ready");
+    let (status, _) = s
+        .post(
+            "/allowed",
+            &q(
+                json!("alice"),
+                "read",
+                json!({"type": "document", "tenant": "acme"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 503, "checks fail closed before the first snapshot");
+    pdp::install(&s.store, &document(env()), Source::Embedded).unwrap();
+    let (status, body) = s.get("/ready").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["snapshot"]["objects"]["users"], 2);
+    assert_eq!(body["snapshot"]["source"]["kind"], "embedded");
+    assert!(body["snapshot"]["content_hash"].as_str().unwrap().len() == 64);
+}
+
+#[tokio::test]
+async fn stale_snapshots_fail_closed_when_asked() {
+    let s = TestServer::start_with(
+        Some(document(env())),
+        HttpSettings {
+            max_staleness: Some(Duration::from_millis(200)),
+            ..settings()
+        },
+    )
+    .await;
+    let query = q(
+        json!("alice"),
+        "read",
+        json!({"type": "document", "tenant": "acme"}),
+    );
+    assert_eq!(s.post("/allowed", &query).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (status, body) = s.post("/allowed", &query).await;
+    assert_eq!(status, 503);
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("PDP_MAX_STALENESS"),
+        "{body}"
+    );
+    assert_eq!(s.get("/ready").await.0, 503);
+    s.store.mark_fresh();
+    assert_eq!(s.post("/allowed", &query).await.0, 200);
+}
+
+#[tokio::test]
+async fn metrics_count_decisions_and_requests() {
+    let s = server().await;
+    s.allowed(q(
+        json!("alice"),
+        "read",
+        json!({"type": "document", "tenant": "acme"}),
+    ))
+    .await;
+    s.allowed(q(
+        json!("alice"),
+        "read",
+        json!({"type": "document", "tenant": "globex"}),
+    ))
+    .await;
+    let text = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "pdp_decisions_total{endpoint=\"allowed\",outcome=\"allow\"} 1",
+        "pdp_decisions_total{endpoint=\"allowed\",outcome=\"deny\"} 1",
+        "pdp_http_requests_total{route=\"/allowed\",status=\"200\"} 2",
+        "pdp_snapshot_objects{kind=\"users\"} 2",
+        "pdp_decision_duration_seconds_count{endpoint=\"allowed\"} 2",
+    ] {
+        assert!(text.contains(line), "missing `{line}` in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_and_http2_is_served() {
+    let s = server().await;
+    let resp = s
+        .client
+        .get(s.url("/ready"))
+        .header("X-Request-ID", "req-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "req-42");
+
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = h2
+        .post(s.url("/allowed"))
+        .bearer_auth(KEY)
+        .json(&q(
+            json!("alice"),
+            "read",
+            json!({"type": "document", "tenant": "acme"}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.json::<Value>().await.unwrap()["allow"], true);
+}
+
+/// Two snapshots that answer a pair of checks oppositely: any response
+/// mixing them would show a request decided against both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swaps_under_load_never_error_or_mix() {
+    let doc_for = |role: &str| {
+        document(json!({
+            "resources": [{"key": "document", "actions": {"read": {}, "write": {}}}],
+            "roles": [{"key": "r", "permissions": [format!("document:{role}")]}],
+            "tenants": [{"key": "t"}],
+            "role_assignments": [{"user": "u", "role": "r", "tenant": "t"}]
+        }))
+    };
+    let (a, b) = (doc_for("read"), doc_for("write"));
+    let s = TestServer::start(a.clone()).await;
+    let checks = json!([
+        q(
+            json!("u"),
+            "read",
+            json!({"type": "document", "tenant": "t"})
+        ),
+        q(
+            json!("u"),
+            "write",
+            json!({"type": "document", "tenant": "t"})
+        ),
+    ]);
+    let store = s.store.clone();
+    let swapper = tokio::spawn(async move {
+        for i in 0..200 {
+            let doc = if i % 2 == 0 { &b } else { &a };
+            pdp::install(&store, doc, Source::Embedded).unwrap();
+            tokio::task::yield_now().await;
+        }
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let client = s.client.clone();
+        let url = s.url("/allowed/bulk");
+        let checks = checks.clone();
+        clients.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for _ in 0..60 {
+                let resp = client
+                    .post(&url)
+                    .bearer_auth(KEY)
+                    .json(&checks)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status().as_u16(), 200);
+                let body: Value = resp.json().await.unwrap();
+                answers.push((
+                    body["allow"][0]["allow"].as_bool().unwrap(),
+                    body["allow"][1]["allow"].as_bool().unwrap(),
+                ));
+            }
+            answers
+        }));
+    }
+    for c in clients {
+        seen.extend(c.await.unwrap());
+    }
+    swapper.await.unwrap();
+    for pair in &seen {
+        assert!(
+            *pair == (true, false) || *pair == (false, true),
+            "mixed answer {pair:?}"
+        );
+    }
+}

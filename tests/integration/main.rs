@@ -1,0 +1,10 @@
+//! The one integration test binary: each area is a module; `support` starts
+//! the real server on port 0 and holds the other shared helpers.
+
+mod support;
+
+mod binary;
+mod http;
+mod props;
+mod reference;
+mod semantics;
