@@ -190,7 +190,9 @@ RSS_KB=$(rss_kb "$PDP_PID" VmRSS)
 log "PDP VmRSS after load: $RSS_KB kB"
 
 # ---- swaps every second ------------------------------------------------------
-health() { curl -s --max-time 2 "$PDP_URL/health" || true; }
+swaps() {
+  curl -s --max-time 2 "$PDP_URL/metrics" | awk '$1 == "pdp_snapshot_swaps" { print $2; f = 1 } END { if (!f) print "" }'
+}
 swap_once() {
   case "$SWAP_TRIGGER" in
     sighup) kill -HUP "$PDP_PID" ;;
@@ -199,16 +201,26 @@ swap_once() {
     *) log "SWAP_TRIGGER must be sync or sighup"; return 1 ;;
   esac
 }
+# Probe: one trigger must lead to one more swap (pdp_snapshot_swaps) within
+# 60 s, or the comparison would measure nothing.
 SWAP_NOTE=""
-H0=$(health)
+S0=$(swaps)
 PROBE=$(swap_once 2>&1 || true)
-sleep 3
+for ((i = 0; i < 600; i++)); do
+  kill -0 "$PDP_PID" 2>/dev/null || break
+  [[ -n "$S0" && "$(swaps)" != "$S0" ]] && break
+  sleep 0.1
+done
 if ! kill -0 "$PDP_PID" 2>/dev/null; then
   SWAP_NOTE="skipped: the PDP exited on $SWAP_TRIGGER"
 elif [[ "$SWAP_TRIGGER" == sync && ! "$PROBE" =~ ^2 ]]; then
   SWAP_NOTE="skipped: POST /sync answered ${PROBE:-nothing}"
-elif [[ -n "$H0" && "$(health)" == "$H0" ]]; then
-  SWAP_NOTE="unverified: /health did not change after a $SWAP_TRIGGER"
+elif [[ -z "$S0" ]]; then
+  SWAP_NOTE="(unverified: no pdp_snapshot_swaps in /metrics)"
+elif [[ "$(swaps)" == "$S0" ]]; then
+  SWAP_NOTE="skipped: no swap within 60 s of a $SWAP_TRIGGER"
+else
+  log "one $SWAP_TRIGGER swapped the snapshot in $((i * 100)) ms"
 fi
 if [[ "$SWAP_NOTE" == skipped* ]]; then
   log "$SWAP_NOTE"
@@ -218,18 +230,22 @@ if [[ "$SWAP_NOTE" == skipped* ]]; then
   fi
 else
   SWAP_C=${CONNS##* }
+  sleep 2
   run_wrk noswap "$PDP_URL/allowed" "$DATA/allowed.jsonl" "$SWAP_C"
   STEADY_KB=$(rss_kb "$PDP_PID" VmRSS)
   # Reset the peak so VmHWM shows the swaps alone, not the first load.
   echo 5 >"/proc/$PDP_PID/clear_refs" 2>/dev/null || true
+  S1=$(swaps)
   (
-    for ((s = 0; s < DUR_S + 2; s++)); do swap_once >/dev/null 2>&1 || true; sleep 1; done
+    for ((s = 0; s < DUR_S; s++)); do swap_once >/dev/null 2>&1 || true; sleep 1; done
   ) &
   SWAP_PID=$!
   run_wrk swap "$PDP_URL/allowed" "$DATA/allowed.jsonl" "$SWAP_C"
   kill "$SWAP_PID" 2>/dev/null || true; wait "$SWAP_PID" 2>/dev/null || true; SWAP_PID=""
   PEAK_KB=$(rss_kb "$PDP_PID" VmHWM)
-  log "swaps: steady $STEADY_KB kB, peak $PEAK_KB kB"
+  S2=$(swaps)
+  [[ -n "$S1" && -n "$S2" ]] && SWAP_NOTE="($((S2 - S1)) swaps during the ${DURATION} run) $SWAP_NOTE"
+  log "swaps: steady $STEADY_KB kB, peak $PEAK_KB kB $SWAP_NOTE"
 fi
 
 # ---- start-up from a backup ----------------------------------------------------

@@ -15,6 +15,8 @@
 //! - [`config`]: defaults, `config/pdp.toml`, `PDP_*`, validated before bind.
 //! - [`metrics`]: Prometheus series, registered once, pre-resolved on the
 //!   hot path.
+//! - [`gen`]: deterministic generated environments and labelled query
+//!   mixes, for the benchmarks (`benches/`) and the load test.
 //! - [`run`] wires them: load the first snapshot, start the background
 //!   refresh, serve until shutdown, drain.
 #![forbid(unsafe_code)]
