@@ -194,6 +194,61 @@ fn bench_env(c: &mut Criterion, name: &'static str, spec: GenSpec, memory: &mut 
             black_box(allowed)
         })
     });
+    // The whole bulk request minus the socket: decode the 100-item body,
+    // decide, encode the answer. `via_value` encodes as src/http.rs does
+    // today (a `json!` value around the answers); `direct` writes the bytes,
+    // the change the issue asks for, so its gain is measured before it lands.
+    let bulk_bodies: Vec<String> = sets[5]
+        .1
+        .chunks_exact(100)
+        .map(|c| format!("[{}]", c.join(",")))
+        .collect();
+    let mut i = 0;
+    g.bench_function("request_via_value", |b| {
+        b.iter(|| {
+            i = (i + 1) % bulk_bodies.len();
+            let qs: Vec<AllowedQuery> =
+                serde_json::from_slice(bulk_bodies[i].as_bytes()).expect("parses");
+            let answers: Vec<_> = qs
+                .iter()
+                .map(|q| decide::check(&snap, q).to_response(false))
+                .collect();
+            black_box(
+                serde_json::to_vec(&serde_json::json!({ "allow": answers })).expect("encodes"),
+            )
+        })
+    });
+    let mut i = 0;
+    g.bench_function("request_direct", |b| {
+        b.iter(|| {
+            i = (i + 1) % bulk_bodies.len();
+            let qs: Vec<AllowedQuery> =
+                serde_json::from_slice(bulk_bodies[i].as_bytes()).expect("parses");
+            let mut out = Vec::with_capacity(16 + qs.len() * 30);
+            out.extend_from_slice(b"{\"allow\":[");
+            for (n, q) in qs.iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(if decide::check(&snap, q).allow {
+                    br#"{"allow":true,"result":true}"#
+                } else {
+                    br#"{"allow":false,"result":false}"#
+                });
+            }
+            out.extend_from_slice(b"]}");
+            black_box(out)
+        })
+    });
+    let mut i = 0;
+    g.bench_function("decode_only", |b| {
+        b.iter(|| {
+            i = (i + 1) % bulk_bodies.len();
+            let qs: Vec<AllowedQuery> =
+                serde_json::from_slice(bulk_bodies[i].as_bytes()).expect("parses");
+            black_box(qs.len())
+        })
+    });
     g.finish();
 
     let mut g = c.benchmark_group(format!("snapshot/{name}"));
