@@ -10,6 +10,7 @@
 //! - [`snapshot`]: the one validating constructor from a document to an
 //!   interned, indexed, immutable snapshot.
 //! - [`abac`]: ABAC conditions, compiled once per snapshot.
+//! - [`authzen`]: OpenID AuthZEN 1.0 requests mapped onto [`decide`].
 //! - [`store`]: the serving snapshot behind one `ArcSwap`; requests load it
 //!   once and never wait for a writer.
 //! - [`config`]: defaults, `config/pdp.toml`, `PDP_*`, validated before bind.
@@ -17,11 +18,14 @@
 //!   hot path.
 //! - [`gen`]: deterministic generated environments and labelled query
 //!   mixes, for the benchmarks (`benches/`) and the load test.
+//! - [`sync`]: the background sync from the control plane, its request
+//!   budget and the offline backup.
 //! - [`run`] wires them: load the first snapshot, start the background
 //!   refresh, serve until shutdown, drain.
 #![forbid(unsafe_code)]
 
 pub mod abac;
+pub mod authzen;
 pub mod config;
 pub mod decide;
 pub mod gen;
@@ -30,6 +34,7 @@ pub mod metrics;
 pub mod model;
 pub mod snapshot;
 pub mod store;
+pub mod sync;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -75,6 +80,11 @@ pub enum RunError {
     Load(#[from] LoadError),
     #[error("metrics registry: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The API key can never sync: the process exits 64.
+    #[error(transparent)]
+    Key(#[from] sync::FatalKeyError),
+    #[error("cannot start the control-plane client: {0}")]
+    SyncClient(#[from] reqwest::Error),
 }
 
 /// Reads a data document from a JSON file.
@@ -144,6 +154,8 @@ pub async fn run(
     )?);
     let refresh = Arc::new(Notify::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut sync_task = None;
+    let mut health_details: Option<Box<dyn Fn() -> serde_json::Value + Send + Sync>> = None;
 
     match config.mode() {
         Mode::Embedded => {
@@ -164,7 +176,39 @@ pub async fn run(
             ));
         }
         Mode::ControlPlane => {
-            error!("control-plane sync is not available in this build; set PDP_DATA_FILE");
+            let sync_config = sync::SyncConfig {
+                control_plane: config.control_plane.clone(),
+                api_key: config.api_key.clone().unwrap_or_default(),
+                interval: config.sync_interval,
+                request_timeout: config.sync_request_timeout,
+                sync_deadline: config.sync_deadline,
+                overall_per_min: config.rate_limit_overall,
+                facts_per_min: config.rate_limit_facts,
+                schema_per_min: config.rate_limit_schema,
+                backup_dir: config.backup_dir.clone(),
+                ..sync::SyncConfig::default()
+            };
+            // Ready from the backup at once; the first sync replaces it.
+            if let Some(dir) = &sync_config.backup_dir {
+                match sync::restore_backup(&store, dir) {
+                    Ok(true) => {
+                        info!(dir = %dir.display(), "serving the offline backup until the first sync")
+                    }
+                    Ok(false) => info!(dir = %dir.display(), "no offline backup yet"),
+                    Err(e) => warn!(error = %e, "offline backup ignored"),
+                }
+            }
+            let state = Arc::new(sync::SyncState::new());
+            let sync_metrics = Arc::new(sync::SyncMetrics::register(metrics.registry())?);
+            let syncer = sync::Syncer::new(sync_config, state.clone(), Some(sync_metrics))?;
+            health_details = Some(Box::new(move || {
+                serde_json::to_value(state.status()).unwrap_or_default()
+            }));
+            sync_task = Some(tokio::spawn(syncer.run(
+                store.clone(),
+                refresh.clone(),
+                stop_rx.clone(),
+            )));
         }
     }
 
@@ -181,11 +225,35 @@ pub async fn run(
         },
         metrics,
         refresh,
-        health_details: None,
+        health_details,
     });
-    http::serve(app, listener, shutdown).await;
+    let serving = http::serve(app, listener, shutdown);
+    tokio::pin!(serving);
+    let result = match sync_task {
+        None => {
+            serving.await;
+            Ok(())
+        }
+        Some(task) => tokio::select! {
+            () = &mut serving => Ok(()),
+            joined = task => match joined {
+                // A key that can never sync ends the process (exit 64)
+                // rather than serve a backup that will never be refreshed.
+                Ok(Err(fatal)) => Err(RunError::Key(fatal)),
+                Ok(Ok(())) => {
+                    serving.await;
+                    Ok(())
+                }
+                Err(e) => {
+                    error!(error = %e, "the sync task failed; the last snapshot keeps serving");
+                    serving.await;
+                    Ok(())
+                }
+            },
+        },
+    };
     let _ = stop_tx.send(true);
-    Ok(())
+    result
 }
 
 /// Re-reads the data file on `POST /sync` or SIGHUP; a bad file is logged

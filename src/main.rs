@@ -60,6 +60,10 @@ fn main() -> ExitCode {
         );
         match pdp::run(config, listener, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
+            Err(e @ pdp::RunError::Key(_)) => {
+                error!(error = %e, "cannot sync with this API key");
+                ExitCode::from(EX_USAGE)
+            }
             Err(e) => {
                 error!(error = %e, "pdp stopped");
                 ExitCode::from(EX_DATAERR)

@@ -83,9 +83,15 @@ where
 /// the order given, maps sorted), hex. Equal documents hash equal, so an
 /// unchanged environment can skip a swap.
 pub fn content_hash(doc: &DataDocument) -> String {
-    let bytes = bincode::serde::encode_to_vec(doc, bincode::config::standard())
-        .expect("a data document always encodes");
-    blake3::hash(&bytes).to_hex().to_string()
+    // Streams the encoding into the hasher: no copy of the document in memory.
+    let mut hasher = blake3::Hasher::new();
+    {
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, &mut hasher);
+        bincode::serde::encode_into_std_write(doc, &mut out, bincode::config::standard())
+            .expect("a data document always encodes, and hashing cannot fail");
+        std::io::Write::flush(&mut out).expect("hashing cannot fail");
+    }
+    hasher.finalize().to_hex().to_string()
 }
 
 /// A whole environment. Every key is optional.

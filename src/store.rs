@@ -81,6 +81,16 @@ impl Store {
         self.confirmed_ms.store(now_ms(), Ordering::Relaxed);
     }
 
+    /// Records when the serving snapshot was last known current, e.g. the
+    /// time of the sync that wrote a backup being restored.
+    pub fn mark_fresh_at(&self, at: SystemTime) {
+        let ms = at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        self.confirmed_ms.store(ms, Ordering::Relaxed);
+    }
+
     /// Time since the snapshot was last swapped in or confirmed current.
     pub fn freshness_age(&self) -> Duration {
         let confirmed = self.confirmed_ms.load(Ordering::Relaxed);
@@ -94,5 +104,30 @@ impl Store {
 
     pub fn is_loaded(&self) -> bool {
         self.current.load().is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freshness_follows_swaps_and_confirmations() {
+        let store = Store::new();
+        assert!(store.current().is_none());
+        store.swap(Loaded {
+            snapshot: Snapshot::empty(),
+            meta: SnapshotMeta {
+                source: Source::Embedded,
+                content_hash: String::new(),
+                loaded_at: SystemTime::now(),
+            },
+        });
+        assert!(store.freshness_age() < Duration::from_secs(5));
+        assert_eq!(store.swaps(), 1);
+        store.mark_fresh_at(SystemTime::now() - Duration::from_secs(3600));
+        assert!(store.freshness_age() >= Duration::from_secs(3599));
+        store.mark_fresh();
+        assert!(store.freshness_age() < Duration::from_secs(5));
     }
 }

@@ -3,8 +3,11 @@
 
 mod support;
 
+mod authzen;
 mod binary;
 mod http;
 mod props;
 mod reference;
+mod sdk_fixture;
 mod semantics;
+mod sync;

@@ -1,9 +1,11 @@
 //! Test helpers: the real HTTP server on 127.0.0.1:0, fed a data document;
-//! `engine` calls the decision functions directly, JSON in and out.
+//! `engine` calls the decision functions directly, JSON in and out;
+//! `fake_control_plane` is a control plane to sync from.
 
 #![allow(dead_code)]
 
 pub mod engine;
+pub mod fake_control_plane;
 
 use std::path::Path;
 use std::sync::Arc;

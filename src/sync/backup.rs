@@ -1,0 +1,329 @@
+//! The offline backup: the last synced data document, so a restart with the
+//! control plane unreachable still serves. One file, `BACKUP_FILE`, written
+//! atomically (temp file, fsync, rename, fsync of the directory; mode 0600,
+//! since it holds the whole environment's users and attributes).
+//!
+//! Layout, little-endian:
+//!
+//! ```text
+//! magic    8  b"PDPSNAP\n"
+//! version  4  FORMAT_VERSION
+//! synced   8  unix seconds when the data was read from the control plane
+//! length   8  body length in bytes
+//! checksum 32 blake3(version ‖ synced ‖ body)
+//! body        bincode (standard config) of the DataDocument
+//! ```
+//!
+//! A file that is short, long, of another version or fails its checksum is
+//! refused as a whole: a backup is trusted completely or not at all.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::model::DataDocument;
+
+pub const BACKUP_FILE: &str = "pdp-snapshot.bin";
+const MAGIC: &[u8; 8] = b"PDPSNAP\n";
+/// Bump on any change to the layout above or to `DataDocument`'s encoding.
+const FORMAT_VERSION: u32 = 1;
+const HEADER_LEN: usize = 8 + 4 + 8 + 8 + 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("no backup at {0}")]
+    Missing(PathBuf),
+    #[error("cannot read backup {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("backup {path} is truncated: {found} bytes, expected {expected}")]
+    Truncated {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
+    #[error("{0} is not a PDP backup (bad magic)")]
+    NotABackup(PathBuf),
+    #[error("backup {path} has format version {found}; this PDP reads version {expected}")]
+    WrongVersion {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+    #[error("backup {path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("backup data was refused by the snapshot builder: {0}")]
+    Invalid(String),
+}
+
+/// A backup as read: the document and when it was synced.
+#[derive(Debug, Clone)]
+pub struct Backup {
+    pub document: DataDocument,
+    pub synced_at: SystemTime,
+}
+
+/// Write `doc` as the backup in `dir` (created if missing), replacing the
+/// previous one atomically. Returns the file's path.
+pub fn write_backup(dir: &Path, doc: &DataDocument) -> io::Result<PathBuf> {
+    write_backup_at(dir, doc, SystemTime::now())
+}
+
+pub(crate) fn write_backup_at(
+    dir: &Path,
+    doc: &DataDocument,
+    synced_at: SystemTime,
+) -> io::Result<PathBuf> {
+    fs::create_dir_all(dir)?;
+    let path = dir.join(BACKUP_FILE);
+    let tmp = dir.join(format!(
+        ".{BACKUP_FILE}.{}.{:08x}.tmp",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let result = write_file(&tmp, doc, synced_at).and_then(|()| {
+        fs::rename(&tmp, &path)?;
+        // The rename is durable only once the directory entry is.
+        File::open(dir)?.sync_all()
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map(|()| path)
+}
+
+fn write_file(tmp: &Path, doc: &DataDocument, synced_at: SystemTime) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)?;
+    let synced = synced_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&FORMAT_VERSION.to_le_bytes());
+    hasher.update(&synced.to_le_bytes());
+    // Stream the body behind a placeholder header, hashing as it goes, so a
+    // large environment is not held twice in memory; then fill the header.
+    file.write_all(&[0u8; HEADER_LEN])?;
+    let mut body = HashingWriter {
+        inner: io::BufWriter::with_capacity(1 << 20, &mut file),
+        hasher: &mut hasher,
+        written: 0,
+    };
+    bincode::serde::encode_into_std_write(doc, &mut body, bincode::config::standard())
+        .map_err(io::Error::other)?;
+    body.inner.flush()?;
+    let length = body.written;
+    drop(body);
+    let mut header = Vec::with_capacity(HEADER_LEN);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header.extend_from_slice(&synced.to_le_bytes());
+    header.extend_from_slice(&length.to_le_bytes());
+    header.extend_from_slice(hasher.finalize().as_bytes());
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(&header)?;
+    file.sync_all()
+}
+
+struct HashingWriter<'a, W> {
+    inner: W,
+    hasher: &'a mut blake3::Hasher,
+    written: u64,
+}
+
+impl<W: Write> Write for HashingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The backup's document, if the file in `dir` is a complete, current,
+/// intact backup.
+pub fn read_backup(dir: &Path) -> Result<DataDocument, BackupError> {
+    read_backup_file(dir).map(|b| b.document)
+}
+
+/// Like [`read_backup`], with the time the data was synced (for staleness).
+pub fn read_backup_file(dir: &Path) -> Result<Backup, BackupError> {
+    let path = dir.join(BACKUP_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(BackupError::Missing(path)),
+        Err(source) => return Err(BackupError::Io { path, source }),
+    };
+    decode(&bytes).map_err(|e| e.at(path))
+}
+
+/// Failures before the path is attached.
+enum DecodeError {
+    Truncated { found: u64, expected: u64 },
+    NotABackup,
+    WrongVersion(u32),
+    Corrupt(String),
+}
+
+impl DecodeError {
+    fn at(self, path: PathBuf) -> BackupError {
+        match self {
+            DecodeError::Truncated { found, expected } => BackupError::Truncated {
+                path,
+                found,
+                expected,
+            },
+            DecodeError::NotABackup => BackupError::NotABackup(path),
+            DecodeError::WrongVersion(found) => BackupError::WrongVersion {
+                path,
+                found,
+                expected: FORMAT_VERSION,
+            },
+            DecodeError::Corrupt(reason) => BackupError::Corrupt { path, reason },
+        }
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<Backup, DecodeError> {
+    let found = bytes.len() as u64;
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        // A file cut inside the magic looks like a prefix of it.
+        return Err(if MAGIC.starts_with(bytes) {
+            DecodeError::Truncated {
+                found,
+                expected: HEADER_LEN as u64,
+            }
+        } else {
+            DecodeError::NotABackup
+        });
+    }
+    if bytes.len() < HEADER_LEN {
+        return Err(DecodeError::Truncated {
+            found,
+            expected: HEADER_LEN as u64,
+        });
+    }
+    let (header, body) = bytes.split_at(HEADER_LEN);
+    let field = |at: usize, len: usize| &header[at..at + len];
+    let version = u32::from_le_bytes(field(8, 4).try_into().unwrap_or_default());
+    if version != FORMAT_VERSION {
+        return Err(DecodeError::WrongVersion(version));
+    }
+    let synced = u64::from_le_bytes(field(12, 8).try_into().unwrap_or_default());
+    let length = u64::from_le_bytes(field(20, 8).try_into().unwrap_or_default());
+    let expected = HEADER_LEN as u64 + length;
+    if found < expected {
+        return Err(DecodeError::Truncated { found, expected });
+    }
+    if found > expected {
+        return Err(DecodeError::Corrupt(format!(
+            "{} bytes after the end of the data",
+            found - expected
+        )));
+    }
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&version.to_le_bytes());
+    hasher.update(&synced.to_le_bytes());
+    hasher.update(body);
+    if hasher.finalize().as_bytes() != field(28, 32) {
+        return Err(DecodeError::Corrupt("checksum mismatch".to_owned()));
+    }
+    let (document, used): (DataDocument, usize) =
+        bincode::serde::decode_from_slice(body, bincode::config::standard())
+            .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    if used != body.len() {
+        return Err(DecodeError::Corrupt(
+            "data shorter than its length".to_owned(),
+        ));
+    }
+    Ok(Backup {
+        document,
+        synced_at: SystemTime::UNIX_EPOCH + Duration::from_secs(synced),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn doc() -> DataDocument {
+        serde_json::from_str(
+            r#"{"users": [{"key": "alice", "attributes": {"dept": "eng", "level": 3}}],
+                "role_assignments": [{"user": "alice", "role": "viewer", "tenant": "default"}],
+                "condition_sets": [{"key": "eng", "conditions": {"allOf": [{"user.dept": {"equals": "eng"}}]}}]}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn round_trips_with_its_sync_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let path = write_backup_at(dir.path(), &doc(), at).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let back = read_backup_file(dir.path()).unwrap();
+        assert_eq!(back.document, doc());
+        assert_eq!(back.synced_at, at);
+        // Only the backup remains: no temp files left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn missing_is_its_own_case() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            read_backup(dir.path()),
+            Err(BackupError::Missing(_))
+        ));
+    }
+
+    #[test]
+    fn every_damage_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_backup(dir.path(), &doc()).unwrap();
+        let good = fs::read(&path).unwrap();
+        let check = |bytes: &[u8]| {
+            fs::write(&path, bytes).unwrap();
+            read_backup(dir.path()).unwrap_err()
+        };
+        for cut in [0, 3, 8, HEADER_LEN - 1, HEADER_LEN, good.len() - 1] {
+            assert!(
+                matches!(check(&good[..cut]), BackupError::Truncated { .. }),
+                "cut at {cut}"
+            );
+        }
+        for at in [HEADER_LEN, good.len() / 2, good.len() - 1, 14, 30] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x40;
+            assert!(
+                matches!(check(&bad), BackupError::Corrupt { .. }),
+                "flip at {at}"
+            );
+        }
+        let mut long = good.clone();
+        long.push(0);
+        assert!(matches!(check(&long), BackupError::Corrupt { .. }));
+        let mut v2 = good.clone();
+        v2[8] = 2;
+        assert!(matches!(
+            check(&v2),
+            BackupError::WrongVersion { found: 2, .. }
+        ));
+        assert!(matches!(
+            check(b"{\"users\": []}"),
+            BackupError::NotABackup(_)
+        ));
+    }
+}

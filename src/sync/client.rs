@@ -1,0 +1,401 @@
+//! One control-plane request at a time: budget it through the limiter, send
+//! it with the per-request timeout, classify the answer, and retry what is
+//! worth retrying (network errors, timeouts, 5xx, 429, unreadable bodies)
+//! with jittered exponential back-off until the sync deadline.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+use super::limiter::{Class, Limiter};
+use super::metrics::SyncMetrics;
+use super::{backoff, SyncConfig, SyncState};
+
+/// The kind of API key, from its scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Organization,
+    Project,
+    Environment,
+}
+
+impl KeyKind {
+    pub fn with_article(self) -> &'static str {
+        match self {
+            KeyKind::Organization => "an organization",
+            KeyKind::Project => "a project",
+            KeyKind::Environment => "an environment",
+        }
+    }
+}
+
+/// `APIKeyScopeRead` (contract §4.1).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ScopeRead {
+    #[serde(default)]
+    pub organization_id: Option<String>,
+    #[serde(default)]
+    pub project_id: Option<String>,
+    #[serde(default)]
+    pub environment_id: Option<String>,
+}
+
+/// An environment key's scope: the path segments of every list endpoint.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub organization_id: String,
+    pub project_id: String,
+    pub environment_id: String,
+    kind: KeyKind,
+}
+
+impl Scope {
+    fn from_read(read: ScopeRead) -> Scope {
+        let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
+        let organization_id = read.organization_id.unwrap_or_default();
+        match (nonempty(read.project_id), nonempty(read.environment_id)) {
+            (Some(p), Some(e)) => Scope {
+                organization_id,
+                project_id: p,
+                environment_id: e,
+                kind: KeyKind::Environment,
+            },
+            (Some(p), None) => Scope {
+                organization_id,
+                project_id: p,
+                environment_id: String::new(),
+                kind: KeyKind::Project,
+            },
+            _ => Scope {
+                organization_id,
+                project_id: String::new(),
+                environment_id: String::new(),
+                kind: KeyKind::Organization,
+            },
+        }
+    }
+
+    pub fn kind(&self) -> KeyKind {
+        self.kind
+    }
+}
+
+/// Why one request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RequestError {
+    #[error("cannot reach the control plane: {0}")]
+    Network(String),
+    #[error("no answer within the request timeout of {0:?}")]
+    Timeout(Duration),
+    #[error("HTTP {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("rate limited (429); retry after {0:?}")]
+    RateLimited(Duration),
+    #[error("unreadable response body: {0}")]
+    Malformed(String),
+}
+
+impl RequestError {
+    pub fn cause(&self) -> &'static str {
+        match self {
+            RequestError::Network(_) => "network",
+            RequestError::Timeout(_) => "timeout",
+            RequestError::Status { status, .. } if *status >= 500 => "http_5xx",
+            RequestError::Status {
+                status: 401 | 403, ..
+            } => "unauthorized",
+            RequestError::Status { .. } => "http_4xx",
+            RequestError::RateLimited(_) => "rate_limited",
+            RequestError::Malformed(_) => "malformed",
+        }
+    }
+
+    /// Whether trying the same request again could succeed.
+    fn retryable(&self) -> bool {
+        match self {
+            RequestError::Status { status, .. } => *status >= 500 || *status == 408,
+            _ => true,
+        }
+    }
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    auth: String,
+    limiter: Limiter,
+    metrics: Option<Arc<SyncMetrics>>,
+    state: Arc<SyncState>,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    request_timeout: Duration,
+    sent: AtomicU64,
+    last_failure: std::sync::Mutex<Option<RequestError>>,
+}
+
+impl Client {
+    pub fn new(
+        config: &SyncConfig,
+        state: Arc<SyncState>,
+        metrics: Option<Arc<SyncMetrics>>,
+    ) -> reqwest::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("pdp/", env!("CARGO_PKG_VERSION"), " (sync)"))
+            .build()?;
+        Ok(Self {
+            http,
+            base: config.control_plane.trim_end_matches('/').to_owned(),
+            auth: format!("Bearer {}", config.api_key),
+            limiter: Limiter::new(
+                config.overall_per_min,
+                config.facts_per_min,
+                config.schema_per_min,
+                config.limit_window,
+            ),
+            metrics,
+            state,
+            backoff_min: config.backoff_min,
+            backoff_max: config.backoff_max,
+            request_timeout: config.request_timeout,
+            sent: AtomicU64::new(0),
+            last_failure: Default::default(),
+        })
+    }
+
+    /// Requests sent since start (a sync reports its own by difference).
+    pub fn requests_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// The last request failure since the previous call (for a sync cut
+    /// off by its deadline, which otherwise would not know why).
+    pub fn take_last_failure(&self) -> Option<RequestError> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// `GET /v2/api-key/scope`, one attempt (the caller owns the retry policy,
+    /// which differs at start-up: it never gives up).
+    pub async fn scope(&self) -> Result<Scope, RequestError> {
+        let body = self.get_once("/v2/api-key/scope", &[]).await?;
+        let read: ScopeRead =
+            serde_json::from_slice(&body).map_err(|e| RequestError::Malformed(e.to_string()))?;
+        Ok(Scope::from_read(read))
+    }
+
+    /// GET and parse, retrying what is retryable until `deadline`. A non-
+    /// retryable failure (4xx) is returned at once: the caller decides.
+    pub async fn get_json<T>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        deadline: Instant,
+    ) -> Result<T, Failure>
+    where
+        T: for<'de> Deserialize<'de>,
+    {
+        let mut failures = 0u32;
+        loop {
+            let attempt = match self.get_once(path, query).await {
+                Ok(body) => serde_json::from_slice::<T>(&body)
+                    .map_err(|e| RequestError::Malformed(e.to_string())),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = &attempt {
+                *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+            }
+            let error = match attempt {
+                Ok(v) => {
+                    self.state.set_retrying(None);
+                    return Ok(v);
+                }
+                Err(e) if !e.retryable() => return Err(Failure::Final(e)),
+                Err(e) => e,
+            };
+            failures += 1;
+            // A 429 has already closed the gate for its class; the back-off
+            // on top only spreads retries of other failures.
+            let wait = match &error {
+                RequestError::RateLimited(_) => Duration::ZERO,
+                _ => backoff(self.backoff_min, self.backoff_max, failures),
+            };
+            if Instant::now() + wait >= deadline {
+                return Err(Failure::Exhausted(error));
+            }
+            tracing::warn!(path, error = %error, retry_in = ?wait, "control-plane request failed");
+            self.state
+                .set_retrying(Some(format!("{path}: {error} (attempt {failures})")));
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// One request: wait for budget, send, classify.
+    async fn get_once(&self, path: &str, query: &[(&str, String)]) -> Result<Bytes, RequestError> {
+        let class = Class::of_path(path);
+        let waited = self.limiter.acquire(class).await;
+        if let Some(m) = &self.metrics {
+            m.limiter_wait
+                .with_label_values(&[class.label()])
+                .inc_by(waited.as_secs_f64());
+        }
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        let result = self.send(path, query).await;
+        let status_label = match &result {
+            Ok(_) => "200".to_owned(),
+            Err(RequestError::Status { status, .. }) => status.to_string(),
+            Err(RequestError::RateLimited(_)) => "429".to_owned(),
+            Err(e) => e.cause().to_owned(),
+        };
+        if let Some(m) = &self.metrics {
+            m.requests
+                .with_label_values(&[class.label(), &status_label])
+                .inc();
+        }
+        if let Err(RequestError::RateLimited(after)) = &result {
+            self.limiter.retry_after(class, *after);
+            if let Some(m) = &self.metrics {
+                m.rate_limited.with_label_values(&[class.label()]).inc();
+            }
+        }
+        result
+    }
+
+    fn classify(&self, e: reqwest::Error) -> RequestError {
+        classify_with(e, self.request_timeout)
+    }
+
+    async fn send(&self, path: &str, query: &[(&str, String)]) -> Result<Bytes, RequestError> {
+        let url = format!("{}{}", self.base, path);
+        let response = self
+            .http
+            .get(&url)
+            .query(query)
+            .header(http::header::AUTHORIZATION, &self.auth)
+            .header(http::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| self.classify(e))?;
+        let status = response.status();
+        if status == http::StatusCode::TOO_MANY_REQUESTS {
+            let after = response
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, SystemTime::now()))
+                // No usable header: wait a conservative second, then the
+                // limiter and back-off take over.
+                .unwrap_or(Duration::from_secs(1));
+            return Err(RequestError::RateLimited(after));
+        }
+        let body = response.bytes().await.map_err(|e| self.classify(e))?;
+        if !status.is_success() {
+            let mut text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+            text.retain(|c| !c.is_control());
+            return Err(RequestError::Status {
+                status: status.as_u16(),
+                body: text,
+            });
+        }
+        Ok(body)
+    }
+}
+
+/// How `get_json` gave up.
+#[derive(Debug)]
+pub enum Failure {
+    /// A failure retrying cannot fix (4xx other than 408/429).
+    Final(RequestError),
+    /// Retryable, but the sync deadline came first.
+    Exhausted(RequestError),
+}
+
+fn classify_with(e: reqwest::Error, timeout: Duration) -> RequestError {
+    if e.is_timeout() {
+        RequestError::Timeout(timeout)
+    } else if e.is_decode() || e.is_body() {
+        RequestError::Malformed(e.to_string())
+    } else {
+        // Connection refused, reset, DNS, TLS: the chain says which.
+        let mut msg = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            source = s.source();
+        }
+        RequestError::Network(msg)
+    }
+}
+
+/// `Retry-After` is delay-seconds or an HTTP date (RFC 9110 §10.2.3).
+/// A date in the past means "now".
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    // Some servers send fractional seconds; accept them rather than fall
+    // back to a guess.
+    if let Ok(secs) = value.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).ok();
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_accepts_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("1.5", now),
+            Some(Duration::from_millis(1500))
+        );
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(30))
+        );
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-3", now), None);
+    }
+
+    #[test]
+    fn scope_kind_follows_the_ids() {
+        let read = |p: Option<&str>, e: Option<&str>| ScopeRead {
+            organization_id: Some("o".into()),
+            project_id: p.map(Into::into),
+            environment_id: e.map(Into::into),
+        };
+        assert_eq!(
+            Scope::from_read(read(Some("p"), Some("e"))).kind(),
+            KeyKind::Environment
+        );
+        assert_eq!(
+            Scope::from_read(read(Some("p"), None)).kind(),
+            KeyKind::Project
+        );
+        assert_eq!(
+            Scope::from_read(read(None, None)).kind(),
+            KeyKind::Organization
+        );
+        assert_eq!(
+            Scope::from_read(read(Some(""), Some(""))).kind(),
+            KeyKind::Organization
+        );
+    }
+}

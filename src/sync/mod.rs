@@ -1,0 +1,488 @@
+//! Background sync from the Permit control plane (contract §4, README
+//! decisions 2 and 3): resolve the API key's scope once, then read the whole
+//! environment page by page, build a snapshot off to the side and swap it in,
+//! write the offline backup, and repeat every interval or on demand.
+//!
+//! A sync is all-or-nothing: the document is assembled in memory and only a
+//! complete, validated one reaches the store, so a failure at any point leaves
+//! the last good snapshot serving. Failures are retried with jittered
+//! exponential back-off forever; only a key that can never work (401, or a
+//! project/organization key) ends the task, because no retry can fix it.
+//!
+//! Layout: `client` (one HTTP request, its budget and its retries), `limiter`
+//! (per-class quotas and `Retry-After` gates), `pages` (the three list
+//! shapes), `backup` (the offline file), `state` (what `/health` shows),
+//! `metrics` (Prometheus series).
+
+mod backup;
+mod client;
+mod limiter;
+mod metrics;
+mod pages;
+mod state;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{watch, Notify};
+
+use crate::model;
+use crate::snapshot::Snapshot;
+use crate::store::{Loaded, SnapshotMeta, Source, Store};
+
+pub use backup::{read_backup, read_backup_file, write_backup, Backup, BackupError, BACKUP_FILE};
+pub use client::{KeyKind, RequestError};
+pub use limiter::Class;
+pub use metrics::SyncMetrics;
+pub use state::{SyncState, SyncStatus};
+
+use client::Client;
+
+/// Everything the sync task needs, resolved and validated by the caller
+/// (the config module fills it from `PDP_*`).
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// Base URL, without a trailing `/v2`.
+    pub control_plane: String,
+    /// The environment API key, sent as `Authorization: Bearer`.
+    pub api_key: String,
+    /// Time between the end of one successful sync and the start of the
+    /// next, before jitter (±10 %).
+    pub interval: Duration,
+    /// One HTTP request, connect to last body byte.
+    pub request_timeout: Duration,
+    /// One whole sync; past it the sync is abandoned and retried later.
+    pub sync_deadline: Duration,
+    /// Items asked for per page (the API's maximum is 100).
+    pub per_page: u32,
+    /// Requests allowed per `limit_window`, by class; 0 = unlimited.
+    pub overall_per_min: u32,
+    pub facts_per_min: u32,
+    pub schema_per_min: u32,
+    /// The window the three limits above apply to: one minute, as the
+    /// control plane publishes them. Tests shorten it.
+    pub limit_window: Duration,
+    /// First retry delay after a failed request or sync; doubles per
+    /// consecutive failure up to `backoff_max`, with full jitter.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// Where the offline backup lives; `None` disables it.
+    pub backup_dir: Option<PathBuf>,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            control_plane: "https://api.permit.io".to_owned(),
+            api_key: String::new(),
+            interval: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+            sync_deadline: Duration::from_secs(30 * 60),
+            per_page: 100,
+            // Half of the published 5,000 / 3,000 / 1,000 per minute, so the
+            // application's own API calls on the same key keep headroom.
+            overall_per_min: 2_500,
+            facts_per_min: 1_500,
+            schema_per_min: 500,
+            limit_window: Duration::from_secs(60),
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            backup_dir: None,
+        }
+    }
+}
+
+/// A key the control plane will never accept for a PDP. The process should
+/// exit 64: retrying cannot help and serving stale data forever would hide it.
+#[derive(Debug, thiserror::Error)]
+pub enum FatalKeyError {
+    #[error(
+        "PDP_API_KEY is empty: a PDP needs an environment API key to sync from the control plane"
+    )]
+    MissingKey,
+    #[error("invalid API key: the control plane at {control_plane} answered {status} to GET /v2/api-key/scope")]
+    InvalidKey { control_plane: String, status: u16 },
+    #[error("PDP_API_KEY is {} key, but a PDP needs an environment key (one scoped to a project and an environment); copy the environment's API key from Permit (Settings → API Keys)", .got.with_article())]
+    WrongKeyKind { got: KeyKind },
+}
+
+/// Why one sync failed. The previous snapshot keeps serving in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// Retries of one request ran into the sync deadline.
+    #[error("{list}: gave up at the sync deadline after retrying: {last}")]
+    Exhausted {
+        list: &'static str,
+        last: RequestError,
+    },
+    #[error("{list}: the control plane refused the request: {error}")]
+    Rejected {
+        list: &'static str,
+        error: RequestError,
+    },
+    #[error("{list} changed while it was being read ({detail}); will read it again")]
+    Inconsistent { list: &'static str, detail: String },
+    #[error("{list}: the cursor expired twice in one sync")]
+    CursorExpired { list: &'static str },
+    #[error("sync did not finish within the deadline of {after:?}{}", last.as_ref().map(|e| format!("; last error: {e}")).unwrap_or_default())]
+    Deadline {
+        after: Duration,
+        /// The last failed request, the likely reason it took so long.
+        last: Option<RequestError>,
+    },
+    #[error("the control plane's data was refused: {0}")]
+    Build(String),
+    #[error("snapshot build task failed: {0}")]
+    Internal(String),
+}
+
+impl SyncError {
+    /// The `cause` label of `pdp_sync_failures_total`.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            SyncError::Exhausted { last, .. } => last.cause(),
+            SyncError::Rejected { error, .. } => match error {
+                RequestError::Status {
+                    status: 401 | 403, ..
+                } => "unauthorized",
+                _ => "rejected",
+            },
+            SyncError::Inconsistent { .. } => "inconsistent",
+            SyncError::CursorExpired { .. } => "cursor_expired",
+            SyncError::Deadline { last: Some(e), .. } => e.cause(),
+            SyncError::Deadline { last: None, .. } => "deadline",
+            SyncError::Build(_) => "invalid_data",
+            SyncError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// What a successful sync did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncOutcome {
+    /// A new snapshot is serving.
+    Swapped,
+    /// The environment's content hash equals the serving snapshot's.
+    Unchanged,
+}
+
+/// The background sync task. Construct with [`Syncer::new`], then
+/// `tokio::spawn(syncer.run(store, trigger, shutdown))`.
+pub struct Syncer {
+    config: SyncConfig,
+    client: Client,
+    state: Arc<SyncState>,
+    metrics: Option<Arc<SyncMetrics>>,
+    /// Hash of the document last written to the backup, so an unchanged
+    /// environment is not rewritten every interval.
+    backed_up: Option<String>,
+}
+
+impl Syncer {
+    /// Fails only if the HTTP client cannot be built (TLS backend).
+    pub fn new(
+        config: SyncConfig,
+        state: Arc<SyncState>,
+        metrics: Option<Arc<SyncMetrics>>,
+    ) -> Result<Self, reqwest::Error> {
+        let client = Client::new(&config, state.clone(), metrics.clone())?;
+        Ok(Self {
+            config,
+            client,
+            state,
+            metrics,
+            backed_up: None,
+        })
+    }
+
+    pub fn state(&self) -> Arc<SyncState> {
+        self.state.clone()
+    }
+
+    /// Resolve the key, then sync until `shutdown` turns true. Returns an
+    /// error only for a key that can never work; everything else is
+    /// retried, logged and counted.
+    pub async fn run(
+        mut self,
+        store: Arc<Store>,
+        trigger: Arc<Notify>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), FatalKeyError> {
+        if self.config.api_key.is_empty() {
+            return Err(FatalKeyError::MissingKey);
+        }
+        let scope = tokio::select! {
+            scope = self.resolve_scope() => scope?,
+            _ = stopped(&mut shutdown) => return Ok(()),
+        };
+        tracing::info!(
+            organization = %scope.organization_id,
+            project = %scope.project_id,
+            environment = %scope.environment_id,
+            "API key is an environment key; syncing"
+        );
+        loop {
+            let outcome = tokio::select! {
+                outcome = self.sync_once(&scope, &store) => outcome,
+                _ = stopped(&mut shutdown) => return Ok(()),
+            };
+            let wait = match outcome {
+                Ok(_) => jittered(self.config.interval, 0.1),
+                Err(_) => backoff(
+                    self.config.backoff_min,
+                    self.config.backoff_max,
+                    self.state.consecutive_failures(),
+                ),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = trigger.notified() => tracing::info!("sync requested"),
+                _ = stopped(&mut shutdown) => return Ok(()),
+            }
+        }
+    }
+
+    /// `GET /v2/api-key/scope` until it answers: network errors and 5xx are
+    /// retried with back-off; 401 and non-environment keys are fatal.
+    async fn resolve_scope(&self) -> Result<client::Scope, FatalKeyError> {
+        let mut failures = 0u32;
+        loop {
+            self.state.set_phase("resolving_key_scope");
+            match self.client.scope().await {
+                Ok(scope) => {
+                    return match scope.kind() {
+                        KeyKind::Environment => Ok(scope),
+                        got => Err(FatalKeyError::WrongKeyKind { got }),
+                    }
+                }
+                Err(RequestError::Status {
+                    status: status @ (401 | 403),
+                    ..
+                }) => {
+                    return Err(FatalKeyError::InvalidKey {
+                        control_plane: self.config.control_plane.clone(),
+                        status,
+                    })
+                }
+                Err(e) => {
+                    failures += 1;
+                    let wait = backoff(self.config.backoff_min, self.config.backoff_max, failures);
+                    tracing::warn!(error = %e, retry_in = ?wait, "cannot resolve the API key's scope");
+                    self.state.scope_failed(&e.to_string());
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// One full sync, recorded in state and metrics.
+    async fn sync_once(
+        &mut self,
+        scope: &client::Scope,
+        store: &Arc<Store>,
+    ) -> Result<SyncOutcome, SyncError> {
+        let started = Instant::now();
+        self.state.attempt_started();
+        if let Some(m) = &self.metrics {
+            m.attempts.inc();
+        }
+        let requests_before = self.client.requests_sent();
+        self.client.take_last_failure();
+        let result = self.fetch_and_swap(scope, store).await;
+        let requests = self.client.requests_sent() - requests_before;
+        let took = started.elapsed();
+        if let Some(m) = &self.metrics {
+            m.duration.observe(took.as_secs_f64());
+        }
+        match &result {
+            Ok(outcome) => {
+                tracing::info!(?outcome, requests, took = ?took, "sync finished");
+                self.state.succeeded(*outcome, requests, took);
+                if let Some(m) = &self.metrics {
+                    m.last_success.set(unix_secs(SystemTime::now()));
+                    if *outcome == SyncOutcome::Swapped {
+                        m.swaps.inc();
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, cause = e.cause(), requests, "sync failed; the previous snapshot keeps serving");
+                self.state.failed(e, requests, took);
+                if let Some(m) = &self.metrics {
+                    m.failures.with_label_values(&[e.cause()]).inc();
+                }
+            }
+        }
+        result
+    }
+
+    async fn fetch_and_swap(
+        &mut self,
+        scope: &client::Scope,
+        store: &Arc<Store>,
+    ) -> Result<SyncOutcome, SyncError> {
+        self.state.set_phase("fetching");
+        // The deadline bounds the network part. Building and swapping are
+        // finite CPU work, and cutting them off would only leave a swap
+        // racing a failure report.
+        let after = self.config.sync_deadline;
+        let deadline = Instant::now() + after;
+        let fetch = pages::fetch_document(&self.client, scope, self.config.per_page, deadline);
+        let doc = match tokio::time::timeout(after, fetch).await {
+            Ok(doc) => doc?,
+            Err(_) => {
+                return Err(SyncError::Deadline {
+                    after,
+                    last: self.client.take_last_failure(),
+                })
+            }
+        };
+        self.state.set_phase("building");
+        let store = store.clone();
+        let backup_dir = self.config.backup_dir.clone();
+        let backed_up = self.backed_up.clone();
+        // Hashing, building and writing a million-assignment environment
+        // takes CPU-seconds; keep it off the runtime's worker threads.
+        let (outcome, hash, backup_result) = tokio::task::spawn_blocking(move || {
+            let hash = model::content_hash(&doc);
+            // Same data from the control plane: nothing to do. Same data
+            // restored from a backup or file is rebuilt once anyway, so the
+            // source shown by /health says it is now confirmed current.
+            let unchanged = store.load().is_some_and(|l| {
+                l.meta.content_hash == hash && l.meta.source == Source::ControlPlane
+            });
+            let outcome = if unchanged {
+                store.mark_fresh();
+                SyncOutcome::Unchanged
+            } else {
+                let snapshot =
+                    Snapshot::build(&doc).map_err(|e| SyncError::Build(e.to_string()))?;
+                store.swap(Loaded {
+                    snapshot,
+                    meta: SnapshotMeta {
+                        source: Source::ControlPlane,
+                        content_hash: hash.clone(),
+                        loaded_at: SystemTime::now(),
+                    },
+                });
+                SyncOutcome::Swapped
+            };
+            let backup_result = match backup_dir {
+                Some(dir) if backed_up.as_deref() != Some(hash.as_str()) => {
+                    Some(write_backup(&dir, &doc))
+                }
+                _ => None,
+            };
+            Ok::<_, SyncError>((outcome, hash, backup_result))
+        })
+        .await
+        .map_err(|e| SyncError::Internal(e.to_string()))??;
+        match backup_result {
+            Some(Ok(path)) => {
+                tracing::debug!(path = %path.display(), "backup written");
+                self.backed_up = Some(hash);
+            }
+            // The sync itself succeeded and is serving; a backup that could
+            // not be written only matters at the next cold start.
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "cannot write the offline backup");
+                if let Some(m) = &self.metrics {
+                    m.backup_failures.inc();
+                }
+            }
+            None => {}
+        }
+        Ok(outcome)
+    }
+}
+
+/// Load the offline backup from `dir` into `store` (source `Backup`). Called
+/// at start, before the first sync, so the PDP is ready without the control
+/// plane. A missing backup is `Ok(false)`; a corrupt one is an error the
+/// caller logs and otherwise ignores.
+pub fn restore_backup(store: &Store, dir: &std::path::Path) -> Result<bool, BackupError> {
+    let backup = match read_backup_file(dir) {
+        Ok(b) => b,
+        Err(BackupError::Missing(_)) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let snapshot =
+        Snapshot::build(&backup.document).map_err(|e| BackupError::Invalid(e.to_string()))?;
+    store.swap(Loaded {
+        snapshot,
+        meta: SnapshotMeta {
+            source: Source::Backup(dir.join(BACKUP_FILE)),
+            content_hash: model::content_hash(&backup.document),
+            loaded_at: SystemTime::now(),
+        },
+    });
+    // Fresh as of the sync that wrote it, not as of now: under
+    // PDP_MAX_STALENESS an old backup must not pass for a current one.
+    store.mark_fresh_at(backup.synced_at);
+    Ok(true)
+}
+
+/// Resolves when the shutdown flag is (or becomes) true, or its sender is gone.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // An Err means the sender was dropped: treat as shutdown.
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// `base` ± `fraction`, uniformly, so a fleet started together spreads out.
+fn jittered(base: Duration, fraction: f64) -> Duration {
+    base.mul_f64(rand::random_range((1.0 - fraction)..=(1.0 + fraction)))
+}
+
+/// Full-jitter exponential back-off for the `failures`-th consecutive
+/// failure (1-based): uniform in [cap/2, cap], cap = min * 2^(failures-1).
+fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(20);
+    let cap = min.saturating_mul(1u32 << exp).min(max).max(min);
+    cap.mul_f64(rand::random_range(0.5..=1.0))
+}
+
+fn unix_secs(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let min = Duration::from_millis(100);
+        let max = Duration::from_secs(1);
+        for failures in 1..40 {
+            let d = backoff(min, max, failures);
+            let cap = (min * 2u32.pow(failures.min(20) - 1)).min(max);
+            assert!(d >= cap / 2 && d <= cap, "{failures}: {d:?} vs cap {cap:?}");
+        }
+    }
+
+    #[test]
+    fn interval_jitter_stays_within_ten_percent() {
+        for _ in 0..100 {
+            let d = jittered(Duration::from_secs(10), 0.1);
+            assert!(d >= Duration::from_secs(9) && d <= Duration::from_secs(11));
+        }
+    }
+
+    #[test]
+    fn wrong_key_message_names_both_kinds() {
+        let msg = FatalKeyError::WrongKeyKind {
+            got: KeyKind::Project,
+        }
+        .to_string();
+        assert!(msg.contains("a project key"), "{msg}");
+        assert!(msg.contains("environment key"), "{msg}");
+        let msg = FatalKeyError::WrongKeyKind {
+            got: KeyKind::Organization,
+        }
+        .to_string();
+        assert!(msg.contains("an organization key"), "{msg}");
+    }
+}
