@@ -253,15 +253,15 @@ fi
 # write one, so the generator can write it directly when it knows how.
 READY_BACKUP=""
 if [[ -z "$(ls -A "$BACKUP_DIR" 2>/dev/null)" ]] && "$GEN_BIN" --help 2>&1 | grep -q -- --backup-dir; then
-  "$GEN_BIN" --preset "$PRESET" --seed "$SEED" --out "$WORK/unused.json" --backup-dir "$BACKUP_DIR" \
-    >/dev/null 2>&1 || true
-  rm -f "$WORK/unused.json"
+  "$GEN_BIN" --preset "$PRESET" --seed "$SEED" --backup-dir "$BACKUP_DIR" >"$WORK/gen-backup.log" 2>&1 || true
 fi
 if [[ -n "$(ls -A "$BACKUP_DIR" 2>/dev/null)" ]]; then
   stop_pdp
   start_pdp pdp-backup PDP_BACKUP_DIR="$BACKUP_DIR"
   if ms=$(wait_ready "$PDP_PID"); then
-    READY_BACKUP="$ms ms"
+    sleep 1
+    RSS_BACKUP_KB=$(rss_kb "$PDP_PID" VmRSS)
+    READY_BACKUP="$ms ms (then VmRSS $RSS_BACKUP_KB kB = $(awk -v k="$RSS_BACKUP_KB" -v n="$ASSIGNMENTS" 'BEGIN { if (n > 0) printf "%.0f", k * 1024 / n; else print "n/a" }') B per role assignment, no load)"
   else
     READY_BACKUP="skipped: the PDP did not become ready from $BACKUP_DIR (see $WORK/pdp-backup.log)"
   fi

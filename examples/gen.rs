@@ -2,8 +2,12 @@
 //!
 //! ```text
 //! cargo run --release --example gen -- --preset large --seed 7 --out env.json \
-//!     [--load-dir DIR [--queries 20000]]
+//!     [--load-dir DIR [--queries 20000]] [--backup-dir DIR]
 //! ```
+//!
+//! `--backup-dir` also writes the document as the PDP's offline backup
+//! (`pdp::sync::write_backup`), for timing a start from a backup; `--out` may
+//! then be left out.
 //!
 //! `--load-dir` writes one request body per line, for `benches/load/*.lua`:
 //! `allowed.jsonl` (the mixed `/allowed` queries), `bulk.jsonl` (arrays of 100
@@ -21,8 +25,9 @@ use pdp::gen::{generate, user_permissions_body, GenSpec, QueryMix};
 
 struct Args {
     spec: GenSpec,
-    out: PathBuf,
+    out: Option<PathBuf>,
     load_dir: Option<PathBuf>,
+    backup_dir: Option<PathBuf>,
     queries: usize,
 }
 
@@ -31,6 +36,7 @@ fn parse() -> Result<Args, String> {
     let mut seed = None;
     let mut out = None;
     let mut load_dir = None;
+    let mut backup_dir = None;
     let mut queries = 20_000;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -40,6 +46,7 @@ fn parse() -> Result<Args, String> {
             "--seed" => seed = Some(value()?.parse().map_err(|e| format!("--seed: {e}"))?),
             "--out" => out = Some(PathBuf::from(value()?)),
             "--load-dir" => load_dir = Some(PathBuf::from(value()?)),
+            "--backup-dir" => backup_dir = Some(PathBuf::from(value()?)),
             "--queries" => queries = value()?.parse().map_err(|e| format!("--queries: {e}"))?,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
@@ -50,11 +57,14 @@ fn parse() -> Result<Args, String> {
     if let Some(seed) = seed {
         spec.seed = seed;
     }
-    let out = out.ok_or("--out is required")?;
+    if out.is_none() && backup_dir.is_none() {
+        return Err("--out or --backup-dir is required".into());
+    }
     Ok(Args {
         spec,
         out,
         load_dir,
+        backup_dir,
         queries,
     })
 }
@@ -72,20 +82,30 @@ fn run(args: Args) -> std::io::Result<()> {
     let t = Instant::now();
     let doc = generate(&args.spec);
     let generated = t.elapsed();
-    let t = Instant::now();
-    let mut w = BufWriter::with_capacity(1 << 20, File::create(&args.out)?);
-    serde_json::to_writer(&mut w, &doc)?;
-    w.flush()?;
     eprintln!(
-        "gen: {:?} -> {} ({} role assignments, {} instances, {} tuples); generated in {:.2?}, written in {:.2?}",
+        "gen: {:?}: {} role assignments, {} instances, {} tuples, generated in {:.2?}",
         args.spec,
-        args.out.display(),
         doc.role_assignments.len(),
         doc.resource_instances.len(),
         doc.relationship_tuples.len(),
-        generated,
-        t.elapsed()
+        generated
     );
+    if let Some(out) = &args.out {
+        let t = Instant::now();
+        let mut w = BufWriter::with_capacity(1 << 20, File::create(out)?);
+        serde_json::to_writer(&mut w, &doc)?;
+        w.flush()?;
+        eprintln!("gen: wrote {} in {:.2?}", out.display(), t.elapsed());
+    }
+    if let Some(dir) = &args.backup_dir {
+        let t = Instant::now();
+        let path = pdp::sync::write_backup(dir, &doc)?;
+        eprintln!(
+            "gen: wrote backup {} in {:.2?}",
+            path.display(),
+            t.elapsed()
+        );
+    }
 
     if let Some(dir) = args.load_dir {
         std::fs::create_dir_all(&dir)?;
@@ -138,8 +158,8 @@ fn main() -> ExitCode {
                 eprintln!("gen: {e}");
             }
             eprintln!(
-                "usage: gen --preset small|medium|large|rebac_large [--seed N] --out FILE \
-                 [--load-dir DIR] [--queries N]"
+                "usage: gen --preset small|medium|large|rebac_large [--seed N] [--out FILE] \
+                 [--load-dir DIR] [--queries N] [--backup-dir DIR]"
             );
             return ExitCode::from(64);
         }
