@@ -252,7 +252,8 @@ fi
 # The PDP writes backups after a control-plane sync; a data-file start may not
 # write one, so the generator can write it directly when it knows how.
 READY_BACKUP=""
-if [[ -z "$(ls -A "$BACKUP_DIR" 2>/dev/null)" ]] && "$GEN_BIN" --help 2>&1 | grep -q -- --backup-dir; then
+GEN_HELP=$("$GEN_BIN" --help 2>&1 || true)
+if [[ -z "$(ls -A "$BACKUP_DIR" 2>/dev/null)" ]] && grep -q -- --backup-dir <<<"$GEN_HELP"; then
   "$GEN_BIN" --preset "$PRESET" --seed "$SEED" --backup-dir "$BACKUP_DIR" >"$WORK/gen-backup.log" 2>&1 || true
 fi
 if [[ -n "$(ls -A "$BACKUP_DIR" 2>/dev/null)" ]]; then
