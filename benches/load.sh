@@ -1,0 +1,304 @@
+#!/usr/bin/env bash
+# The load benchmark: the PDP against a bare hyper server, same run, same wrk
+# settings, on 127.0.0.1 only. One command:
+#
+#   benches/load.sh
+#
+# It builds release, installs wrk (Debian) if missing, generates the `large`
+# environment (100k users, 1M role assignments), starts the PDP on it and the
+# baseline (benches/baseline.rs), and measures:
+#   - POST /allowed at 16 and 64 connections: req/s, p50/p99/p99.9, PDP/baseline
+#   - POST /allowed/bulk (100 checks per request): checks/s
+#   - POST /user-permissions: req/s
+#   - PDP RSS after load, per role assignment (VmRSS)
+#   - time to ready from the data file, and from a backup (PDP_BACKUP_DIR)
+#   - p99.9 while the snapshot is swapped every second vs without, and the
+#     RSS peak during the swaps (VmHWM, reset first) vs steady state
+# then prints a summary table. Every loop is bounded; the trap stops what it
+# started.
+#
+# Knobs (environment): PRESET (large), SEED (7), DURATION (10s), THREADS (2),
+# CONNS ("16 64"), SWAP_TRIGGER (sync = POST /sync | sighup = kill -HUP),
+# PDP_BIN (target/release/pdp), LOAD_WORK (target/load), LOAD_PDP_PORT
+# (18766), LOAD_BASELINE_PORT (18767), SKIP_BUILD=1, QUERIES (20000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PRESET=${PRESET:-large}
+SEED=${SEED:-7}
+DURATION=${DURATION:-10s}
+THREADS=${THREADS:-2}
+CONNS=${CONNS:-"16 64"}
+SWAP_TRIGGER=${SWAP_TRIGGER:-sync}
+PDP_BIN=${PDP_BIN:-target/release/pdp}
+GEN_BIN=${GEN_BIN:-target/release/examples/gen}
+BASELINE_BIN=${BASELINE_BIN:-target/release/examples/baseline}
+WORK=${LOAD_WORK:-target/load}
+PDP_PORT_=${LOAD_PDP_PORT:-18766}
+BASE_PORT=${LOAD_BASELINE_PORT:-18767}
+QUERIES=${QUERIES:-20000}
+KEY=load-test-key
+# A closed local port: a PDP that tries to sync fails fast, on this machine.
+NO_CONTROL_PLANE=http://127.0.0.1:9
+
+PDP_URL=http://127.0.0.1:$PDP_PORT_
+BASE_URL=http://127.0.0.1:$BASE_PORT
+DUR_S=${DURATION%s}
+
+PDP_PID=""
+BASE_PID=""
+SWAP_PID=""
+cleanup() {
+  for p in $SWAP_PID $PDP_PID $BASE_PID; do
+    kill "$p" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+log() { printf '[load] %s\n' "$*" >&2; }
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+
+declare -A R   # results: R[name.field]
+
+# ---- build, tools, data ------------------------------------------------------
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+  log "building release (cargo build --release --examples --bins)"
+  cargo build --release --examples --bins
+fi
+if ! command -v wrk >/dev/null; then
+  log "installing wrk"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+fi
+for b in "$PDP_BIN" "$GEN_BIN" "$BASELINE_BIN"; do
+  [[ -x "$b" ]] || { log "missing $b"; exit 1; }
+done
+
+DATA=$WORK/$PRESET-$SEED
+ENV_FILE=$DATA/env.json
+if [[ ! -s "$ENV_FILE" || ! -s "$DATA/meta.env" ]]; then
+  mkdir -p "$DATA"
+  log "generating $PRESET (seed $SEED) into $DATA"
+  "$GEN_BIN" --preset "$PRESET" --seed "$SEED" --out "$ENV_FILE" \
+    --load-dir "$DATA" --queries "$QUERIES"
+fi
+ASSIGNMENTS=$(sed -n 's/^ROLE_ASSIGNMENTS=//p' "$DATA/meta.env")
+log "environment: $ASSIGNMENTS role assignments; $(cat "$DATA/expected.txt")"
+
+# ---- processes ---------------------------------------------------------------
+port_free() { ! curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$1/"; }
+port_free "$PDP_PORT_" || { log "port $PDP_PORT_ busy"; exit 1; }
+port_free "$BASE_PORT" || { log "port $BASE_PORT busy"; exit 1; }
+
+# wait_ready PID: polls /ready every 10 ms for up to 120 s; prints ms waited.
+wait_ready() {
+  local pid=$1 t0 i
+  t0=$(now_ms)
+  for ((i = 0; i < 12000; i++)); do
+    kill -0 "$pid" 2>/dev/null || return 1
+    if [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$PDP_URL/ready") == 200 ]]; then
+      echo $(( $(now_ms) - t0 ))
+      return 0
+    fi
+    sleep 0.01
+  done
+  return 1
+}
+
+# start_pdp LOGNAME [VAR=VALUE...]: starts the PDP with the given environment
+# (on top of host, port, key, a dead control plane) and sets PDP_PID.
+start_pdp() {
+  local name=$1; shift
+  env PDP_HOST=127.0.0.1 PDP_PORT="$PDP_PORT_" PDP_API_KEY="$KEY" \
+    PDP_CONTROL_PLANE="$NO_CONTROL_PLANE" "$@" "$PDP_BIN" >"$WORK/$name.log" 2>&1 &
+  PDP_PID=$!
+}
+
+stop_pdp() {
+  if [[ -n "$PDP_PID" ]]; then
+    kill "$PDP_PID" 2>/dev/null || true
+    wait "$PDP_PID" 2>/dev/null || true
+    PDP_PID=""
+  fi
+}
+
+rss_kb() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }
+
+log "starting PDP on $PDP_URL from $ENV_FILE"
+BACKUP_DIR=$WORK/backup
+rm -rf "$BACKUP_DIR"; mkdir -p "$BACKUP_DIR"; chmod 700 "$BACKUP_DIR"
+start_pdp pdp PDP_DATA_FILE="$ENV_FILE" PDP_BACKUP_DIR="$BACKUP_DIR"
+if ! READY_FILE_MS=$(wait_ready "$PDP_PID"); then
+  log "PDP did not become ready; its log:"; tail -20 "$WORK/pdp.log" >&2; exit 1
+fi
+log "PDP ready from the data file in ${READY_FILE_MS} ms"
+
+"$BASELINE_BIN" "$BASE_PORT" >"$WORK/baseline.log" 2>&1 &
+BASE_PID=$!
+for ((i = 0; i < 500; i++)); do
+  [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$BASE_URL/ready") == 200 ]] && break
+  sleep 0.01
+done
+
+# ---- the answers really mix allow and deny -----------------------------------
+ALLOWS=0; DENIES=0; OTHER=0
+while IFS= read -r body; do
+  out=$(curl -s --max-time 2 -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+    --data-binary "$body" "$PDP_URL/allowed" || true)
+  case "$out" in
+    *'"allow":true'*) ALLOWS=$((ALLOWS + 1)) ;;
+    *'"allow":false'*) DENIES=$((DENIES + 1)) ;;
+    *) OTHER=$((OTHER + 1)); [[ $OTHER == 1 ]] && log "unexpected answer: $out" ;;
+  esac
+done < <(head -n 200 "$DATA/allowed.jsonl")
+log "sample of 200 queries: $ALLOWS allow, $DENIES deny, $OTHER other"
+
+# run_wrk NAME URL BODIES CONNS: runs wrk, stores R[NAME.rps|p50|p99|p999|errors].
+run_wrk() {
+  local name=$1 url=$2 bodies=$3 conns=$4 out line
+  out=$(wrk -t"$THREADS" -c"$conns" -d"$DURATION" --timeout 5s \
+    -s benches/load/bodies.lua "$url" -- "$bodies" "$KEY" 2>&1) || true
+  echo "$out" >"$WORK/wrk-$name.txt"
+  line=$(grep '^RESULT' <<<"$out" || true)
+  if [[ -z "$line" ]]; then
+    log "wrk $name failed: $(tail -3 <<<"$out")"; return 0
+  fi
+  R[$name.rps]=$(sed -E 's/.* rps=([0-9.]+).*/\1/' <<<"$line")
+  R[$name.p50]=$(sed -E 's/.* p50_us=([0-9]+).*/\1/' <<<"$line")
+  R[$name.p99]=$(sed -E 's/.* p99_us=([0-9]+).*/\1/' <<<"$line")
+  R[$name.p999]=$(sed -E 's/.* p999_us=([0-9]+).*/\1/' <<<"$line")
+  R[$name.errors]=$(sed -E 's/.* socket_errors=([0-9]+) non2xx=([0-9]+).*/\1+\2/' <<<"$line")
+  log "$name: ${R[$name.rps]} req/s, p50 ${R[$name.p50]} us, p99 ${R[$name.p99]} us, p99.9 ${R[$name.p999]} us, errors ${R[$name.errors]}"
+}
+
+# ---- /allowed vs baseline ----------------------------------------------------
+log "warm-up"
+WARM=$DURATION; DURATION=2s
+run_wrk warm-pdp "$PDP_URL/allowed" "$DATA/allowed.jsonl" 16
+run_wrk warm-base "$BASE_URL/allowed" "$DATA/allowed.jsonl" 16
+DURATION=$WARM
+for c in $CONNS; do
+  run_wrk "pdp-$c" "$PDP_URL/allowed" "$DATA/allowed.jsonl" "$c"
+  run_wrk "base-$c" "$BASE_URL/allowed" "$DATA/allowed.jsonl" "$c"
+done
+
+# ---- bulk and user-permissions -----------------------------------------------
+run_wrk bulk "$PDP_URL/allowed/bulk" "$DATA/bulk.jsonl" 16
+run_wrk user-perms "$PDP_URL/user-permissions" "$DATA/user_permissions.jsonl" 16
+
+RSS_KB=$(rss_kb "$PDP_PID" VmRSS)
+log "PDP VmRSS after load: $RSS_KB kB"
+
+# ---- swaps every second ------------------------------------------------------
+swaps() {
+  curl -s --max-time 2 "$PDP_URL/metrics" | awk '$1 == "pdp_snapshot_swaps" { print $2; f = 1 } END { if (!f) print "" }'
+}
+swap_once() {
+  case "$SWAP_TRIGGER" in
+    sighup) kill -HUP "$PDP_PID" ;;
+    sync) curl -s -o /dev/null -w '%{http_code}' --max-time 5 -X POST \
+            -H "Authorization: Bearer $KEY" "$PDP_URL/sync" ;;
+    *) log "SWAP_TRIGGER must be sync or sighup"; return 1 ;;
+  esac
+}
+# Probe: one trigger must lead to one more swap (pdp_snapshot_swaps) within
+# 60 s, or the comparison would measure nothing.
+SWAP_NOTE=""
+S0=$(swaps)
+PROBE=$(swap_once 2>&1 || true)
+for ((i = 0; i < 600; i++)); do
+  kill -0 "$PDP_PID" 2>/dev/null || break
+  [[ -n "$S0" && "$(swaps)" != "$S0" ]] && break
+  sleep 0.1
+done
+if ! kill -0 "$PDP_PID" 2>/dev/null; then
+  SWAP_NOTE="skipped: the PDP exited on $SWAP_TRIGGER"
+elif [[ "$SWAP_TRIGGER" == sync && ! "$PROBE" =~ ^2 ]]; then
+  SWAP_NOTE="skipped: POST /sync answered ${PROBE:-nothing}"
+elif [[ -z "$S0" ]]; then
+  SWAP_NOTE="(unverified: no pdp_snapshot_swaps in /metrics)"
+elif [[ "$(swaps)" == "$S0" ]]; then
+  SWAP_NOTE="skipped: no swap within 60 s of a $SWAP_TRIGGER"
+else
+  log "one $SWAP_TRIGGER swapped the snapshot in $((i * 100)) ms"
+fi
+if [[ "$SWAP_NOTE" == skipped* ]]; then
+  log "$SWAP_NOTE"
+  if ! kill -0 "$PDP_PID" 2>/dev/null; then
+    start_pdp pdp-restarted PDP_DATA_FILE="$ENV_FILE"
+    wait_ready "$PDP_PID" >/dev/null || { log "PDP restart failed"; exit 1; }
+  fi
+else
+  SWAP_C=${CONNS##* }
+  sleep 2
+  run_wrk noswap "$PDP_URL/allowed" "$DATA/allowed.jsonl" "$SWAP_C"
+  STEADY_KB=$(rss_kb "$PDP_PID" VmRSS)
+  # Reset the peak so VmHWM shows the swaps alone, not the first load.
+  echo 5 >"/proc/$PDP_PID/clear_refs" 2>/dev/null || true
+  S1=$(swaps)
+  (
+    for ((s = 0; s < DUR_S; s++)); do swap_once >/dev/null 2>&1 || true; sleep 1; done
+  ) &
+  SWAP_PID=$!
+  run_wrk swap "$PDP_URL/allowed" "$DATA/allowed.jsonl" "$SWAP_C"
+  kill "$SWAP_PID" 2>/dev/null || true; wait "$SWAP_PID" 2>/dev/null || true; SWAP_PID=""
+  PEAK_KB=$(rss_kb "$PDP_PID" VmHWM)
+  S2=$(swaps)
+  [[ -n "$S1" && -n "$S2" ]] && SWAP_NOTE="($((S2 - S1)) swaps during the ${DURATION} run) $SWAP_NOTE"
+  log "swaps: steady $STEADY_KB kB, peak $PEAK_KB kB $SWAP_NOTE"
+fi
+
+# ---- start-up from a backup ----------------------------------------------------
+# The PDP writes backups after a control-plane sync; a data-file start may not
+# write one, so the generator can write it directly when it knows how.
+READY_BACKUP=""
+GEN_HELP=$("$GEN_BIN" --help 2>&1 || true)
+if [[ -z "$(ls -A "$BACKUP_DIR" 2>/dev/null)" ]] && grep -q -- --backup-dir <<<"$GEN_HELP"; then
+  "$GEN_BIN" --preset "$PRESET" --seed "$SEED" --backup-dir "$BACKUP_DIR" >"$WORK/gen-backup.log" 2>&1 || true
+fi
+if [[ -n "$(ls -A "$BACKUP_DIR" 2>/dev/null)" ]]; then
+  stop_pdp
+  start_pdp pdp-backup PDP_BACKUP_DIR="$BACKUP_DIR"
+  if ms=$(wait_ready "$PDP_PID"); then
+    sleep 1
+    RSS_BACKUP_KB=$(rss_kb "$PDP_PID" VmRSS)
+    READY_BACKUP="$ms ms (then VmRSS $RSS_BACKUP_KB kB = $(awk -v k="$RSS_BACKUP_KB" -v n="$ASSIGNMENTS" 'BEGIN { if (n > 0) printf "%.0f", k * 1024 / n; else print "n/a" }') B per role assignment, no load)"
+  else
+    READY_BACKUP="skipped: the PDP did not become ready from $BACKUP_DIR (see $WORK/pdp-backup.log)"
+  fi
+else
+  READY_BACKUP="skipped: no backup in $BACKUP_DIR (the PDP wrote none and gen has no --backup-dir)"
+fi
+
+# ---- summary -----------------------------------------------------------------
+ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+ms() { awk -v u="${1:-}" 'BEGIN { if (u == "") print "n/a"; else printf "%.2f", u / 1000 }'; }
+
+echo
+echo "== load benchmark: preset $PRESET seed $SEED ($ASSIGNMENTS role assignments), wrk -t$THREADS -d$DURATION, $(nproc) cores =="
+printf '%-26s %12s %9s %9s %9s %10s\n' "run" "req/s" "p50 ms" "p99 ms" "p99.9 ms" "errors"
+for c in $CONNS; do
+  for who in pdp base; do
+    n=$who-$c
+    printf '%-26s %12s %9s %9s %9s %10s\n' "/allowed $who c=$c" "${R[$n.rps]:-n/a}" \
+      "$(ms "${R[$n.p50]:-}")" "$(ms "${R[$n.p99]:-}")" "$(ms "${R[$n.p999]:-}")" "${R[$n.errors]:-n/a}"
+  done
+  printf '%-26s %12s\n' "  ratio pdp/baseline c=$c" "$(ratio "${R[pdp-$c.rps]:-}" "${R[base-$c.rps]:-}")"
+done
+printf '%-26s %12s %9s %9s %9s %10s\n' "/allowed/bulk c=16" "${R[bulk.rps]:-n/a}" \
+  "$(ms "${R[bulk.p50]:-}")" "$(ms "${R[bulk.p99]:-}")" "$(ms "${R[bulk.p999]:-}")" "${R[bulk.errors]:-n/a}"
+printf '%-26s %12s\n' "  bulk checks/s" "$(awk -v r="${R[bulk.rps]:-0}" 'BEGIN { printf "%.0f", r * 100 }')"
+printf '%-26s %12s %9s %9s %9s %10s\n' "/user-permissions c=16" "${R[user-perms.rps]:-n/a}" \
+  "$(ms "${R[user-perms.p50]:-}")" "$(ms "${R[user-perms.p99]:-}")" "$(ms "${R[user-perms.p999]:-}")" "${R[user-perms.errors]:-n/a}"
+echo
+printf '%-40s %s\n' "answers (sample of 200)" "$ALLOWS allow / $DENIES deny / $OTHER other"
+printf '%-40s %s\n' "RSS after load" "$RSS_KB kB = $(awk -v k="$RSS_KB" -v n="$ASSIGNMENTS" 'BEGIN { if (n > 0) printf "%.0f", k * 1024 / n; else print "n/a" }') bytes per role assignment"
+printf '%-40s %s\n' "ready from the data file (JSON)" "$READY_FILE_MS ms"
+printf '%-40s %s\n' "ready from a backup" "$READY_BACKUP"
+if [[ "$SWAP_NOTE" == skipped* ]]; then
+  printf '%-40s %s\n' "p99.9 with a swap every second" "$SWAP_NOTE"
+else
+  printf '%-40s %s ms vs %s ms without = %sx %s\n' "p99.9 with a swap every second ($SWAP_TRIGGER)" \
+    "$(ms "${R[swap.p999]:-}")" "$(ms "${R[noswap.p999]:-}")" "$(ratio "${R[swap.p999]:-}" "${R[noswap.p999]:-}")" "$SWAP_NOTE"
+  printf '%-40s %s\n' "RSS peak during swaps vs steady" "$PEAK_KB kB vs $STEADY_KB kB = $(ratio "$PEAK_KB" "$STEADY_KB")x"
+fi

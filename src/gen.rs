@@ -1,0 +1,1453 @@
+//! Deterministic generator of realistic environments, for benchmarks and the
+//! load test, plus query mixes with their expected answers.
+//!
+//! One seed gives one document on every machine and version: the stream is
+//! ChaCha8 and every draw goes through [`below`] rather than `rand`'s range
+//! sampling, whose algorithm is allowed to change between releases.
+//!
+//! The schema is fixed and small (what a real product has); the sizes scale:
+//! - tenant roles with `extends` chains over RBAC types (`document`, `report`,
+//!   `invoice`, `project`, `ticket`), one permission naming an action group;
+//! - a three-level ReBAC chain `organization` → `folder` → `file` through the
+//!   `parent` relation, so a depth-3 check exists (a role on the organization
+//!   derives one on the folder, which derives one on the file), with
+//!   `no_direct_roles_on_object` on the file owner rule;
+//! - ABAC: user sets on user attributes (one with a parent set), resource sets
+//!   on document attributes, and an `__autogen_` resource set.
+//!
+//! [`QueryMix`] draws `/allowed` queries aimed at allow and at deny, and labels
+//! each with the answer an independent, schema-aware evaluator gives, so a
+//! load test can check that its traffic really mixes allow and deny.
+
+use std::collections::{HashMap, HashSet};
+
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Map, Value};
+
+use crate::model::{
+    ActionGroup, ConditionSet, ConditionSetRule, ConditionSetType, DataDocument, DerivationRule,
+    GrantedTo, Json, Relation, Resource, ResourceInstance, ResourceRef, ResourceRole, Role,
+    RoleAssignment, Tenant, User, When,
+};
+
+/// Sizes and seed of a generated environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenSpec {
+    pub users: usize,
+    pub tenants: usize,
+    /// Tenant-level role assignments (no `resource_instance`).
+    pub tenant_assignments: usize,
+    /// Role assignments on resource instances.
+    pub instance_assignments: usize,
+    /// Resource instances: 1% organizations, 9% folders, 70% files, 20% documents.
+    pub instances: usize,
+    /// Relationship tuples: each folder's and file's `parent` first, then
+    /// second parents for files.
+    pub tuples: usize,
+    pub seed: u64,
+}
+
+impl GenSpec {
+    /// 10k role assignments.
+    pub fn small() -> Self {
+        Self {
+            users: 1_000,
+            tenants: 50,
+            tenant_assignments: 9_000,
+            instance_assignments: 1_000,
+            instances: 10_000,
+            tuples: 10_000,
+            seed: 7,
+        }
+    }
+
+    /// 100k role assignments.
+    pub fn medium() -> Self {
+        Self {
+            users: 10_000,
+            tenants: 200,
+            tenant_assignments: 90_000,
+            instance_assignments: 10_000,
+            instances: 100_000,
+            tuples: 100_000,
+            seed: 7,
+        }
+    }
+
+    /// 100k users, 1M role assignments.
+    pub fn large() -> Self {
+        Self {
+            users: 100_000,
+            tenants: 1_000,
+            tenant_assignments: 900_000,
+            instance_assignments: 100_000,
+            instances: 100_000,
+            tuples: 100_000,
+            seed: 7,
+        }
+    }
+
+    /// 100k users, 1M resource instances, 1M tuples.
+    pub fn rebac_large() -> Self {
+        Self {
+            users: 100_000,
+            tenants: 1_000,
+            tenant_assignments: 200_000,
+            instance_assignments: 300_000,
+            instances: 1_000_000,
+            tuples: 1_000_000,
+            seed: 7,
+        }
+    }
+
+    /// A preset by name: `small`, `medium`, `large`, `rebac_large`.
+    pub fn preset(name: &str) -> Option<Self> {
+        match name {
+            "small" => Some(Self::small()),
+            "medium" => Some(Self::medium()),
+            "large" => Some(Self::large()),
+            "rebac_large" | "rebac-large" => Some(Self::rebac_large()),
+            _ => None,
+        }
+    }
+
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Every role assignment in the document, tenant-level and instance.
+    pub fn role_assignments(&self) -> usize {
+        self.tenant_assignments + self.instance_assignments
+    }
+}
+
+/// A uniform draw in `0..n` (n > 0) by multiply-shift: one `u64` per draw,
+/// stable forever, bias below 2^-32 for our sizes.
+fn below(rng: &mut ChaCha8Rng, n: usize) -> usize {
+    debug_assert!(n > 0);
+    ((u128::from(rng.next_u64()) * n as u128) >> 64) as usize
+}
+
+/// Index into `weights` drawn proportionally to them.
+fn weighted(rng: &mut ChaCha8Rng, weights: &[u32]) -> usize {
+    let total: u32 = weights.iter().sum();
+    let mut x = below(rng, total as usize) as u32;
+    for (i, w) in weights.iter().enumerate() {
+        if x < *w {
+            return i;
+        }
+        x -= w;
+    }
+    weights.len() - 1
+}
+
+// ---- the fixed schema ------------------------------------------------------
+
+struct TypeDef {
+    key: &'static str,
+    actions: &'static [&'static str],
+    groups: &'static [(&'static str, &'static [&'static str])],
+}
+
+const RBAC_TYPES: &[TypeDef] = &[
+    TypeDef {
+        key: "document",
+        actions: &["read", "create", "update", "delete", "approve"],
+        groups: &[("write", &["create", "update", "delete"])],
+    },
+    TypeDef {
+        key: "report",
+        actions: &["read", "export", "schedule"],
+        groups: &[],
+    },
+    TypeDef {
+        key: "invoice",
+        actions: &["read", "create", "pay", "void"],
+        groups: &[],
+    },
+    TypeDef {
+        key: "project",
+        actions: &["read", "create", "update", "archive"],
+        groups: &[],
+    },
+    TypeDef {
+        key: "ticket",
+        actions: &["read", "create", "update", "close", "assign"],
+        groups: &[],
+    },
+];
+
+/// Tenant roles: key, permissions, extends, share of assignments (‰).
+type TenantRoleDef = (
+    &'static str,
+    &'static [&'static str],
+    &'static [&'static str],
+    u32,
+);
+
+const TENANT_ROLES: &[TenantRoleDef] = &[
+    (
+        "viewer",
+        &[
+            "document:read",
+            "report:read",
+            "project:read",
+            "ticket:read",
+        ],
+        &[],
+        350,
+    ),
+    (
+        "contributor",
+        &[
+            "document:create",
+            "document:update",
+            "ticket:create",
+            "ticket:update",
+        ],
+        &["viewer"],
+        250,
+    ),
+    (
+        "editor",
+        &["document:write", "project:update", "ticket:close"],
+        &["contributor"],
+        150,
+    ),
+    (
+        "admin",
+        &[
+            "document:approve",
+            "project:create",
+            "project:archive",
+            "report:schedule",
+            "ticket:assign",
+        ],
+        &["editor"],
+        80,
+    ),
+    (
+        "billing",
+        &["invoice:read", "invoice:create", "invoice:pay"],
+        &["viewer"],
+        70,
+    ),
+    (
+        "auditor",
+        &["report:read", "report:export", "invoice:read"],
+        &[],
+        70,
+    ),
+    (
+        "owner",
+        &["invoice:void", "report:export"],
+        &["admin", "billing"],
+        30,
+    ),
+];
+
+/// A resource role of the ReBAC chain: type, key, permissions, extends,
+/// derived from (role, on type), `no_direct_roles_on_object`.
+type ResourceRoleDef = (
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    &'static [&'static str],
+    Option<(&'static str, &'static str)>,
+    bool,
+);
+
+const REBAC_ROLES: &[ResourceRoleDef] = &[
+    (
+        "organization",
+        "admin",
+        &["read", "manage", "invite"],
+        &[],
+        None,
+        false,
+    ),
+    ("organization", "member", &["read"], &[], None, false),
+    (
+        "folder",
+        "viewer",
+        &["read"],
+        &[],
+        Some(("member", "organization")),
+        false,
+    ),
+    (
+        "folder",
+        "editor",
+        &["create", "update"],
+        &["viewer"],
+        Some(("admin", "organization")),
+        false,
+    ),
+    (
+        "folder",
+        "owner",
+        &["delete", "share"],
+        &["editor"],
+        None,
+        false,
+    ),
+    (
+        "file",
+        "viewer",
+        &["readers"],
+        &[],
+        Some(("viewer", "folder")),
+        false,
+    ),
+    (
+        "file",
+        "editor",
+        &["update"],
+        &["viewer"],
+        Some(("editor", "folder")),
+        false,
+    ),
+    (
+        "file",
+        "owner",
+        &["delete", "share"],
+        &["editor"],
+        Some(("owner", "folder")),
+        true,
+    ),
+];
+
+const REBAC_TYPES: &[TypeDef] = &[
+    TypeDef {
+        key: "organization",
+        actions: &["read", "manage", "invite"],
+        groups: &[],
+    },
+    TypeDef {
+        key: "folder",
+        actions: &["read", "create", "update", "delete", "share"],
+        groups: &[],
+    },
+    TypeDef {
+        key: "file",
+        actions: &["read", "comment", "download", "update", "delete", "share"],
+        groups: &[("readers", &["read", "comment", "download"])],
+    },
+];
+
+const PARENT_OF: &[(&str, &str)] = &[("folder", "organization"), ("file", "folder")];
+
+const DEPARTMENTS: &[&str] = &[
+    "engineering",
+    "sales",
+    "marketing",
+    "finance",
+    "support",
+    "legal",
+];
+const COUNTRIES: &[&str] = &["us", "de", "fr", "nl", "jp", "br", "in"];
+const FIRST: &[&str] = &["Ada", "Grace", "Alan", "Edsger", "Barbara", "Ken", "Radia"];
+const LAST: &[&str] = &[
+    "Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Thompson",
+];
+const CLASSIFICATIONS: &[&str] = &["public", "internal", "confidential"];
+
+pub fn user_key(i: usize) -> String {
+    format!("user-{i}")
+}
+pub fn tenant_key(i: usize) -> String {
+    format!("tenant-{i}")
+}
+
+fn map(pairs: impl IntoIterator<Item = (String, Value)>) -> Json {
+    Json(Value::Object(pairs.into_iter().collect()))
+}
+
+fn schema() -> Vec<Resource> {
+    let mut out = Vec::new();
+    for t in RBAC_TYPES.iter().chain(REBAC_TYPES) {
+        let mut r = Resource {
+            key: t.key.to_string(),
+            id: Some(format!("rt-{}", t.key)),
+            actions: t
+                .actions
+                .iter()
+                .map(|a| (a.to_string(), Json(json!({"name": a}))))
+                .collect(),
+            action_groups: t
+                .groups
+                .iter()
+                .map(|(g, acts)| {
+                    let acts = acts.iter().map(|a| a.to_string()).collect();
+                    (g.to_string(), ActionGroup(acts))
+                })
+                .collect(),
+            ..Resource::default()
+        };
+        if t.key == "document" {
+            r.attributes = [
+                ("classification", "string"),
+                ("size", "number"),
+                ("owner", "string"),
+            ]
+            .iter()
+            .map(|(k, ty)| (k.to_string(), Json(json!({"type": ty}))))
+            .collect();
+        }
+        if let Some((_, parent)) = PARENT_OF.iter().find(|(c, _)| *c == t.key) {
+            let rel = Relation {
+                resource: Some(parent.to_string()),
+                subject_resource: None,
+            };
+            r.relations.insert("parent".into(), rel);
+        }
+        for &(ty, key, perms, extends, from, no_direct) in REBAC_ROLES {
+            if ty != t.key {
+                continue;
+            }
+            let granted_to = from.map(|(role, on)| GrantedTo {
+                users_with_role: vec![DerivationRule {
+                    role: role.into(),
+                    on_resource: on.into(),
+                    linked_by_relation: "parent".into(),
+                    when: no_direct.then_some(When {
+                        no_direct_roles_on_object: true,
+                    }),
+                }],
+                when: None,
+            });
+            let role = ResourceRole {
+                permissions: perms.iter().map(|p| p.to_string()).collect(),
+                extends: extends.iter().map(|e| e.to_string()).collect(),
+                granted_to,
+            };
+            r.roles.insert(key.to_string(), role);
+        }
+        out.push(r);
+    }
+    out
+}
+
+fn tenant_roles() -> Vec<Role> {
+    TENANT_ROLES
+        .iter()
+        .map(|(key, perms, extends, _)| Role {
+            key: key.to_string(),
+            permissions: perms.iter().map(|p| p.to_string()).collect(),
+            extends: extends.iter().map(|e| e.to_string()).collect(),
+        })
+        .collect()
+}
+
+fn condition_sets() -> (Vec<ConditionSet>, Vec<ConditionSetRule>) {
+    let user_set = |key: &str, parent: Option<&str>, cond: Value| ConditionSet {
+        key: key.into(),
+        id: Some(format!("cs-{key}")),
+        kind: ConditionSetType::Userset,
+        resource: None,
+        resource_id: None,
+        conditions: Json(cond),
+        parent_id: parent.map(Into::into),
+    };
+    let doc_set = |key: &str, cond: Value| ConditionSet {
+        key: key.into(),
+        id: Some(format!("cs-{key}")),
+        kind: ConditionSetType::Resourceset,
+        resource: Some(ResourceRef("document".into())),
+        resource_id: None,
+        conditions: Json(cond),
+        parent_id: None,
+    };
+    let sets = vec![
+        user_set(
+            "engineering",
+            None,
+            json!({"allOf": [{"user.department": {"equals": "engineering"}}]}),
+        ),
+        user_set(
+            "senior",
+            None,
+            json!({"allOf": [{"user.level": {"greater-than-equals": 7}}]}),
+        ),
+        user_set(
+            "senior_engineering",
+            Some("engineering"),
+            json!({"allOf": [{"user.level": {"greater-than-equals": 5}}]}),
+        ),
+        user_set(
+            "eu_staff",
+            None,
+            json!({"allOf": [{"user.country": {"in": ["de", "fr", "nl"]}}]}),
+        ),
+        doc_set(
+            "public_documents",
+            json!({"allOf": [{"resource.classification": {"equals": "public"}}]}),
+        ),
+        doc_set(
+            "confidential_documents",
+            json!({"allOf": [{"resource.classification": {"equals": "confidential"}},
+                             {"resource.size": {"less-than": 1000000}}]}),
+        ),
+    ];
+    let rule = |u: &str, p: &str, r: &str| ConditionSetRule {
+        user_set: u.into(),
+        permission: p.into(),
+        resource_set: r.into(),
+    };
+    let rules = vec![
+        rule("engineering", "document:read", "public_documents"),
+        rule("senior", "document:read", "confidential_documents"),
+        rule(
+            "senior_engineering",
+            "document:update",
+            "confidential_documents",
+        ),
+        rule("eu_staff", "report:export", "__autogen_report"),
+    ];
+    (sets, rules)
+}
+
+/// Instance counts per type: (organizations, folders, files, documents).
+fn split(instances: usize) -> (usize, usize, usize, usize) {
+    if instances == 0 {
+        return (0, 0, 0, 0);
+    }
+    let orgs = (instances / 100).max(1);
+    let folders = (instances * 9 / 100).max(1).min(instances - orgs);
+    let documents = (instances / 5).min(instances - orgs - folders);
+    let files = instances - orgs - folders - documents;
+    (orgs, folders, files, documents)
+}
+
+/// Generates the environment `spec` describes. Deterministic in `spec`.
+pub fn generate(spec: &GenSpec) -> DataDocument {
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    let (sets, rules) = condition_sets();
+    let mut doc = DataDocument {
+        resources: schema(),
+        roles: tenant_roles(),
+        condition_sets: sets,
+        condition_set_rules: rules,
+        ..DataDocument::default()
+    };
+
+    doc.tenants = (0..spec.tenants)
+        .map(|i| Tenant {
+            key: tenant_key(i),
+            name: Some(format!("Tenant {i}")),
+            attributes: map([
+                (
+                    "plan".into(),
+                    json!(["free", "pro", "enterprise"][below(&mut rng, 3)]),
+                ),
+                ("region".into(), json!(["eu", "us"][below(&mut rng, 2)])),
+            ]),
+        })
+        .collect();
+
+    doc.users = (0..spec.users)
+        .map(|i| User {
+            key: user_key(i),
+            email: Some(format!("user-{i}@example.com")),
+            first_name: Some(FIRST[below(&mut rng, FIRST.len())].into()),
+            last_name: Some(LAST[below(&mut rng, LAST.len())].into()),
+            attributes: map([
+                (
+                    "department".into(),
+                    json!(DEPARTMENTS[below(&mut rng, DEPARTMENTS.len())]),
+                ),
+                ("level".into(), json!(1 + below(&mut rng, 10))),
+                (
+                    "country".into(),
+                    json!(COUNTRIES[below(&mut rng, COUNTRIES.len())]),
+                ),
+            ]),
+            // The same facts as `role_assignments`; kept out so a large
+            // document is not twice the size (the snapshot merges both).
+            roles: Vec::new(),
+        })
+        .collect();
+
+    doc.role_assignments = Vec::with_capacity(spec.tenant_assignments + spec.instance_assignments);
+    tenant_assignments(spec, &mut rng, &mut doc);
+    let placed = instances_and_tuples(spec, &mut rng, &mut doc);
+    instance_assignments(spec, &mut rng, &mut doc, &placed);
+    doc
+}
+
+fn tenant_assignments(spec: &GenSpec, rng: &mut ChaCha8Rng, doc: &mut DataDocument) {
+    if spec.users == 0 || spec.tenants == 0 {
+        return;
+    }
+    let weights: Vec<u32> = TENANT_ROLES.iter().map(|r| r.3).collect();
+    let per_user = spec.tenant_assignments / spec.users;
+    let extra = spec.tenant_assignments % spec.users;
+    let cap = spec.tenants * TENANT_ROLES.len();
+    let mut chosen: Vec<(usize, usize)> = Vec::new();
+    for u in 0..spec.users {
+        let k = (per_user + usize::from(u < extra)).min(cap);
+        chosen.clear();
+        // Users cluster: most of their tenants are near a home tenant, as
+        // people work in a few related workspaces.
+        let home = below(rng, spec.tenants);
+        while chosen.len() < k {
+            let t = if below(rng, 4) == 0 {
+                below(rng, spec.tenants)
+            } else {
+                (home + below(rng, 32.min(spec.tenants))) % spec.tenants
+            };
+            let r = weighted(rng, &weights);
+            if !chosen.contains(&(t, r)) {
+                chosen.push((t, r));
+            }
+        }
+        let user = user_key(u);
+        for &(t, r) in &chosen {
+            doc.role_assignments.push(RoleAssignment {
+                user: user.clone(),
+                role: TENANT_ROLES[r].0.into(),
+                tenant: Some(tenant_key(t)),
+                resource_instance: None,
+            });
+        }
+    }
+}
+
+/// Where the ReBAC instances landed, for placing instance assignments.
+struct Placed {
+    /// (type, count) for organization, folder, file.
+    counts: [usize; 3],
+    /// Tenant index of each instance, per type.
+    tenants: [Vec<u32>; 3],
+}
+
+const CHAIN: [&str; 3] = ["organization", "folder", "file"];
+const CHAIN_PREFIX: [&str; 3] = ["org", "folder", "file"];
+
+fn instance_key(level: usize, i: usize) -> String {
+    format!("{}-{i}", CHAIN_PREFIX[level])
+}
+
+fn instances_and_tuples(spec: &GenSpec, rng: &mut ChaCha8Rng, doc: &mut DataDocument) -> Placed {
+    let (orgs, folders, files, documents) = split(spec.instances);
+    let tenants = spec.tenants.max(1);
+    let mut placed = Placed {
+        counts: [orgs, folders, files],
+        tenants: [Vec::new(), Vec::new(), Vec::new()],
+    };
+    let mut parent: [Vec<u32>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    doc.resource_instances = Vec::with_capacity(spec.instances);
+    for level in 0..3 {
+        let n = placed.counts[level];
+        for i in 0..n {
+            let (t, p) = if level == 0 {
+                (i % tenants, 0)
+            } else {
+                let p = below(rng, placed.counts[level - 1]);
+                (placed.tenants[level - 1][p] as usize, p)
+            };
+            placed.tenants[level].push(t as u32);
+            parent[level].push(p as u32);
+            doc.resource_instances.push(ResourceInstance {
+                key: instance_key(level, i),
+                resource: CHAIN[level].into(),
+                tenant: spec.tenants.gt(&0).then(|| tenant_key(t)),
+                attributes: map([("name".into(), json!(format!("{} {i}", CHAIN[level])))]),
+            });
+        }
+    }
+    for i in 0..documents {
+        let attrs = map([
+            (
+                "classification".into(),
+                json!(CLASSIFICATIONS[below(rng, CLASSIFICATIONS.len())]),
+            ),
+            ("size".into(), json!(below(rng, 2_000_000))),
+            (
+                "owner".into(),
+                json!(user_key(below(rng, spec.users.max(1)))),
+            ),
+        ]);
+        doc.resource_instances.push(ResourceInstance {
+            key: format!("doc-{i}"),
+            resource: "document".into(),
+            tenant: spec.tenants.gt(&0).then(|| tenant_key(below(rng, tenants))),
+            attributes: attrs,
+        });
+    }
+
+    let mut tuples = Vec::with_capacity(spec.tuples);
+    let tuple = |level: usize, child: usize, p: usize, t: u32| crate::model::RelationshipTuple {
+        subject: format!("{}:{}", CHAIN[level - 1], instance_key(level - 1, p)),
+        relation: "parent".into(),
+        object: format!("{}:{}", CHAIN[level], instance_key(level, child)),
+        tenant: spec.tenants.gt(&0).then(|| tenant_key(t as usize)),
+    };
+    'natural: for (level, parents) in parent.iter().enumerate().skip(1) {
+        let parents = parents.iter().zip(&placed.tenants[level]);
+        for (child, (&p, &t)) in parents.enumerate() {
+            if tuples.len() == spec.tuples {
+                break 'natural;
+            }
+            tuples.push(tuple(level, child, p as usize, t));
+        }
+    }
+    // Files shared into a second folder, until the tuple budget is spent.
+    if folders > 1 && files > 0 {
+        let mut child = 0;
+        while tuples.len() < spec.tuples && child < files {
+            let primary = parent[2][child] as usize;
+            let p = (primary + 1 + below(rng, folders - 1)) % folders;
+            tuples.push(tuple(2, child, p, placed.tenants[2][child]));
+            child += 1;
+        }
+    }
+    doc.relationship_tuples = tuples;
+    placed
+}
+
+fn instance_assignments(
+    spec: &GenSpec,
+    rng: &mut ChaCha8Rng,
+    doc: &mut DataDocument,
+    placed: &Placed,
+) {
+    if spec.users == 0 {
+        return;
+    }
+    // Per level: share of assignments and the roles drawn there.
+    let shares = [1u32, 4, 5];
+    let roles_at = |level: usize| -> Vec<(&'static str, u32)> {
+        let w = match level {
+            0 => &[1u32, 4][..],
+            _ => &[6u32, 3, 1][..],
+        };
+        REBAC_ROLES
+            .iter()
+            .filter(|r| r.0 == CHAIN[level])
+            .zip(w)
+            .map(|(r, w)| (r.1, *w))
+            .collect()
+    };
+    let roles: Vec<Vec<(&str, u32)>> = (0..3).map(roles_at).collect();
+    let levels: Vec<usize> = (0..3).filter(|l| placed.counts[*l] > 0).collect();
+    if levels.is_empty() {
+        return;
+    }
+    let level_weights: Vec<u32> = levels.iter().map(|l| shares[*l]).collect();
+    let capacity: usize = levels
+        .iter()
+        .map(|l| placed.counts[*l] * roles[*l].len())
+        .sum::<usize>()
+        .saturating_mul(spec.users);
+    let target = spec.instance_assignments.min(capacity);
+    let mut seen: HashSet<(u32, u8, u32, u8)> = HashSet::with_capacity(target);
+    while seen.len() < target {
+        let level = levels[weighted(rng, &level_weights)];
+        let i = below(rng, placed.counts[level]);
+        let u = below(rng, spec.users);
+        let w: Vec<u32> = roles[level].iter().map(|r| r.1).collect();
+        let r = weighted(rng, &w);
+        if !seen.insert((u as u32, level as u8, i as u32, r as u8)) {
+            continue;
+        }
+        doc.role_assignments.push(RoleAssignment {
+            user: user_key(u),
+            role: roles[level][r].0.into(),
+            tenant: spec
+                .tenants
+                .gt(&0)
+                .then(|| tenant_key(placed.tenants[level][i] as usize)),
+            resource_instance: Some(format!("{}:{}", CHAIN[level], instance_key(level, i))),
+        });
+    }
+}
+
+// ---- queries ---------------------------------------------------------------
+
+/// One `/allowed` query, with the answer the generator's evaluator expects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Query {
+    pub user: String,
+    pub action: String,
+    pub resource_type: String,
+    pub resource_key: Option<String>,
+    pub tenant: Option<String>,
+    /// What `docs/semantics.md` says for this query on the generated
+    /// document, from [`QueryMix::expected`].
+    pub expect_allow: bool,
+}
+
+impl Query {
+    /// The `/allowed` request body, as the SDKs send it.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "user": {"key": self.user},
+            "action": self.action,
+            "resource": {"type": self.resource_type, "key": self.resource_key, "tenant": self.tenant},
+            "context": {},
+        })
+    }
+}
+
+/// A `/user-permissions` request body for `user`.
+pub fn user_permissions_body(user: &str) -> Value {
+    json!({"user": {"key": user}, "tenants": null, "resources": null, "resource_types": null})
+}
+
+/// Draws query mixes from a generated document and knows their answers.
+///
+/// The evaluator here is written from `docs/semantics.md` for the shapes the
+/// generator emits (it understands only the condition operators used above),
+/// independently of the engine, so a disagreement points at one of the two.
+pub struct QueryMix<'a> {
+    doc: &'a DataDocument,
+    rng: ChaCha8Rng,
+    /// Tenant role → flattened `type:action` set.
+    tenant_perms: HashMap<&'a str, HashSet<String>>,
+    /// (type, resource role) → flattened action set.
+    resource_perms: HashMap<(&'a str, &'a str), HashSet<String>>,
+    /// Tenant-level assignments as indexes into `doc.role_assignments`.
+    tenant_ras: Vec<usize>,
+    /// (user, tenant) → tenant roles.
+    user_tenant_roles: HashMap<(&'a str, &'a str), Vec<&'a str>>,
+    user_tenants: HashMap<&'a str, Vec<&'a str>>,
+    /// Instance assignments by level of the chain (org, folder, file).
+    chain_ras: [Vec<usize>; 3],
+    /// (user, "type:key") → direct roles.
+    direct: HashMap<(&'a str, &'a str), Vec<&'a str>>,
+    /// object → (subject, relation) of the tuples naming it.
+    tuples_to: HashMap<&'a str, Vec<(&'a str, &'a str)>>,
+    /// subject → objects, for walking down the chain.
+    children: HashMap<&'a str, Vec<&'a str>>,
+    users: HashMap<&'a str, &'a User>,
+    instances: HashMap<(&'a str, &'a str), &'a ResourceInstance>,
+    documents: Vec<usize>,
+}
+
+fn split_instance(s: &str) -> Option<(&str, &str)> {
+    s.split_once(':')
+}
+
+impl<'a> QueryMix<'a> {
+    pub fn new(doc: &'a DataDocument, seed: u64) -> Self {
+        let mut m = QueryMix {
+            doc,
+            rng: ChaCha8Rng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
+            tenant_perms: HashMap::new(),
+            resource_perms: HashMap::new(),
+            tenant_ras: Vec::new(),
+            user_tenant_roles: HashMap::new(),
+            user_tenants: HashMap::new(),
+            chain_ras: [Vec::new(), Vec::new(), Vec::new()],
+            direct: HashMap::new(),
+            tuples_to: HashMap::new(),
+            children: HashMap::new(),
+            users: doc.users.iter().map(|u| (u.key.as_str(), u)).collect(),
+            instances: doc
+                .resource_instances
+                .iter()
+                .map(|i| ((i.resource.as_str(), i.key.as_str()), i))
+                .collect(),
+            documents: Vec::new(),
+        };
+        m.flatten_roles();
+        for (i, ra) in doc.role_assignments.iter().enumerate() {
+            match (&ra.resource_instance, &ra.tenant) {
+                (None, Some(t)) => {
+                    m.tenant_ras.push(i);
+                    let roles = m.user_tenant_roles.entry((&ra.user, t)).or_default();
+                    if roles.is_empty() {
+                        m.user_tenants.entry(&ra.user).or_default().push(t);
+                    }
+                    roles.push(&ra.role);
+                }
+                (Some(inst), _) => {
+                    m.direct.entry((&ra.user, inst)).or_default().push(&ra.role);
+                    if let Some(level) =
+                        split_instance(inst).and_then(|(ty, _)| CHAIN.iter().position(|c| *c == ty))
+                    {
+                        m.chain_ras[level].push(i);
+                    }
+                }
+                (None, None) => {}
+            }
+        }
+        for t in &doc.relationship_tuples {
+            m.tuples_to
+                .entry(&t.object)
+                .or_default()
+                .push((&t.subject, &t.relation));
+            m.children.entry(&t.subject).or_default().push(&t.object);
+        }
+        m.documents = doc
+            .resource_instances
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.resource == "document")
+            .map(|(n, _)| n)
+            .collect();
+        m
+    }
+
+    fn flatten_roles(&mut self) {
+        let doc = self.doc;
+        let groups = |ty: &str, name: &str| -> Vec<String> {
+            doc.resources
+                .iter()
+                .find(|r| r.key == ty)
+                .and_then(|r| r.action_groups.get(name))
+                .map(|g| g.actions().to_vec())
+                .unwrap_or_else(|| vec![name.to_string()])
+        };
+        let by_key: HashMap<&str, &Role> = doc.roles.iter().map(|r| (r.key.as_str(), r)).collect();
+        for role in &doc.roles {
+            let mut perms = HashSet::new();
+            let mut stack = vec![role.key.as_str()];
+            let mut seen = HashSet::new();
+            while let Some(k) = stack.pop() {
+                let Some(r) = by_key.get(k).filter(|_| seen.insert(k)) else {
+                    continue;
+                };
+                for p in &r.permissions {
+                    if let Some((ty, a)) = p.split_once(':') {
+                        perms.extend(groups(ty, a).into_iter().map(|a| format!("{ty}:{a}")));
+                    }
+                }
+                stack.extend(r.extends.iter().map(String::as_str));
+            }
+            self.tenant_perms.insert(&role.key, perms);
+        }
+        for res in &doc.resources {
+            for key in res.roles.keys() {
+                let mut perms = HashSet::new();
+                let mut stack = vec![key.as_str()];
+                let mut seen = HashSet::new();
+                while let Some(k) = stack.pop() {
+                    let Some(r) = res.roles.get(k).filter(|_| seen.insert(k)) else {
+                        continue;
+                    };
+                    for p in &r.permissions {
+                        perms.extend(groups(&res.key, p));
+                    }
+                    stack.extend(r.extends.iter().map(String::as_str));
+                }
+                self.resource_perms.insert((&res.key, key), perms);
+            }
+        }
+    }
+
+    /// The roles `user` holds on `instance` ("type:key"), direct and derived.
+    fn roles_on(&self, user: &str, instance: &str, depth: usize) -> HashSet<&'a str> {
+        let mut out: HashSet<&'a str> = HashSet::new();
+        let direct = self.direct.get(&(user, instance));
+        if let Some(d) = direct {
+            out.extend(d.iter().copied());
+        }
+        let Some((ty, _)) = split_instance(instance) else {
+            return out;
+        };
+        // The generator's tuples are acyclic; the bound only guards misuse.
+        if depth > 16 {
+            return out;
+        }
+        let Some(res) = self.doc.resources.iter().find(|r| r.key == ty) else {
+            return out;
+        };
+        let incoming = self.tuples_to.get(instance);
+        for (role_key, role) in &res.roles {
+            let Some(g) = &role.granted_to else { continue };
+            let role_wide = g.when.as_ref().is_some_and(|w| w.no_direct_roles_on_object);
+            for rule in &g.users_with_role {
+                let no_direct = role_wide
+                    || rule
+                        .when
+                        .as_ref()
+                        .is_some_and(|w| w.no_direct_roles_on_object);
+                if no_direct && direct.is_some_and(|d| !d.is_empty()) {
+                    continue;
+                }
+                let holds = incoming.into_iter().flatten().any(|(subject, rel)| {
+                    *rel == rule.linked_by_relation
+                        && split_instance(subject).is_some_and(|(st, _)| st == rule.on_resource)
+                        && self
+                            .roles_on(user, subject, depth + 1)
+                            .contains(rule.role.as_str())
+                });
+                if holds {
+                    out.insert(role_key);
+                }
+            }
+        }
+        out
+    }
+
+    /// The answer of `docs/semantics.md` for `q` on the generated document.
+    pub fn expected(&self, q: &Query) -> bool {
+        let Some(tenant) = q.tenant.as_deref().filter(|t| !t.is_empty()) else {
+            return false;
+        };
+        let perm = format!("{}:{}", q.resource_type, q.action);
+        let tenant_roles = self
+            .user_tenant_roles
+            .get(&(q.user.as_str(), tenant))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let rbac = tenant_roles
+            .iter()
+            .any(|r| self.tenant_perms.get(r).is_some_and(|p| p.contains(&perm)));
+        if rbac {
+            return true;
+        }
+        if let Some(key) = &q.resource_key {
+            let inst = format!("{}:{key}", q.resource_type);
+            let rebac = self.roles_on(&q.user, &inst, 0).iter().any(|r| {
+                self.resource_perms
+                    .get(&(q.resource_type.as_str(), *r))
+                    .is_some_and(|p| p.contains(&q.action))
+            });
+            if rebac {
+                return true;
+            }
+        }
+        self.abac_allows(q, tenant, tenant_roles, &perm)
+    }
+
+    fn abac_allows(&self, q: &Query, tenant: &str, tenant_roles: &[&str], perm: &str) -> bool {
+        let mut user = Map::new();
+        user.insert("key".into(), json!(q.user));
+        if let Some(u) = self.users.get(q.user.as_str()) {
+            let mut roles: Vec<&str> = tenant_roles.to_vec();
+            roles.sort_unstable();
+            roles.dedup();
+            user.insert("roles".into(), json!(roles));
+            if let Some(a) = u.attributes.object() {
+                user.extend(a.clone());
+            }
+        }
+        let mut resource = Map::new();
+        resource.insert("type".into(), json!(q.resource_type));
+        resource.insert("tenant".into(), json!(tenant));
+        if let Some(k) = &q.resource_key {
+            resource.insert("key".into(), json!(k));
+            if let Some(i) = self.instances.get(&(q.resource_type.as_str(), k.as_str())) {
+                if let Some(a) = i.attributes.object() {
+                    resource.extend(a.clone());
+                }
+            }
+        }
+        let user = Value::Object(user);
+        let resource = Value::Object(resource);
+        let set = |key: &str| self.doc.condition_sets.iter().find(|s| s.key == key);
+        let set_holds = |key: &str, is_user: bool| -> bool {
+            if let Some(x) = key.strip_prefix("__autogen_") {
+                return if is_user {
+                    tenant_roles.contains(&x)
+                } else {
+                    q.resource_type == x
+                };
+            }
+            let mut cur = set(key);
+            let mut hops = 0;
+            while let Some(s) = cur {
+                let kind_ok = match s.kind {
+                    ConditionSetType::Userset => is_user,
+                    ConditionSetType::Resourceset => {
+                        !is_user && s.resource.as_ref().map(|r| r.key()) == Some(&q.resource_type)
+                    }
+                };
+                let entity = if is_user { &user } else { &resource };
+                if !kind_ok || !condition(&s.conditions.0, entity) {
+                    return false;
+                }
+                hops += 1;
+                cur = s
+                    .parent_id
+                    .as_deref()
+                    .and_then(|p| {
+                        self.doc
+                            .condition_sets
+                            .iter()
+                            .find(|c| c.key == p || c.id.as_deref() == Some(p))
+                    })
+                    .filter(|_| hops < 16);
+            }
+            set(key).is_some()
+        };
+        self.doc.condition_set_rules.iter().any(|r| {
+            r.permission == perm
+                && set_holds(&r.user_set, true)
+                && set_holds(&r.resource_set, false)
+        })
+    }
+
+    fn tenant_query(&mut self, want_allow: bool) -> Query {
+        let doc = self.doc;
+        let ra =
+            &doc.role_assignments[self.tenant_ras[below(&mut self.rng, self.tenant_ras.len())]];
+        let tenant = ra.tenant.clone();
+        let all: Vec<(&str, &str)> = RBAC_TYPES
+            .iter()
+            .flat_map(|t| t.actions.iter().map(move |a| (t.key, *a)))
+            .collect();
+        let granted: Vec<(&str, &str)> = if want_allow {
+            let perms = &self.tenant_perms[ra.role.as_str()];
+            all.iter()
+                .copied()
+                .filter(|(t, a)| perms.contains(&format!("{t}:{a}")))
+                .collect()
+        } else {
+            all
+        };
+        let (ty, action) = granted[below(&mut self.rng, granted.len())];
+        let mut q = Query {
+            user: ra.user.clone(),
+            action: action.into(),
+            resource_type: ty.into(),
+            resource_key: None,
+            tenant,
+            expect_allow: false,
+        };
+        if !want_allow && below(&mut self.rng, 3) == 0 && !doc.tenants.is_empty() {
+            // A tenant the user is (most likely) not a member of.
+            q.tenant = Some(
+                doc.tenants[below(&mut self.rng, doc.tenants.len())]
+                    .key
+                    .clone(),
+            );
+        }
+        q
+    }
+
+    /// RBAC queries (no resource key), about half allowed.
+    pub fn rbac(&mut self, n: usize) -> Vec<Query> {
+        if self.tenant_ras.is_empty() {
+            return Vec::new();
+        }
+        (0..n)
+            .map(|i| {
+                let mut q = self.tenant_query(i % 2 == 0);
+                q.expect_allow = self.expected(&q);
+                q
+            })
+            .collect()
+    }
+
+    /// ReBAC queries on files whose answer comes from a role held `depth`
+    /// levels up the chain: 1 = a direct role on the file, 2 = on its folder,
+    /// 3 = on the folder's organization. About half allowed.
+    pub fn rebac(&mut self, depth: usize, n: usize) -> Vec<Query> {
+        let level = 3usize.saturating_sub(depth.clamp(1, 3));
+        if self.chain_ras[level].is_empty() {
+            return Vec::new();
+        }
+        let file_actions = REBAC_TYPES[2].actions;
+        let mut out = Vec::with_capacity(n);
+        let mut attempts = 0;
+        while out.len() < n && attempts < n * 20 {
+            attempts += 1;
+            let ras = &self.chain_ras[level];
+            let ra = &self.doc.role_assignments[ras[below(&mut self.rng, ras.len())]];
+            let Some(mut inst) = ra.resource_instance.as_deref() else {
+                continue;
+            };
+            // Walk down to a file.
+            let mut ok = true;
+            for _ in level..2 {
+                match self.children.get(inst) {
+                    Some(c) if !c.is_empty() => inst = c[below(&mut self.rng, c.len())],
+                    _ => ok = false,
+                }
+            }
+            let Some((_, key)) = split_instance(inst).filter(|_| ok) else {
+                continue;
+            };
+            let action = file_actions[below(&mut self.rng, file_actions.len())];
+            let mut q = Query {
+                user: ra.user.clone(),
+                action: action.into(),
+                resource_type: "file".into(),
+                resource_key: Some(key.into()),
+                tenant: ra.tenant.clone(),
+                expect_allow: false,
+            };
+            q.expect_allow = self.expected(&q);
+            // Keep the mix near half and half.
+            let want_allow = out.len() % 2 == 0;
+            if q.expect_allow == want_allow || attempts > n * 10 {
+                out.push(q);
+            }
+        }
+        out
+    }
+
+    /// ABAC queries on documents (stored attributes decide), about half allowed.
+    pub fn abac(&mut self, n: usize) -> Vec<Query> {
+        if self.documents.is_empty() || self.doc.users.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(n);
+        let mut attempts = 0;
+        while out.len() < n && attempts < n * 40 {
+            attempts += 1;
+            let d = &self.doc.resource_instances
+                [self.documents[below(&mut self.rng, self.documents.len())]];
+            let u = &self.doc.users[below(&mut self.rng, self.doc.users.len())];
+            let action = ["read", "update"][below(&mut self.rng, 2)];
+            let mut q = Query {
+                user: u.key.clone(),
+                action: action.into(),
+                resource_type: "document".into(),
+                resource_key: Some(d.key.clone()),
+                tenant: d.tenant.clone(),
+                expect_allow: false,
+            };
+            q.expect_allow = self.expected(&q);
+            let want_allow = out.len() % 2 == 0;
+            if q.expect_allow == want_allow || attempts > n * 20 {
+                out.push(q);
+            }
+        }
+        out
+    }
+
+    /// The load mix: half RBAC, 30% ReBAC (depths 1-3), 20% ABAC, shuffled.
+    pub fn mixed(&mut self, n: usize) -> Vec<Query> {
+        let rebac_each = n * 3 / 10 / 3;
+        let abac = n / 5;
+        let mut out = self.rbac(n - abac - 3 * rebac_each);
+        for depth in 1..=3 {
+            out.extend(self.rebac(depth, rebac_each));
+        }
+        out.extend(self.abac(abac));
+        // Fisher-Yates with the stable draw.
+        for i in (1..out.len()).rev() {
+            let j = below(&mut self.rng, i + 1);
+            out.swap(i, j);
+        }
+        out
+    }
+
+    /// `n` user keys for `/user-permissions`, users that hold roles.
+    pub fn users_with_roles(&mut self, n: usize) -> Vec<String> {
+        if self.tenant_ras.is_empty() {
+            return Vec::new();
+        }
+        (0..n)
+            .map(|_| {
+                let i = self.tenant_ras[below(&mut self.rng, self.tenant_ras.len())];
+                self.doc.role_assignments[i].user.clone()
+            })
+            .collect()
+    }
+
+    /// Tenants `user` holds a tenant role in, in assignment order.
+    pub fn tenants_of(&self, user: &str) -> &[&'a str] {
+        self.user_tenants
+            .get(user)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+}
+
+/// Evaluates the condition shapes the generator writes against one entity's
+/// attributes (`user.x` or `resource.x`).
+fn condition(c: &Value, entity: &Value) -> bool {
+    let Some(obj) = c.as_object() else {
+        return false;
+    };
+    obj.iter().all(|(k, v)| match k.as_str() {
+        "allOf" | "and" => v
+            .as_array()
+            .is_some_and(|cs| cs.iter().all(|c| condition(c, entity))),
+        "anyOf" | "or" => v
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| condition(c, entity))),
+        path => {
+            let name = path.split_once('.').map(|(_, n)| n).unwrap_or(path);
+            let Some(a) = entity.get(name) else {
+                return false;
+            };
+            v.as_object().is_some_and(|ops| {
+                ops.iter().all(|(op, operand)| match op.as_str() {
+                    "equals" => a == operand,
+                    "greater-than-equals" => {
+                        matches!((a.as_f64(), operand.as_f64()), (Some(x), Some(y)) if x >= y)
+                    }
+                    "less-than" => {
+                        matches!((a.as_f64(), operand.as_f64()), (Some(x), Some(y)) if x < y)
+                    }
+                    "in" => operand.as_array().is_some_and(|xs| xs.contains(a)),
+                    _ => false,
+                })
+            })
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> GenSpec {
+        GenSpec {
+            users: 200,
+            tenants: 20,
+            tenant_assignments: 1_000,
+            instance_assignments: 500,
+            instances: 2_000,
+            tuples: 2_000,
+            seed: 11,
+        }
+    }
+
+    #[test]
+    fn same_seed_same_document_other_seed_differs() {
+        let a = generate(&tiny());
+        assert_eq!(a, generate(&tiny()));
+        assert_ne!(a, generate(&tiny().with_seed(12)));
+    }
+
+    #[test]
+    fn sizes_are_what_the_spec_asks() {
+        let spec = tiny();
+        let doc = generate(&spec);
+        assert_eq!(doc.users.len(), spec.users);
+        assert_eq!(doc.tenants.len(), spec.tenants);
+        assert_eq!(doc.role_assignments.len(), spec.role_assignments());
+        assert_eq!(doc.resource_instances.len(), spec.instances);
+        assert_eq!(doc.relationship_tuples.len(), spec.tuples);
+        let tenant_level = doc
+            .role_assignments
+            .iter()
+            .filter(|r| r.resource_instance.is_none())
+            .count();
+        assert_eq!(tenant_level, spec.tenant_assignments);
+    }
+
+    #[test]
+    fn no_duplicate_assignments() {
+        let doc = generate(&tiny());
+        let mut seen = HashSet::new();
+        for r in &doc.role_assignments {
+            assert!(
+                seen.insert((&r.user, &r.role, &r.tenant, &r.resource_instance)),
+                "duplicate {r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_document_round_trips_through_json_and_bincode() {
+        let doc = generate(&tiny());
+        let text = serde_json::to_string(&doc).unwrap();
+        assert_eq!(serde_json::from_str::<DataDocument>(&text).unwrap(), doc);
+        let cfg = bincode::config::standard();
+        let bytes = bincode::serde::encode_to_vec(&doc, cfg).unwrap();
+        let (back, _): (DataDocument, usize) =
+            bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
+        assert_eq!(back, doc);
+    }
+
+    #[test]
+    fn every_mix_has_allows_and_denies() {
+        let doc = generate(&tiny());
+        let mut mix = QueryMix::new(&doc, 1);
+        let sets = [
+            ("rbac", mix.rbac(400)),
+            ("rebac1", mix.rebac(1, 200)),
+            ("rebac2", mix.rebac(2, 200)),
+            ("rebac3", mix.rebac(3, 200)),
+            ("abac", mix.abac(200)),
+            ("mixed", mix.mixed(1_000)),
+        ];
+        for (name, qs) in sets {
+            assert!(!qs.is_empty(), "{name} is empty");
+            let allowed = qs.iter().filter(|q| q.expect_allow).count();
+            let share = allowed as f64 / qs.len() as f64;
+            assert!(
+                (0.3..=0.7).contains(&share),
+                "{name}: {allowed}/{}",
+                qs.len()
+            );
+        }
+    }
+
+    #[test]
+    fn a_depth_three_grant_flows_from_organization_to_file() {
+        let doc = generate(&tiny());
+        let mix = QueryMix::new(&doc, 1);
+        // Find an org admin and a file two tuples below the organization.
+        let ra = doc
+            .role_assignments
+            .iter()
+            .find(|r| {
+                r.role == "admin"
+                    && r.resource_instance.as_deref().is_some_and(|i| {
+                        i.starts_with("organization:") && mix.children.contains_key(i)
+                    })
+                    && mix.children[r.resource_instance.as_deref().unwrap()]
+                        .iter()
+                        .any(|f| mix.children.contains_key(f))
+            })
+            .expect("an org admin with a file below");
+        let org = ra.resource_instance.as_deref().unwrap();
+        let folder = mix.children[org]
+            .iter()
+            .find(|f| mix.children.contains_key(*f))
+            .unwrap();
+        let file = mix.children[*folder][0];
+        let roles = mix.roles_on(&ra.user, file, 0);
+        assert!(roles.contains("editor"), "{roles:?}");
+        let q = Query {
+            user: ra.user.clone(),
+            action: "update".into(),
+            resource_type: "file".into(),
+            resource_key: Some(file.split_once(':').unwrap().1.into()),
+            tenant: ra.tenant.clone(),
+            expect_allow: false,
+        };
+        assert!(mix.expected(&q));
+        assert!(
+            !mix.expected(&Query {
+                action: "share".into(),
+                ..q.clone()
+            }) || roles.contains("owner")
+        );
+    }
+
+    #[test]
+    fn a_query_without_tenant_is_denied() {
+        let doc = generate(&tiny());
+        let mut mix = QueryMix::new(&doc, 1);
+        let mut q = mix.rbac(2).remove(0);
+        q.tenant = None;
+        assert!(!mix.expected(&q));
+    }
+
+    #[test]
+    fn the_engine_agrees_with_the_generators_evaluator() {
+        let doc = generate(&GenSpec::small());
+        let snap = crate::snapshot::Snapshot::build(&doc).expect("generated documents are valid");
+        let mut mix = QueryMix::new(&doc, 3);
+        let mut queries = mix.mixed(2_000);
+        queries.extend(mix.rebac(3, 300));
+        let mut wrong = Vec::new();
+        for q in &queries {
+            let body = q.to_json().to_string();
+            let parsed: crate::decide::AllowedQuery = serde_json::from_str(&body).unwrap();
+            if crate::decide::check(&snap, &parsed).allow != q.expect_allow {
+                wrong.push(body);
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "{} of {} disagree, e.g. {:?}",
+            wrong.len(),
+            queries.len(),
+            &wrong[..wrong.len().min(5)]
+        );
+    }
+}
