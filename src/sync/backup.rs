@@ -62,6 +62,9 @@ pub enum BackupError {
 pub struct Backup {
     pub document: DataDocument,
     pub synced_at: SystemTime,
+    /// `model::content_hash` of the document: the body is exactly the
+    /// encoding it hashes, so a restore need not encode the document again.
+    pub content_hash: String,
 }
 
 /// Write `doc` as the backup in `dir` (created if missing), replacing the
@@ -248,6 +251,7 @@ fn decode(bytes: &[u8]) -> Result<Backup, DecodeError> {
     Ok(Backup {
         document,
         synced_at: SystemTime::UNIX_EPOCH + Duration::from_secs(synced),
+        content_hash: blake3::hash(body).to_hex().to_string(),
     })
 }
 
@@ -256,6 +260,14 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    #[test]
+    fn the_stored_hash_is_the_documents_content_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        write_backup(dir.path(), &doc()).unwrap();
+        let b = read_backup_file(dir.path()).unwrap();
+        assert_eq!(b.content_hash, crate::model::content_hash(&doc()));
+    }
 
     fn doc() -> DataDocument {
         serde_json::from_str(

@@ -413,7 +413,7 @@ pub fn restore_backup(store: &Store, dir: &std::path::Path) -> Result<bool, Back
         snapshot,
         meta: SnapshotMeta {
             source: Source::Backup(dir.join(BACKUP_FILE)),
-            content_hash: model::content_hash(&backup.document),
+            content_hash: backup.content_hash,
             loaded_at: SystemTime::now(),
         },
     });
