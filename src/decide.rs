@@ -450,10 +450,7 @@ impl Attributes for AttrCtx<'_> {
                     return Some(Cow::Borrowed(v));
                 }
                 let info = self.user.map(|u| &snap.user_info[u as usize]);
-                if let Some(v) = info
-                    .and_then(|i| i.attrs.as_ref())
-                    .and_then(|a| a.get(name))
-                {
+                if let Some(v) = snap.attr(info.and_then(|i| i.attrs.as_ref()), name) {
                     return Some(Cow::Borrowed(v));
                 }
                 match name {
@@ -486,11 +483,7 @@ impl Attributes for AttrCtx<'_> {
                 if let Some(v) = self.res_input.get(name) {
                     return Some(Cow::Borrowed(v));
                 }
-                if let Some(v) = self
-                    .inst
-                    .and_then(|i| snap.inst_attrs.get(&i))
-                    .and_then(|a| a.get(name))
-                {
+                if let Some(v) = snap.attr(self.inst.and_then(|i| snap.inst_attrs.get(&i)), name) {
                     return Some(Cow::Borrowed(v));
                 }
                 match name {
@@ -505,7 +498,7 @@ impl Attributes for AttrCtx<'_> {
                     let stored = self
                         .tenant
                         .and_then(|t| snap.tenant_attrs[t as usize].as_ref());
-                    if let Some(v) = stored.and_then(|a| a.get(name)) {
+                    if let Some(v) = snap.attr(stored, name) {
                         return Some(Cow::Borrowed(v));
                     }
                 }
@@ -551,10 +544,7 @@ pub struct TenantInfo {
 fn tenant_info(snap: &Snapshot, t: u32) -> TenantInfo {
     TenantInfo {
         key: snap.tenants.name(t).to_owned(),
-        attributes: snap.tenant_attrs[t as usize]
-            .as_deref()
-            .cloned()
-            .unwrap_or_default(),
+        attributes: snap.attrs_map(snap.tenant_attrs[t as usize].as_ref()),
     }
 }
 
@@ -753,7 +743,7 @@ fn instance_entry(snap: &Snapshot, inst: u32) -> PermissionEntry {
         resource: Some(PermResource {
             key: snap.instances.name(inst).to_owned(),
             kind: snap.types.name(snap.instances.scope(inst)).to_owned(),
-            attributes: snap.inst_attrs.get(&inst).cloned().unwrap_or_default(),
+            attributes: snap.attrs_map(snap.inst_attrs.get(&inst)),
         }),
         permissions: BTreeSet::new(),
         roles: BTreeSet::new(),

@@ -13,6 +13,11 @@ const EX_USAGE: u8 = 64;
 const EX_DATAERR: u8 = 65;
 const EX_UNAVAILABLE: u8 = 69;
 
+/// mimalloc returns freed pages to the OS: a snapshot swap frees a whole
+/// environment at once, and glibc's allocator would keep it resident.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let env: HashMap<String, String> = std::env::vars().collect();
     let file = Config::default_file(&env);

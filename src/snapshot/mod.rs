@@ -26,8 +26,20 @@ use crate::abac::{self, Cond};
 use crate::model::{self, ConditionSetType, DataDocument};
 pub(crate) use intern::{BitSet, Csr, Interner, NONE};
 
-/// Stored attributes; `None` when empty, to keep the common case small.
-pub(crate) type Attrs = Option<Box<Map<String, Value>>>;
+/// Stored attributes of one object, compact: names interned once per
+/// snapshot, entries sorted by name id. A `serde_json::Map` costs a B-tree
+/// node (~600 bytes) per object; a hundred thousand users with three
+/// attributes each would spend more on maps than on every index together.
+pub(crate) struct Attrs(Box<[(u32, Value)]>);
+
+impl Attrs {
+    fn get(&self, name: u32) -> Option<&Value> {
+        self.0
+            .binary_search_by_key(&name, |(n, _)| *n)
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+}
 
 const AUTOGEN: &str = "__autogen_";
 
@@ -78,7 +90,7 @@ pub(crate) struct UserInfo {
     pub email: Option<Box<str>>,
     pub first_name: Option<Box<str>>,
     pub last_name: Option<Box<str>>,
-    pub attrs: Attrs,
+    pub attrs: Option<Attrs>,
 }
 
 /// "Users with `from_role` on a `from_type` instance linked by `relation`
@@ -135,7 +147,7 @@ pub(crate) enum ResourceSet {
 
 pub struct Snapshot {
     pub(crate) tenants: Interner,
-    pub(crate) tenant_attrs: Vec<Attrs>,
+    pub(crate) tenant_attrs: Vec<Option<Attrs>>,
     pub(crate) users: Interner,
     pub(crate) user_info: Vec<UserInfo>,
     pub(crate) emails: HashMap<Box<str>, u32>,
@@ -153,7 +165,8 @@ pub struct Snapshot {
     pub(crate) inst_tenant: Vec<u32>,
     /// type → its instances
     pub(crate) type_instances: Csr<u32>,
-    pub(crate) inst_attrs: HashMap<u32, Map<String, Value>>,
+    pub(crate) inst_attrs: HashMap<u32, Attrs>,
+    pub(crate) attr_names: Interner,
     /// user → (instance, resource role)
     pub(crate) user_inst_roles: Csr<(u32, u32)>,
     /// instance → (user, resource role)
@@ -224,6 +237,22 @@ impl Snapshot {
         self.types.iter().map(|(_, k)| k)
     }
 
+    /// A stored attribute by name.
+    pub(crate) fn attr<'a>(&self, attrs: Option<&'a Attrs>, name: &str) -> Option<&'a Value> {
+        attrs?.get(self.attr_names.get(name)?)
+    }
+
+    /// Stored attributes as a JSON object, for answers that show them.
+    pub(crate) fn attrs_map(&self, attrs: Option<&Attrs>) -> Map<String, Value> {
+        attrs
+            .map(|a| {
+                a.0.iter()
+                    .map(|(n, v)| (self.attr_names.name(*n).to_owned(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub(crate) fn instance(&self, ty: u32, key: &str) -> Option<u32> {
         self.instances.get_in(ty, key)
     }
@@ -244,11 +273,14 @@ impl Snapshot {
     }
 }
 
-fn attrs_of(json: &model::Json) -> Attrs {
-    match json.object() {
-        Some(map) if !map.is_empty() => Some(Box::new(map.clone())),
-        _ => None,
-    }
+fn attrs_of(names: &mut Interner, json: &model::Json) -> Option<Attrs> {
+    let map = json.object().filter(|m| !m.is_empty())?;
+    let mut entries: Vec<(u32, Value)> = map
+        .iter()
+        .map(|(k, v)| (names.intern(k), v.clone()))
+        .collect();
+    entries.sort_unstable_by_key(|(n, _)| *n);
+    Some(Attrs(entries.into_boxed_slice()))
 }
 
 /// Splits `"type:rest"` at the first colon.
@@ -510,6 +542,7 @@ impl Builder {
         }
 
         // Tenants and users.
+        let mut attr_names = Interner::new();
         let mut tenants = Interner::new();
         let mut tenant_attrs = Vec::new();
         for tn in &doc.tenants {
@@ -520,7 +553,7 @@ impl Builder {
             if id as usize == tenant_attrs.len() {
                 tenant_attrs.push(None);
             }
-            tenant_attrs[id as usize] = attrs_of(&tn.attributes);
+            tenant_attrs[id as usize] = attrs_of(&mut attr_names, &tn.attributes);
         }
         let mut users = Interner::new();
         let mut user_info: Vec<UserInfo> = Vec::with_capacity(doc.users.len());
@@ -537,7 +570,7 @@ impl Builder {
             }
             id
         };
-        let intern_tenant = |tenants: &mut Interner, attrs: &mut Vec<Attrs>, key: &str| {
+        let intern_tenant = |tenants: &mut Interner, attrs: &mut Vec<Option<Attrs>>, key: &str| {
             let id = tenants.intern(key);
             if id as usize == attrs.len() {
                 attrs.push(None);
@@ -554,7 +587,7 @@ impl Builder {
             info.email = boxed(&u.email);
             info.first_name = boxed(&u.first_name);
             info.last_name = boxed(&u.last_name);
-            info.attrs = attrs_of(&u.attributes);
+            info.attrs = attrs_of(&mut attr_names, &u.attributes);
             for ur in &u.roles {
                 match (
                     roles.get(&ur.role),
@@ -591,8 +624,8 @@ impl Builder {
             if let Some(tenant) = ri.tenant.as_deref().filter(|t| !t.is_empty()) {
                 inst_tenant[id as usize] = intern_tenant(&mut tenants, &mut tenant_attrs, tenant);
             }
-            if let Some(map) = attrs_of(&ri.attributes) {
-                inst_attrs.insert(id, *map);
+            if let Some(attrs) = attrs_of(&mut attr_names, &ri.attributes) {
+                inst_attrs.insert(id, attrs);
             }
         }
         fn parse_inst<'s>(types: &Interner, s: &'s str) -> Option<(u32, &'s str)> {
@@ -713,6 +746,7 @@ impl Builder {
         tenants.shrink_to_fit();
         inst_tenant.shrink_to_fit();
         inst_attrs.shrink_to_fit();
+        attr_names.shrink_to_fit();
         user_info.shrink_to_fit();
 
         Ok(Snapshot {
@@ -731,6 +765,7 @@ impl Builder {
             inst_tenant,
             type_instances,
             inst_attrs,
+            attr_names,
             user_inst_roles,
             inst_users,
             tuples_in,
