@@ -12,7 +12,8 @@ COPY --from=build /src/config /app/config
 # Without PDP_API_KEY the PDP listens on loopback only, which is what a
 # sidecar sharing the pod's network namespace needs; set the key to sync
 # from the control plane and to authenticate callers.
-ENV PDP_PORT=7766
+ENV PDP_PORT=7766 \
+    MIMALLOC_PURGE_DELAY=0
 EXPOSE 7766
 USER nonroot:nonroot
 ENTRYPOINT ["/usr/local/bin/pdp"]
