@@ -323,6 +323,37 @@ fn tuples_into(snap: &Snapshot, obj: u32, rel: u32) -> &[(u32, u32)] {
     &row[start..end]
 }
 
+/// The (instance, role) nodes a walk has expanded. Walks for one check are
+/// short (a few levels, a few parents), where a linear scan of a small
+/// vector beats hashing; a long walk moves to a hash set.
+#[derive(Default)]
+struct Visited {
+    few: Vec<(u32, u32)>,
+    many: Option<HashSet<(u32, u32)>>,
+}
+
+impl Visited {
+    const FEW: usize = 32;
+
+    /// Adds `node`; false if it was already there.
+    fn insert(&mut self, node: (u32, u32)) -> bool {
+        if let Some(many) = &mut self.many {
+            return many.insert(node);
+        }
+        if self.few.contains(&node) {
+            return false;
+        }
+        if self.few.len() < Self::FEW {
+            self.few.push(node);
+        } else {
+            let mut many: HashSet<(u32, u32)> = self.few.drain(..).collect();
+            many.insert(node);
+            self.many = Some(many);
+        }
+        true
+    }
+}
+
 /// Whether user `u` holds any role of `goal` on `inst` of type `ty`,
 /// directly or derived (§4). A depth-first search over (instance, role)
 /// nodes; each node is expanded once, so cycles in tuples terminate.
@@ -331,7 +362,7 @@ fn has_role(snap: &Snapshot, u: u32, inst: u32, ty: u32, goal: &BitSet) -> bool 
     if stack.is_empty() {
         return false;
     }
-    let mut seen: HashSet<(u32, u32)> = HashSet::new();
+    let mut seen = Visited::default();
     while let Some((i, t, r)) = stack.pop() {
         if !seen.insert((i, r)) {
             continue;
@@ -1215,5 +1246,22 @@ mod tests {
             au["users"]["alice"],
             json!([{"user": "alice", "tenant": "acme", "resource": "__tenant:acme", "role": "admin"}])
         );
+    }
+}
+
+#[cfg(test)]
+mod visited_tests {
+    use super::Visited;
+
+    #[test]
+    fn visited_sets_stay_exact_past_the_small_size() {
+        let mut v = Visited::default();
+        for i in 0..100u32 {
+            assert!(v.insert((i, i % 3)), "{i} is new");
+        }
+        for i in 0..100u32 {
+            assert!(!v.insert((i, i % 3)), "{i} was seen");
+        }
+        assert!(v.insert((1000, 0)));
     }
 }

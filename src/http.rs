@@ -146,6 +146,15 @@ impl ApiError {
     }
 }
 
+/// Decodes a query, answers it with `f`, and encodes the answer.
+fn answer<'b, Q: Deserialize<'b>, R: Serialize>(
+    body: &'b [u8],
+    f: impl FnOnce(&Q) -> R,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let q: Q = decode(body)?;
+    Ok(json_response(StatusCode::OK, &f(&q)))
+}
+
 /// Decodes a JSON body: syntax errors are 400, shape errors 422.
 pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| match e.classify() {
@@ -511,34 +520,22 @@ impl App {
                 )
             }
             Route::UserPermissions => {
-                let q: decide::UserPermissionsQuery = decode(body)?;
-                let r = decide::user_permissions(snap, &q);
-                ok(
-                    Endpoint::UserPermissions,
-                    0,
-                    0,
-                    json_response(StatusCode::OK, &r),
-                )
+                let resp = answer(body, |q: &decide::UserPermissionsQuery| {
+                    decide::user_permissions(snap, q)
+                })?;
+                ok(Endpoint::UserPermissions, 0, 0, resp)
             }
             Route::AuthorizedUsers => {
-                let q: decide::AuthorizedUsersQuery = decode(body)?;
-                let r = decide::authorized_users(snap, &q);
-                ok(
-                    Endpoint::AuthorizedUsers,
-                    0,
-                    0,
-                    json_response(StatusCode::OK, &r),
-                )
+                let resp = answer(body, |q: &decide::AuthorizedUsersQuery| {
+                    decide::authorized_users(snap, q)
+                })?;
+                ok(Endpoint::AuthorizedUsers, 0, 0, resp)
             }
             Route::UserTenants => {
-                let q: decide::UserTenantsQuery = decode(body)?;
-                let r = decide::user_tenants(snap, &q);
-                ok(
-                    Endpoint::UserTenants,
-                    0,
-                    0,
-                    json_response(StatusCode::OK, &r),
-                )
+                let resp = answer(body, |q: &decide::UserTenantsQuery| {
+                    decide::user_tenants(snap, q)
+                })?;
+                ok(Endpoint::UserTenants, 0, 0, resp)
             }
             _ => match route.authzen_op() {
                 Some(op) => self.authzen(op, snap, body, started),
