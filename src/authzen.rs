@@ -764,7 +764,7 @@ pub fn search_subject(snap: &Snapshot, body: &Value) -> Result<SearchResponse, A
 }
 
 /// `POST /access/v1/search/resource`: the instances of `resource.type` the
-/// subject may do `action` on (O(instances in the snapshot)).
+/// subject may do `action` on (O(instances of that type)).
 pub fn search_resource(snap: &Snapshot, body: &Value) -> Result<SearchResponse, AuthzenError> {
     let top = as_object(body)?;
     let subject = parse_entity(top.get("subject"), "subject", true)?;
