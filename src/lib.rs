@@ -212,6 +212,16 @@ pub async fn run(
         }
     }
 
+    // Staleness is measured from the last sync; a local file or the embedded
+    // example is never synced, so the limit would only ever turn them off.
+    let max_staleness = match (config.mode(), config.max_staleness) {
+        (Mode::ControlPlane, limit) => limit,
+        (_, Some(_)) => {
+            warn!("PDP_MAX_STALENESS applies only when syncing from the control plane; ignored");
+            None
+        }
+        (_, None) => None,
+    };
     let app = Arc::new(App {
         store,
         settings: HttpSettings {
@@ -221,7 +231,7 @@ pub async fn run(
             max_bulk_items: config.max_bulk_items,
             header_read_timeout: config.header_read_timeout,
             shutdown_grace: config.shutdown_grace,
-            max_staleness: config.max_staleness,
+            max_staleness,
         },
         metrics,
         refresh,

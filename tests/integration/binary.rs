@@ -104,3 +104,29 @@ async fn serves_the_embedded_default_and_drains_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[tokio::test]
+async fn a_local_file_never_goes_stale() {
+    let port = free_port();
+    let mut child = pdp()
+        .env("PDP_PORT", port.to_string())
+        .env("PDP_DATA_FILE", "config/example-data.json")
+        .env("PDP_MAX_STALENESS", "100ms")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    assert!(wait_ready(&format!("{base}/ready"), Duration::from_secs(10)).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = reqwest::get(format!("{base}/ready"))
+        .await
+        .unwrap()
+        .status();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        status.as_u16(),
+        200,
+        "the staleness limit is for synced snapshots only"
+    );
+}
