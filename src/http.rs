@@ -21,7 +21,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use subtle::ConstantTimeEq;
@@ -95,8 +94,6 @@ pub enum ApiError {
     BadJson(String),
     #[error("request body has the wrong shape: {0}")]
     WrongShape(String),
-    #[error("{0}")]
-    BadRequest(String),
     #[error("not ready: {0}")]
     NotReady(String),
     #[error("could not read the request body: {0}")]
@@ -116,9 +113,7 @@ impl ApiError {
             ApiError::BodyTooLarge(_) | ApiError::TooManyItems { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            ApiError::BadJson(_) | ApiError::BadRequest(_) | ApiError::BodyRead(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::BadJson(_) | ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
             ApiError::Authzen(e) => {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST)
             }
@@ -138,7 +133,6 @@ impl ApiError {
             ApiError::TooManyItems { .. } => "too_many_items",
             ApiError::BadJson(_) => "invalid_json",
             ApiError::WrongShape(_) => "invalid_request",
-            ApiError::BadRequest(_) => "bad_request",
             ApiError::NotReady(_) => "not_ready",
             ApiError::BodyRead(_) => "body_read_error",
             ApiError::Authzen(_) => "invalid_request",
@@ -641,11 +635,6 @@ async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::BodyTooLarge(limit)),
         Err(e) => Err(ApiError::BodyRead(e.to_string())),
     }
-}
-
-/// Decodes a JSON body of an owned type (for callers outside this module).
-pub fn decode_owned<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    decode(body)
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then stops

@@ -101,10 +101,6 @@ impl Store {
     pub fn swaps(&self) -> u64 {
         self.swaps.load(Ordering::Relaxed)
     }
-
-    pub fn is_loaded(&self) -> bool {
-        self.current.load().is_some()
-    }
 }
 
 #[cfg(test)]

@@ -199,10 +199,6 @@ impl Snapshot {
         self.users.iter().map(|(_, k)| k)
     }
 
-    pub fn tenant_keys(&self) -> impl Iterator<Item = &str> + '_ {
-        self.tenants.iter().map(|(_, k)| k)
-    }
-
     /// Whether the snapshot knows this user key.
     pub fn has_user(&self, key: &str) -> bool {
         self.users.get(key).is_some()
@@ -231,10 +227,6 @@ impl Snapshot {
             .get(ty)
             .into_iter()
             .flat_map(move |t| self.type_info[t as usize].actions.iter().map(|(_, a)| a))
-    }
-
-    pub fn resource_types(&self) -> impl Iterator<Item = &str> + '_ {
-        self.types.iter().map(|(_, k)| k)
     }
 
     /// A stored attribute by name.
