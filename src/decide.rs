@@ -354,6 +354,29 @@ impl Visited {
     }
 }
 
+/// Pushes the (instance, type, role) nodes that derive role `r` on `i`
+/// (type `t`): the subjects of tuples into `i` that a derivation rule names.
+/// Rules with `no_direct_roles_on_object` are skipped when `has_direct`.
+fn push_derivation_sources(
+    snap: &Snapshot,
+    stack: &mut Vec<(u32, u32, u32)>,
+    i: u32,
+    t: u32,
+    r: u32,
+    has_direct: bool,
+) {
+    for d in &snap.type_info[t as usize].derive[r as usize] {
+        if d.no_direct && has_direct {
+            continue;
+        }
+        for &(_, subj) in tuples_into(snap, i, d.relation) {
+            if snap.instances.scope(subj) == d.from_type {
+                stack.push((subj, d.from_type, d.from_role));
+            }
+        }
+    }
+}
+
 /// Whether user `u` holds any role of `goal` on `inst` of type `ty`,
 /// directly or derived (§4). A depth-first search over (instance, role)
 /// nodes; each node is expanded once, so cycles in tuples terminate.
@@ -371,16 +394,7 @@ fn has_role(snap: &Snapshot, u: u32, inst: u32, ty: u32, goal: &BitSet) -> bool 
         if direct.iter().any(|&(_, dr)| dr == r) {
             return true;
         }
-        for d in &snap.type_info[t as usize].derive[r as usize] {
-            if d.no_direct && !direct.is_empty() {
-                continue;
-            }
-            for &(_, subj) in tuples_into(snap, i, d.relation) {
-                if snap.instances.scope(subj) == d.from_type {
-                    stack.push((subj, d.from_type, d.from_role));
-                }
-            }
-        }
+        push_derivation_sources(snap, &mut stack, i, t, r, !direct.is_empty());
     }
     false
 }
@@ -963,13 +977,8 @@ fn rebac_candidates(snap: &Snapshot, inst: u32, ty: u32, goal: &BitSet) -> BTree
                 .filter(|&&(_, ur)| ur == r)
                 .map(|&(u, _)| u),
         );
-        for d in &snap.type_info[t as usize].derive[r as usize] {
-            for &(_, subj) in tuples_into(snap, i, d.relation) {
-                if snap.instances.scope(subj) == d.from_type {
-                    stack.push((subj, d.from_type, d.from_role));
-                }
-            }
-        }
+        // Unconstrained: every candidate is checked exactly afterwards.
+        push_derivation_sources(snap, &mut stack, i, t, r, false);
     }
     users
 }
