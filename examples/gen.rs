@@ -99,7 +99,8 @@ fn run(args: Args) -> std::io::Result<()> {
     }
     if let Some(dir) = &args.backup_dir {
         let t = Instant::now();
-        let path = pdp::sync::write_backup(dir, &doc)?;
+        let staged = pdp::snapshot::Staged::from_document(&doc);
+        let path = pdp::sync::write_backup(dir, &staged)?;
         eprintln!(
             "gen: wrote backup {} in {:.2?}",
             path.display(),

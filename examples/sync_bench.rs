@@ -365,12 +365,12 @@ async fn measure(users: usize, assignments: usize) {
     pdp::sync::restore_backup(&restored, backups.path()).expect("the backup just written loads");
     let from_backup = started.elapsed();
     let started = Instant::now();
-    let doc = pdp::sync::read_backup(backups.path()).expect("backup");
+    let backup = pdp::sync::read_backup(backups.path()).expect("backup");
     let read_only = started.elapsed();
     let started = Instant::now();
-    let snapshot = pdp::snapshot::Snapshot::build(&doc).expect("builds");
+    let snapshot = pdp::snapshot::Snapshot::from_staged(backup.staged).expect("builds");
     let build_only = started.elapsed();
-    drop((snapshot, doc, restored));
+    drop((snapshot, restored));
     drop(to_child);
     let _ = child.wait();
 

@@ -7,8 +7,9 @@
 //!
 //! - [`model`]: the data document, the one input format (control plane,
 //!   local file, backup).
-//! - [`snapshot`]: the one validating constructor from a document to an
-//!   interned, indexed, immutable snapshot.
+//! - [`snapshot`]: a document staged compactly as it is read, and the one
+//!   validating constructor from it to an interned, indexed, immutable
+//!   snapshot.
 //! - [`abac`]: ABAC conditions, compiled once per snapshot.
 //! - [`authzen`]: OpenID AuthZEN 1.0 requests mapped onto [`decide`].
 //! - [`store`]: the serving snapshot behind one `ArcSwap`; requests load it
@@ -49,7 +50,7 @@ use crate::config::{Config, Mode};
 use crate::http::{App, HttpSettings};
 use crate::metrics::Metrics;
 use crate::model::DataDocument;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, Staged};
 use crate::store::{Loaded, SnapshotMeta, Source, Store};
 
 /// The example environment served when nothing else is configured.
@@ -87,7 +88,7 @@ pub enum RunError {
     SyncClient(#[from] reqwest::Error),
 }
 
-/// Reads a data document from a JSON file.
+/// Reads a data document from a JSON file, whole (for tests and tools).
 pub fn read_document(path: &Path) -> Result<DataDocument, LoadError> {
     let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
         path: path.to_owned(),
@@ -99,14 +100,36 @@ pub fn read_document(path: &Path) -> Result<DataDocument, LoadError> {
     })
 }
 
-/// Validates `doc` and swaps it in as the serving snapshot.
-pub fn install(store: &Store, doc: &DataDocument, source: Source) -> Result<(), LoadError> {
+/// Reads a data document from a JSON file item by item into its staged
+/// form: neither the file's text nor the parsed document is ever whole in
+/// memory, which is what a reload beside the serving snapshot can afford.
+pub fn read_staged(path: &Path) -> Result<Staged, LoadError> {
+    let file = std::fs::File::open(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Staged::from_json_reader(std::io::BufReader::with_capacity(1 << 16, file)).map_err(|source| {
+        match source.io_error_kind() {
+            Some(kind) => LoadError::Read {
+                path: path.to_owned(),
+                source: std::io::Error::new(kind, source),
+            },
+            None => LoadError::Parse {
+                path: path.to_owned(),
+                source,
+            },
+        }
+    })
+}
+
+/// Validates a staged document and swaps it in as the serving snapshot.
+pub fn install(store: &Store, staged: Staged, source: Source) -> Result<(), LoadError> {
     let started = Instant::now();
-    let snapshot = Snapshot::build(doc).map_err(|e| LoadError::Invalid {
+    let content_hash = staged.content_hash();
+    let snapshot = Snapshot::from_staged(staged).map_err(|e| LoadError::Invalid {
         origin: format!("{source:?}"),
         source: e,
     })?;
-    let content_hash = model::content_hash(doc);
     let counts = snapshot.counts().clone();
     store.swap(Loaded {
         snapshot,
@@ -137,8 +160,8 @@ pub fn install(store: &Store, doc: &DataDocument, source: Source) -> Result<(), 
 }
 
 fn load_file(store: &Store, path: &Path) -> Result<(), LoadError> {
-    let doc = read_document(path)?;
-    install(store, &doc, Source::File(path.to_owned()))
+    let staged = read_staged(path)?;
+    install(store, staged, Source::File(path.to_owned()))
 }
 
 /// Runs the PDP on `listener` until `shutdown` completes.
@@ -159,12 +182,12 @@ pub async fn run(
 
     match config.mode() {
         Mode::Embedded => {
-            let doc: DataDocument =
-                serde_json::from_str(EMBEDDED_DATA).map_err(|source| LoadError::Parse {
+            let staged =
+                Staged::from_json_str(EMBEDDED_DATA).map_err(|source| LoadError::Parse {
                     path: "config/example-data.json".into(),
                     source,
                 })?;
-            install(&store, &doc, Source::Embedded)?;
+            install(&store, staged, Source::Embedded)?;
         }
         Mode::File(path) => {
             load_file(&store, &path)?;

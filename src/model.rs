@@ -28,10 +28,19 @@ impl Json {
 
 impl Serialize for Json {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        JsonRef(&self.0).serialize(s)
+    }
+}
+
+/// A borrowed [`Json`], for serializing a value held elsewhere.
+pub struct JsonRef<'a>(pub &'a serde_json::Value);
+
+impl Serialize for JsonRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
             self.0.serialize(s)
         } else {
-            let text = serde_json::to_string(&self.0).map_err(serde::ser::Error::custom)?;
+            let text = serde_json::to_string(self.0).map_err(serde::ser::Error::custom)?;
             s.serialize_str(&text)
         }
     }
@@ -77,21 +86,6 @@ where
     } else {
         T::deserialize(d)
     }
-}
-
-/// A content hash of a document: blake3 over its bincode encoding (lists in
-/// the order given, maps sorted), hex. Equal documents hash equal, so an
-/// unchanged environment can skip a swap.
-pub fn content_hash(doc: &DataDocument) -> String {
-    // Streams the encoding into the hasher: no copy of the document in memory.
-    let mut hasher = blake3::Hasher::new();
-    {
-        let mut out = std::io::BufWriter::with_capacity(1 << 16, &mut hasher);
-        bincode::serde::encode_into_std_write(doc, &mut out, bincode::config::standard())
-            .expect("a data document always encodes, and hashing cannot fail");
-        std::io::Write::flush(&mut out).expect("hashing cannot fail");
-    }
-    hasher.finalize().to_hex().to_string()
 }
 
 /// A whole environment. Every key is optional.

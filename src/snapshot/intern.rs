@@ -9,9 +9,13 @@
 //! A *scope* lets one table hold keys that are only unique within a parent,
 //! e.g. instance keys within their resource type: `(type_id, "d1")`.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
 
 use hashbrown::{DefaultHashBuilder, HashTable};
+use serde::de::{SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub const NONE: u32 = u32::MAX;
 
@@ -111,12 +115,56 @@ impl Interner {
         });
     }
 
+    /// Forgets every key from id `len` on.
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.spans.len() {
+            return;
+        }
+        self.arena.truncate(self.spans[len].0 as usize);
+        self.spans.truncate(len);
+        self.scopes.truncate(len);
+        self.table.retain(|id| (*id as usize) < len);
+    }
+
     /// Heap bytes held, for the snapshot's memory report.
     pub fn heap_bytes(&self) -> usize {
         self.arena.capacity()
             + self.spans.capacity() * 8
             + self.scopes.capacity() * 4
             + self.table.capacity() * 5
+    }
+}
+
+/// Serialized as the list of `(scope, key)` in id order; read back by
+/// interning them again, which must give the same ids.
+impl Serialize for Interner {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq((0..self.len() as u32).map(|id| (self.scope(id), self.name(id))))
+    }
+}
+
+impl<'de> Deserialize<'de> for Interner {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> Visitor<'de> for Keys {
+            type Value = Interner;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of (scope, key)")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Interner, A::Error> {
+                let mut interner = Interner::new();
+                while let Some((scope, key)) = seq.next_element::<(u32, Cow<'de, str>)>()? {
+                    let expected = interner.len() as u32;
+                    if interner.intern_in(scope, &key) != expected {
+                        return Err(serde::de::Error::custom(format!(
+                            "key {key:?} appears twice"
+                        )));
+                    }
+                }
+                Ok(interner)
+            }
+        }
+        d.deserialize_seq(Keys)
     }
 }
 
@@ -223,6 +271,31 @@ mod tests {
         i.shrink_to_fit();
         assert_eq!(i.get("k9999").map(|id| i.name(id)), Some("k9999"));
         assert_eq!(i.get("alice"), Some(a));
+    }
+
+    #[test]
+    fn truncation_and_serde_keep_ids() {
+        let mut i = Interner::new();
+        let a = i.intern("a");
+        let d = i.intern_in(3, "d");
+        i.intern("b");
+        i.intern("c");
+        i.truncate(2);
+        assert_eq!(
+            (i.len(), i.get("b"), i.get("a"), i.get_in(3, "d")),
+            (2, None, Some(a), Some(d))
+        );
+        assert_eq!(i.intern("c"), 2);
+        let cfg = bincode::config::standard();
+        let bytes = bincode::serde::encode_to_vec(&i, cfg).unwrap();
+        let (back, _): (Interner, usize) = bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
+        assert_eq!(
+            back.iter().collect::<Vec<_>>(),
+            i.iter().collect::<Vec<_>>()
+        );
+        assert_eq!(back.get_in(3, "d"), Some(d));
+        let twice = bincode::serde::encode_to_vec(vec![(0u32, "x"), (0, "x")], cfg).unwrap();
+        assert!(bincode::serde::decode_from_slice::<Interner, _>(&twice, cfg).is_err());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The immutable, indexed snapshot every decision reads.
 //!
-//! [`Snapshot::build`] is the one validating constructor: a data document from
-//! the control plane, a local file or a backup all enter here. It interns
+//! [`Snapshot::from_staged`] is the one validating constructor: a data
+//! document from the control plane, a local file or a backup is first staged
+//! ([`Staged`]: read item by item, strings interned, facts packed) and all
+//! enter here ([`Snapshot::build`] stages a parsed document). It interns
 //! every key to a dense `u32`, flattens role `extends` (refusing cycles and
 //! dangling references by name), resolves permissions to per-action bit sets,
 //! indexes role assignments and relationship tuples in compressed rows, and
@@ -16,6 +18,7 @@
 //! be caught between pages, and one stale fact must not freeze the PDP.
 
 mod intern;
+mod staged;
 
 use std::collections::BTreeMap;
 
@@ -25,6 +28,8 @@ use serde_json::{Map, Value};
 use crate::abac::{self, Cond};
 use crate::model::{self, ConditionSetType, DataDocument};
 pub(crate) use intern::{BitSet, Csr, Interner, NONE};
+pub(crate) use staged::Mark;
+pub use staged::Staged;
 
 /// Stored attributes of one object, compact: names interned once per
 /// snapshot, entries sorted by name id. A `serde_json::Map` costs a B-tree
@@ -38,6 +43,20 @@ impl Attrs {
             .binary_search_by_key(&name, |(n, _)| *n)
             .ok()
             .map(|i| &self.0[i].1)
+    }
+}
+
+/// Values as [`model::Json`]: JSON text in binary formats (the backup).
+impl serde::Serialize for Attrs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|(n, v)| (n, model::JsonRef(v))))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Attrs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let entries = <Vec<(u32, model::Json)> as serde::Deserialize>::deserialize(d)?;
+        Ok(Attrs(entries.into_iter().map(|(n, v)| (n, v.0)).collect()))
     }
 }
 
@@ -183,7 +202,13 @@ pub struct Snapshot {
 impl Snapshot {
     /// Validates and indexes a data document.
     pub fn build(doc: &DataDocument) -> Result<Snapshot, BuildError> {
-        Builder::default().build(doc)
+        Self::from_staged(Staged::from_document(doc))
+    }
+
+    /// Validates and indexes a staged document, consuming it list by list
+    /// so that its facts and the snapshot's indexes are not all held at once.
+    pub fn from_staged(staged: Staged) -> Result<Snapshot, BuildError> {
+        Builder::default().build(staged)
     }
 
     /// An empty environment: every check denies.
@@ -263,16 +288,6 @@ impl Snapshot {
             + self.inst_tenant.capacity() * 4
             + self.type_instances.heap_bytes()
     }
-}
-
-fn attrs_of(names: &mut Interner, json: &model::Json) -> Option<Attrs> {
-    let map = json.object().filter(|m| !m.is_empty())?;
-    let mut entries: Vec<(u32, Value)> = map
-        .iter()
-        .map(|(k, v)| (names.intern(k), v.clone()))
-        .collect();
-    entries.sort_unstable_by_key(|(n, _)| *n);
-    Some(Attrs(entries.into_boxed_slice()))
 }
 
 /// Splits `"type:rest"` at the first colon.
@@ -357,7 +372,7 @@ struct Builder {
 }
 
 impl Builder {
-    fn build(mut self, doc: &DataDocument) -> Result<Snapshot, BuildError> {
+    fn build(mut self, mut doc: Staged) -> Result<Snapshot, BuildError> {
         let mut types = Interner::new();
         let mut type_info: Vec<TypeInfo> = Vec::new();
         let mut relations = Interner::new();
@@ -533,19 +548,21 @@ impl Builder {
             }
         }
 
-        // Tenants and users.
-        let mut attr_names = Interner::new();
+        // Tenants and users. Each fact list is taken out of the staged
+        // document and dropped once indexed.
+        let mut attr_names = std::mem::take(&mut doc.attr_names);
         let mut tenants = Interner::new();
         let mut tenant_attrs = Vec::new();
-        for tn in &doc.tenants {
-            if tn.key.is_empty() {
+        for tn in std::mem::take(&mut doc.tenants) {
+            let key = doc.name(tn.key);
+            if key.is_empty() {
                 return Err(BuildError::EmptyKey { what: "a tenant" });
             }
-            let id = tenants.intern(&tn.key);
+            let id = tenants.intern(key);
             if id as usize == tenant_attrs.len() {
                 tenant_attrs.push(None);
             }
-            tenant_attrs[id as usize] = attrs_of(&mut attr_names, &tn.attributes);
+            tenant_attrs[id as usize] = tn.attrs;
         }
         let mut users = Interner::new();
         let mut user_info: Vec<UserInfo> = Vec::with_capacity(doc.users.len());
@@ -569,35 +586,36 @@ impl Builder {
             }
             id
         };
-        for u in &doc.users {
-            if u.key.is_empty() {
+        for u in std::mem::take(&mut doc.users) {
+            let key = doc.name(u.key);
+            if key.is_empty() {
                 return Err(BuildError::EmptyKey { what: "a user" });
             }
-            let id = intern_user(&mut users, &mut user_info, &u.key);
-            let info = &mut user_info[id as usize];
-            let boxed = |s: &Option<String>| s.as_deref().filter(|s| !s.is_empty()).map(Box::from);
-            info.email = boxed(&u.email);
-            info.first_name = boxed(&u.first_name);
-            info.last_name = boxed(&u.last_name);
-            info.attrs = attrs_of(&mut attr_names, &u.attributes);
-            for ur in &u.roles {
-                match (
-                    roles.get(&ur.role),
-                    ur.tenant.as_deref().filter(|t| !t.is_empty()),
-                ) {
-                    (Some(role), Some(tenant)) => {
-                        let tn = intern_tenant(&mut tenants, &mut tenant_attrs, tenant);
-                        tenant_pairs.push((id, (tn, role)));
-                    }
-                    _ => self.dropped += 1,
+            let id = intern_user(&mut users, &mut user_info, key);
+            user_info[id as usize] = UserInfo {
+                email: u.email,
+                first_name: u.first_name,
+                last_name: u.last_name,
+                attrs: u.attrs,
+            };
+        }
+        for [user, role, tenant] in std::mem::take(&mut doc.user_roles) {
+            let Some(id) = users.get(doc.name(user)) else {
+                continue;
+            };
+            match (roles.get(doc.name(role)), tenant) {
+                (Some(role), tenant) if tenant != NONE => {
+                    let tn = intern_tenant(&mut tenants, &mut tenant_attrs, doc.name(tenant));
+                    tenant_pairs.push((id, (tn, role)));
                 }
+                _ => self.dropped += 1,
             }
         }
 
         // Resource instances, then tuples and assignments (which may name
         // instances implicitly).
         let mut instances = Interner::new();
-        let mut inst_tenant: Vec<u32> = Vec::with_capacity(doc.resource_instances.len());
+        let mut inst_tenant: Vec<u32> = Vec::with_capacity(doc.instances.len());
         let mut inst_attrs = HashMap::new();
         let intern_inst =
             |instances: &mut Interner, inst_tenant: &mut Vec<u32>, t: u32, key: &str| {
@@ -607,16 +625,17 @@ impl Builder {
                 }
                 id
             };
-        for ri in &doc.resource_instances {
-            let Some(t) = types.get(&ri.resource).filter(|_| !ri.key.is_empty()) else {
+        for ri in std::mem::take(&mut doc.instances) {
+            let Some(t) = types.get(doc.name(ri.resource)).filter(|_| ri.key != NONE) else {
                 self.dropped += 1;
                 continue;
             };
-            let id = intern_inst(&mut instances, &mut inst_tenant, t, &ri.key);
-            if let Some(tenant) = ri.tenant.as_deref().filter(|t| !t.is_empty()) {
-                inst_tenant[id as usize] = intern_tenant(&mut tenants, &mut tenant_attrs, tenant);
+            let id = intern_inst(&mut instances, &mut inst_tenant, t, doc.name(ri.key));
+            if ri.tenant != NONE {
+                inst_tenant[id as usize] =
+                    intern_tenant(&mut tenants, &mut tenant_attrs, doc.name(ri.tenant));
             }
-            if let Some(attrs) = attrs_of(&mut attr_names, &ri.attributes) {
+            if let Some(attrs) = ri.attrs {
                 inst_attrs.insert(id, attrs);
             }
         }
@@ -624,56 +643,53 @@ impl Builder {
             let (ty, key) = split_pair(s)?;
             Some((types.get(ty)?, key))
         }
-        let mut tuples = Vec::with_capacity(doc.relationship_tuples.len());
-        for tu in &doc.relationship_tuples {
+        let mut tuples = Vec::with_capacity(doc.tuples.len());
+        for [subject, relation, object] in std::mem::take(&mut doc.tuples) {
             match (
-                parse_inst(&types, &tu.subject),
-                parse_inst(&types, &tu.object),
-                tu.relation.is_empty(),
+                parse_inst(&types, doc.name(subject)),
+                parse_inst(&types, doc.name(object)),
+                relation,
             ) {
-                (Some((st, sk)), Some((ot, ok)), false) => {
+                (Some((st, sk)), Some((ot, ok)), relation) if relation != NONE => {
                     let s = intern_inst(&mut instances, &mut inst_tenant, st, sk);
                     let o = intern_inst(&mut instances, &mut inst_tenant, ot, ok);
-                    tuples.push((s, relations.intern(&tu.relation), o));
+                    tuples.push((s, relations.intern(doc.name(relation)), o));
                 }
                 _ => self.dropped += 1,
             }
         }
         let mut inst_pairs: Vec<(u32, (u32, u32))> = Vec::new();
-        for ra in &doc.role_assignments {
-            if ra.user.is_empty() {
+        for [user, role, tenant, inst] in std::mem::take(&mut doc.assignments) {
+            if user == NONE {
                 self.dropped += 1;
                 continue;
             }
-            match ra.resource_instance.as_deref().filter(|s| !s.is_empty()) {
-                Some(inst) => {
-                    let Some((t, key)) = parse_inst(&types, inst) else {
-                        self.dropped += 1;
-                        continue;
-                    };
-                    let Some(role) = type_info[t as usize].roles.get(&ra.role) else {
-                        self.dropped += 1;
-                        continue;
-                    };
-                    let user = intern_user(&mut users, &mut user_info, &ra.user);
-                    let i = intern_inst(&mut instances, &mut inst_tenant, t, key);
-                    inst_pairs.push((user, (i, role)));
-                }
-                None => {
-                    match (
-                        roles.get(&ra.role),
-                        ra.tenant.as_deref().filter(|t| !t.is_empty()),
-                    ) {
-                        (Some(role), Some(tenant)) => {
-                            let user = intern_user(&mut users, &mut user_info, &ra.user);
-                            let tn = intern_tenant(&mut tenants, &mut tenant_attrs, tenant);
-                            tenant_pairs.push((user, (tn, role)));
-                        }
-                        _ => self.dropped += 1,
+            let (user, role) = (doc.name(user), doc.name(role));
+            if inst != NONE {
+                let Some((t, key)) = parse_inst(&types, doc.name(inst)) else {
+                    self.dropped += 1;
+                    continue;
+                };
+                let Some(role) = type_info[t as usize].roles.get(role) else {
+                    self.dropped += 1;
+                    continue;
+                };
+                let user = intern_user(&mut users, &mut user_info, user);
+                let i = intern_inst(&mut instances, &mut inst_tenant, t, key);
+                inst_pairs.push((user, (i, role)));
+            } else {
+                match (roles.get(role), tenant) {
+                    (Some(role), tenant) if tenant != NONE => {
+                        let user = intern_user(&mut users, &mut user_info, user);
+                        let tn = intern_tenant(&mut tenants, &mut tenant_attrs, doc.name(tenant));
+                        tenant_pairs.push((user, (tn, role)));
                     }
+                    _ => self.dropped += 1,
                 }
             }
         }
+        // The strings of the facts are all in the snapshot's own interners now.
+        drop(std::mem::take(&mut doc.keys));
 
         let n_users = users.len();
         let type_instances = Csr::build(
@@ -712,7 +728,7 @@ impl Builder {
         }
 
         let (user_sets, resource_sets, n_sets, n_rules) = self.sets_and_rules(
-            doc,
+            &doc,
             &types,
             &type_ids_by_uuid,
             &roles,
@@ -773,7 +789,7 @@ impl Builder {
     #[allow(clippy::type_complexity)]
     fn sets_and_rules(
         &mut self,
-        doc: &DataDocument,
+        doc: &Staged,
         types: &Interner,
         type_ids_by_uuid: &HashMap<&str, u32>,
         roles: &Interner,

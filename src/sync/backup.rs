@@ -1,4 +1,4 @@
-//! The offline backup: the last synced data document, so a restart with the
+//! The offline backup: the last synced environment, so a restart with the
 //! control plane unreachable still serves. One file, `BACKUP_FILE`, written
 //! atomically (temp file, fsync, rename, fsync of the directory; mode 0600,
 //! since it holds the whole environment's users and attributes).
@@ -11,7 +11,7 @@
 //! synced   8  unix seconds when the data was read from the control plane
 //! length   8  body length in bytes
 //! checksum 32 blake3(version ‖ synced ‖ body)
-//! body        bincode (standard config) of the DataDocument
+//! body        bincode (standard config) of the staged document
 //! ```
 //!
 //! A file that is short, long, of another version or fails its checksum is
@@ -23,12 +23,13 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::model::DataDocument;
+use crate::snapshot::Staged;
 
 pub const BACKUP_FILE: &str = "pdp-snapshot.bin";
 const MAGIC: &[u8; 8] = b"PDPSNAP\n";
-/// Bump on any change to the layout above or to `DataDocument`'s encoding.
-const FORMAT_VERSION: u32 = 1;
+/// Bump on any change to the layout above or to `Staged`'s encoding.
+/// Version 1 held the parsed `DataDocument`.
+const FORMAT_VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 8 + 8 + 32;
 
 #[derive(Debug, thiserror::Error)]
@@ -57,46 +58,88 @@ pub enum BackupError {
     Invalid(String),
 }
 
-/// A backup as read: the document and when it was synced.
-#[derive(Debug, Clone)]
+/// A backup as read: the staged document and when it was synced.
+#[derive(Debug)]
 pub struct Backup {
-    pub document: DataDocument,
+    pub staged: Staged,
     pub synced_at: SystemTime,
-    /// `model::content_hash` of the document: the body is exactly the
-    /// encoding it hashes, so a restore need not encode the document again.
+    /// [`Staged::content_hash`] of the document: the body is exactly the
+    /// encoding it hashes, so a restore need not encode it again.
     pub content_hash: String,
 }
 
-/// Write `doc` as the backup in `dir` (created if missing), replacing the
-/// previous one atomically. Returns the file's path.
-pub fn write_backup(dir: &Path, doc: &DataDocument) -> io::Result<PathBuf> {
-    write_backup_at(dir, doc, SystemTime::now())
+/// Write `staged` as the backup in `dir` (created if missing), replacing
+/// the previous one atomically. Returns the file's path.
+pub fn write_backup(dir: &Path, staged: &Staged) -> io::Result<PathBuf> {
+    write_backup_at(dir, staged, SystemTime::now())
 }
 
 pub(crate) fn write_backup_at(
     dir: &Path,
-    doc: &DataDocument,
+    staged: &Staged,
     synced_at: SystemTime,
 ) -> io::Result<PathBuf> {
+    prepare_at(dir, staged, synced_at)?.commit()
+}
+
+/// A backup written to a temp file beside the real one, not yet in its
+/// place: [`Pending::commit`] renames it over the previous backup; dropping
+/// it removes the file.
+#[derive(Debug)]
+pub struct Pending {
+    dir: PathBuf,
+    tmp: Option<PathBuf>,
+}
+
+impl Pending {
+    pub fn commit(mut self) -> io::Result<PathBuf> {
+        let tmp = self.tmp.take().expect("a pending backup has its file");
+        let path = self.dir.join(BACKUP_FILE);
+        let result = fs::rename(&tmp, &path).and_then(|()| {
+            // The rename is durable only once the directory entry is.
+            File::open(&self.dir)?.sync_all()
+        });
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map(|()| path)
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.tmp.take() {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+}
+
+/// Writes `staged` to a temp file in `dir` (created if missing), synced as
+/// of now.
+pub fn prepare(dir: &Path, staged: &Staged) -> io::Result<Pending> {
+    prepare_at(dir, staged, SystemTime::now())
+}
+
+fn prepare_at(dir: &Path, staged: &Staged, synced_at: SystemTime) -> io::Result<Pending> {
     fs::create_dir_all(dir)?;
-    let path = dir.join(BACKUP_FILE);
     let tmp = dir.join(format!(
         ".{BACKUP_FILE}.{}.{:08x}.tmp",
         std::process::id(),
         rand::random::<u32>()
     ));
-    let result = write_file(&tmp, doc, synced_at).and_then(|()| {
-        fs::rename(&tmp, &path)?;
-        // The rename is durable only once the directory entry is.
-        File::open(dir)?.sync_all()
-    });
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    match write_file(&tmp, staged, synced_at) {
+        Ok(()) => Ok(Pending {
+            dir: dir.to_owned(),
+            tmp: Some(tmp),
+        }),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    result.map(|()| path)
 }
 
-fn write_file(tmp: &Path, doc: &DataDocument, synced_at: SystemTime) -> io::Result<()> {
+fn write_file(tmp: &Path, staged: &Staged, synced_at: SystemTime) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -117,7 +160,7 @@ fn write_file(tmp: &Path, doc: &DataDocument, synced_at: SystemTime) -> io::Resu
         hasher: &mut hasher,
         written: 0,
     };
-    bincode::serde::encode_into_std_write(doc, &mut body, bincode::config::standard())
+    bincode::serde::encode_into_std_write(staged, &mut body, bincode::config::standard())
         .map_err(io::Error::other)?;
     body.inner.flush()?;
     let length = body.written;
@@ -152,14 +195,9 @@ impl<W: Write> Write for HashingWriter<'_, W> {
     }
 }
 
-/// The backup's document, if the file in `dir` is a complete, current,
-/// intact backup.
-pub fn read_backup(dir: &Path) -> Result<DataDocument, BackupError> {
-    read_backup_file(dir).map(|b| b.document)
-}
-
-/// Like [`read_backup`], with the time the data was synced (for staleness).
-pub fn read_backup_file(dir: &Path) -> Result<Backup, BackupError> {
+/// The backup in `dir`, if the file there is a complete, current, intact
+/// backup.
+pub fn read_backup(dir: &Path) -> Result<Backup, BackupError> {
     let path = dir.join(BACKUP_FILE);
     let bytes = match fs::read(&path) {
         Ok(b) => b,
@@ -240,7 +278,7 @@ fn decode(bytes: &[u8]) -> Result<Backup, DecodeError> {
     if hasher.finalize().as_bytes() != field(28, 32) {
         return Err(DecodeError::Corrupt("checksum mismatch".to_owned()));
     }
-    let (document, used): (DataDocument, usize) =
+    let (staged, used): (Staged, usize) =
         bincode::serde::decode_from_slice(body, bincode::config::standard())
             .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
     if used != body.len() {
@@ -249,7 +287,7 @@ fn decode(bytes: &[u8]) -> Result<Backup, DecodeError> {
         ));
     }
     Ok(Backup {
-        document,
+        staged,
         synced_at: SystemTime::UNIX_EPOCH + Duration::from_secs(synced),
         content_hash: blake3::hash(body).to_hex().to_string(),
     })
@@ -265,12 +303,12 @@ mod tests {
     fn the_stored_hash_is_the_documents_content_hash() {
         let dir = tempfile::tempdir().unwrap();
         write_backup(dir.path(), &doc()).unwrap();
-        let b = read_backup_file(dir.path()).unwrap();
-        assert_eq!(b.content_hash, crate::model::content_hash(&doc()));
+        let b = read_backup(dir.path()).unwrap();
+        assert_eq!(b.content_hash, doc().content_hash());
     }
 
-    fn doc() -> DataDocument {
-        serde_json::from_str(
+    fn doc() -> Staged {
+        Staged::from_json_str(
             r#"{"users": [{"key": "alice", "attributes": {"dept": "eng", "level": 3}}],
                 "role_assignments": [{"user": "alice", "role": "viewer", "tenant": "default"}],
                 "condition_sets": [{"key": "eng", "conditions": {"allOf": [{"user.dept": {"equals": "eng"}}]}}]}"#,
@@ -285,10 +323,33 @@ mod tests {
         let path = write_backup_at(dir.path(), &doc(), at).unwrap();
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let back = read_backup_file(dir.path()).unwrap();
-        assert_eq!(back.document, doc());
+        let back = read_backup(dir.path()).unwrap();
+        assert_eq!(back.staged.content_hash(), doc().content_hash());
         assert_eq!(back.synced_at, at);
         // Only the backup remains: no temp files left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_pending_backup_replaces_the_old_one_only_when_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        write_backup(dir.path(), &doc()).unwrap();
+        let other = Staged::from_json_str(r#"{"users": [{"key": "bob"}]}"#).unwrap();
+        drop(prepare(dir.path(), &other).unwrap());
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "dropped: no temp file left"
+        );
+        assert_eq!(
+            read_backup(dir.path()).unwrap().content_hash,
+            doc().content_hash()
+        );
+        prepare(dir.path(), &other).unwrap().commit().unwrap();
+        assert_eq!(
+            read_backup(dir.path()).unwrap().content_hash,
+            other.content_hash()
+        );
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
@@ -327,11 +388,11 @@ mod tests {
         let mut long = good.clone();
         long.push(0);
         assert!(matches!(check(&long), BackupError::Corrupt { .. }));
-        let mut v2 = good.clone();
-        v2[8] = 2;
+        let mut v1 = good.clone();
+        v1[8] = 1;
         assert!(matches!(
-            check(&v2),
-            BackupError::WrongVersion { found: 2, .. }
+            check(&v1),
+            BackupError::WrongVersion { found: 1, .. }
         ));
         assert!(matches!(
             check(b"{\"users\": []}"),

@@ -27,11 +27,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{watch, Notify};
 
-use crate::model;
 use crate::snapshot::Snapshot;
 use crate::store::{Loaded, SnapshotMeta, Source, Store};
 
-pub use backup::{read_backup, read_backup_file, write_backup, Backup, BackupError, BACKUP_FILE};
+pub use backup::{read_backup, write_backup, Backup, BackupError, BACKUP_FILE};
 pub use client::{KeyKind, RequestError};
 pub use limiter::Class;
 pub use metrics::SyncMetrics;
@@ -328,9 +327,9 @@ impl Syncer {
         // racing a failure report.
         let after = self.config.sync_deadline;
         let deadline = Instant::now() + after;
-        let fetch = pages::fetch_document(&self.client, scope, self.config.per_page, deadline);
-        let doc = match tokio::time::timeout(after, fetch).await {
-            Ok(doc) => doc?,
+        let fetch = pages::fetch_staged(&self.client, scope, self.config.per_page, deadline);
+        let staged = match tokio::time::timeout(after, fetch).await {
+            Ok(staged) => staged?,
             Err(_) => {
                 return Err(SyncError::Deadline {
                     after,
@@ -345,7 +344,16 @@ impl Syncer {
         // Hashing, building and writing a million-assignment environment
         // takes CPU-seconds; keep it off the runtime's worker threads.
         let (outcome, hash, backup_result) = tokio::task::spawn_blocking(move || {
-            let hash = model::content_hash(&doc);
+            let hash = staged.content_hash();
+            // The backup is written before the build, which consumes the
+            // staged document; a document the build refuses is not kept,
+            // because the backup would then be refused at the next start.
+            let pending = match backup_dir {
+                Some(dir) if backed_up.as_deref() != Some(hash.as_str()) => {
+                    Some(backup::prepare(&dir, &staged))
+                }
+                _ => None,
+            };
             // Same data from the control plane: nothing to do. Same data
             // restored from a backup or file is rebuilt once anyway, so the
             // source shown by /health says it is now confirmed current.
@@ -356,8 +364,12 @@ impl Syncer {
                 store.mark_fresh();
                 SyncOutcome::Unchanged
             } else {
-                let snapshot =
-                    Snapshot::build(&doc).map_err(|e| SyncError::Build(e.to_string()))?;
+                let built = Snapshot::from_staged(staged);
+                let snapshot = match built {
+                    Ok(snapshot) => snapshot,
+                    // Dropping the pending backup removes its file.
+                    Err(e) => return Err(SyncError::Build(e.to_string())),
+                };
                 store.swap(Loaded {
                     snapshot,
                     meta: SnapshotMeta {
@@ -368,12 +380,7 @@ impl Syncer {
                 });
                 SyncOutcome::Swapped
             };
-            let backup_result = match backup_dir {
-                Some(dir) if backed_up.as_deref() != Some(hash.as_str()) => {
-                    Some(write_backup(&dir, &doc))
-                }
-                _ => None,
-            };
+            let backup_result = pending.map(|p| p.and_then(backup::Pending::commit));
             Ok::<_, SyncError>((outcome, hash, backup_result))
         })
         .await
@@ -402,13 +409,13 @@ impl Syncer {
 /// plane. A missing backup is `Ok(false)`; a corrupt one is an error the
 /// caller logs and otherwise ignores.
 pub fn restore_backup(store: &Store, dir: &std::path::Path) -> Result<bool, BackupError> {
-    let backup = match read_backup_file(dir) {
+    let backup = match read_backup(dir) {
         Ok(b) => b,
         Err(BackupError::Missing(_)) => return Ok(false),
         Err(e) => return Err(e),
     };
     let snapshot =
-        Snapshot::build(&backup.document).map_err(|e| BackupError::Invalid(e.to_string()))?;
+        Snapshot::from_staged(backup.staged).map_err(|e| BackupError::Invalid(e.to_string()))?;
     store.swap(Loaded {
         snapshot,
         meta: SnapshotMeta {

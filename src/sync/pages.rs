@@ -20,19 +20,21 @@ use serde::{Deserialize, Deserializer};
 use super::client::{Client, Failure, RequestError, Scope};
 use super::SyncError;
 use crate::model::{
-    ConditionSet, ConditionSetRule, DataDocument, RelationshipTuple, Resource, ResourceInstance,
-    Role, RoleAssignment, Tenant, User,
+    ConditionSet, ConditionSetRule, RelationshipTuple, Resource, ResourceInstance, Role,
+    RoleAssignment, Tenant, User,
 };
+use crate::snapshot::{Mark, Staged};
 
-/// Read every list the decision model needs, one after the other. Lists
-/// are read sequentially on purpose: with one request in flight, a 429 is
-/// seen before the next request of its class is sent.
-pub async fn fetch_document(
+/// Read every list the decision model needs, one after the other, staging
+/// each page as it arrives. Lists are read sequentially on purpose: with one
+/// request in flight, a 429 is seen before the next request of its class is
+/// sent.
+pub async fn fetch_staged(
     client: &Client,
     scope: &Scope,
     per_page: u32,
     deadline: Instant,
-) -> Result<DataDocument, SyncError> {
+) -> Result<Staged, SyncError> {
     let p = encode_segment(&scope.project_id);
     let e = encode_segment(&scope.environment_id);
     let schema = |list: &str| format!("/v2/schema/{p}/{e}/{list}");
@@ -42,25 +44,33 @@ pub async fn fetch_document(
         per_page: per_page.max(1),
         deadline,
     };
-    Ok(DataDocument {
-        resources: lister.list("resources", schema("resources")).await?,
-        roles: lister.list("roles", schema("roles")).await?,
-        condition_sets: lister
-            .list("condition_sets", schema("condition_sets"))
-            .await?,
-        users: lister.list("users", facts("users")).await?,
-        tenants: lister.list("tenants", facts("tenants")).await?,
-        role_assignments: lister
-            .list("role_assignments", facts("role_assignments"))
-            .await?,
-        resource_instances: lister
-            .list("resource_instances", facts("resource_instances"))
-            .await?,
-        relationship_tuples: lister
-            .list("relationship_tuples", facts("relationship_tuples"))
-            .await?,
-        condition_set_rules: lister.list("set_rules", facts("set_rules")).await?,
-    })
+    let mut staged = Staged::new();
+    let s = &mut staged;
+    lister
+        .list::<Resource>("resources", schema("resources"), s)
+        .await?;
+    lister.list::<Role>("roles", schema("roles"), s).await?;
+    lister
+        .list::<ConditionSet>("condition_sets", schema("condition_sets"), s)
+        .await?;
+    lister.list::<User>("users", facts("users"), s).await?;
+    lister
+        .list::<Tenant>("tenants", facts("tenants"), s)
+        .await?;
+    lister
+        .list::<RoleAssignment>("role_assignments", facts("role_assignments"), s)
+        .await?;
+    lister
+        .list::<ResourceInstance>("resource_instances", facts("resource_instances"), s)
+        .await?;
+    lister
+        .list::<RelationshipTuple>("relationship_tuples", facts("relationship_tuples"), s)
+        .await?;
+    lister
+        .list::<ConditionSetRule>("set_rules", facts("set_rules"), s)
+        .await?;
+    staged.shrink_to_fit();
+    Ok(staged)
 }
 
 struct Lister<'a> {
@@ -70,11 +80,33 @@ struct Lister<'a> {
 }
 
 impl Lister<'_> {
-    async fn list<T: Listed>(&self, list: &'static str, path: String) -> Result<Vec<T>, SyncError> {
+    /// Reads one whole list into `staged`; on a failure nothing of it stays.
+    async fn list<T: Listed>(
+        &self,
+        list: &'static str,
+        path: String,
+        staged: &mut Staged,
+    ) -> Result<(), SyncError> {
+        let mark = staged.mark();
+        let result = self.list_into::<T>(list, path, staged, &mark).await;
+        if result.is_err() {
+            staged.rollback(&mark);
+        }
+        result
+    }
+
+    async fn list_into<T: Listed>(
+        &self,
+        list: &'static str,
+        path: String,
+        staged: &mut Staged,
+        mark: &Mark,
+    ) -> Result<(), SyncError> {
         // An expired cursor restarts the listing once per sync (decision 3).
         let mut restarts_left = 1;
         'listing: loop {
-            let mut items: Vec<T> = Vec::new();
+            staged.rollback(mark);
+            let mut read: u64 = 0;
             let mut seen = Seen::default();
             let mut total: Option<u64> = None;
             let mut page = 1u64;
@@ -124,7 +156,7 @@ impl Lister<'_> {
                             // briefly hold two buffers and end up to 2x
                             // oversized; the total says the size upfront.
                             let cap = usize::try_from(t).unwrap_or(0).min(10_000_000);
-                            items.reserve_exact(cap.saturating_sub(items.len()));
+                            T::reserve(staged, cap);
                         }
                     }
                 }
@@ -136,7 +168,8 @@ impl Lister<'_> {
                             item.identity()
                         )));
                     }
-                    items.push(item);
+                    item.stage(staged);
+                    read += 1;
                 }
                 let more = match body.shape {
                     Shape::Cursor => match (body.has_more, body.cursor) {
@@ -158,16 +191,15 @@ impl Lister<'_> {
                 page += 1;
             }
             if let Some(t) = total {
-                if items.len() as u64 != t {
+                if read != t {
                     return Err(SyncError::Inconsistent {
                         list,
-                        detail: format!("read {} items but total_count is {t}", items.len()),
+                        detail: format!("read {read} items but total_count is {t}"),
                     });
                 }
             }
-            items.shrink_to_fit();
-            tracing::debug!(list, items = items.len(), "list read");
-            return Ok(items);
+            tracing::debug!(list, items = read, "list read");
+            return Ok(());
         }
     }
 }
@@ -188,34 +220,55 @@ impl Seen {
     }
 }
 
-/// A list item and what makes it unique within its list.
+/// A list item, what makes it unique within its list, and where it is staged.
 trait Listed: DeserializeOwned {
     fn identity(&self) -> impl Hash + Debug + '_;
+    fn stage(self, staged: &mut Staged);
+    /// Room for `n` items, when the list says its size upfront.
+    fn reserve(_staged: &mut Staged, _n: usize) {}
 }
 
 impl Listed for Resource {
     fn identity(&self) -> impl Hash + Debug + '_ {
         &self.key
     }
+    fn stage(self, staged: &mut Staged) {
+        staged.push_resource(self);
+    }
 }
 impl Listed for Role {
     fn identity(&self) -> impl Hash + Debug + '_ {
         &self.key
+    }
+    fn stage(self, staged: &mut Staged) {
+        staged.push_role(self);
     }
 }
 impl Listed for ConditionSet {
     fn identity(&self) -> impl Hash + Debug + '_ {
         &self.key
     }
+    fn stage(self, staged: &mut Staged) {
+        staged.push_condition_set(self);
+    }
 }
 impl Listed for User {
     fn identity(&self) -> impl Hash + Debug + '_ {
         &self.key
     }
+    fn stage(self, staged: &mut Staged) {
+        staged.push_user(self);
+    }
+    fn reserve(staged: &mut Staged, n: usize) {
+        staged.reserve_users(n);
+    }
 }
 impl Listed for Tenant {
     fn identity(&self) -> impl Hash + Debug + '_ {
         &self.key
+    }
+    fn stage(self, staged: &mut Staged) {
+        staged.push_tenant(self);
     }
 }
 impl Listed for RoleAssignment {
@@ -227,20 +280,41 @@ impl Listed for RoleAssignment {
             &self.resource_instance,
         )
     }
+    fn stage(self, staged: &mut Staged) {
+        staged.push_assignment(self);
+    }
+    fn reserve(staged: &mut Staged, n: usize) {
+        staged.reserve_assignments(n);
+    }
 }
 impl Listed for ResourceInstance {
     fn identity(&self) -> impl Hash + Debug + '_ {
         (&self.resource, &self.key)
+    }
+    fn stage(self, staged: &mut Staged) {
+        staged.push_instance(self);
+    }
+    fn reserve(staged: &mut Staged, n: usize) {
+        staged.reserve_instances(n);
     }
 }
 impl Listed for RelationshipTuple {
     fn identity(&self) -> impl Hash + Debug + '_ {
         (&self.subject, &self.relation, &self.object, &self.tenant)
     }
+    fn stage(self, staged: &mut Staged) {
+        staged.push_tuple(self);
+    }
+    fn reserve(staged: &mut Staged, n: usize) {
+        staged.reserve_tuples(n);
+    }
 }
 impl Listed for ConditionSetRule {
     fn identity(&self) -> impl Hash + Debug + '_ {
         (&self.user_set, &self.permission, &self.resource_set)
+    }
+    fn stage(self, staged: &mut Staged) {
+        staged.push_condition_set_rule(self);
     }
 }
 

@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use pdp::http::HttpSettings;
+use pdp::snapshot::Staged;
 use pdp::store::Source;
 use serde_json::{json, Value};
 
@@ -509,7 +510,12 @@ async fn not_ready_until_a_snapshot_is_loaded() {
         )
         .await;
     assert_eq!(status, 503, "checks fail closed before the first snapshot");
-    pdp::install(&s.store, &document(env()), Source::Embedded).unwrap();
+    pdp::install(
+        &s.store,
+        Staged::from_document(&document(env())),
+        Source::Embedded,
+    )
+    .unwrap();
     let (status, body) = s.get("/ready").await;
     assert_eq!(status, 200);
     assert_eq!(body["snapshot"]["objects"]["users"], 2);
@@ -644,7 +650,7 @@ async fn swaps_under_load_never_error_or_mix() {
     let swapper = tokio::spawn(async move {
         for i in 0..200 {
             let doc = if i % 2 == 0 { &b } else { &a };
-            pdp::install(&store, doc, Source::Embedded).unwrap();
+            pdp::install(&store, Staged::from_document(doc), Source::Embedded).unwrap();
             tokio::task::yield_now().await;
         }
     });

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pdp::decide::{self, AllowedQuery};
-use pdp::model::{content_hash, DataDocument};
+use pdp::model::DataDocument;
+use pdp::snapshot::Staged;
 use pdp::store::{Source, Store};
 use pdp::sync::{
     read_backup, restore_backup, BackupError, FatalKeyError, KeyKind, SyncConfig, SyncMetrics,
@@ -154,7 +155,7 @@ impl Running {
 
     /// Wait until the sync task has finished a sync that put `doc` in service.
     async fn serves(&self, doc: &DataDocument, what: &str) {
-        let want = content_hash(doc);
+        let want = Staged::from_document(doc).content_hash();
         eventually(what, Duration::from_secs(8), || {
             // The store is swapped just before the state is updated.
             self.hash().as_deref() == Some(&want) && self.state.status().phase == "idle"
@@ -444,7 +445,7 @@ async fn fault_keeps_the_previous_snapshot(
     let (a, b) = (environment(250), changed(250));
     let fake = FakeControlPlane::start(&a, shape).await;
     let run = Running::start(config(&fake), Arc::new(Store::new()));
-    let hash_a = content_hash(&a);
+    let hash_a = Staged::from_document(&a).content_hash();
     run.serves(&a, "the first sync").await;
     assert_eq!(allowed(&run.store, "user-1", "read"), Some(true));
 
@@ -578,9 +579,9 @@ async fn a_restart_with_the_control_plane_down_serves_the_backup() {
         ..config(&fake)
     };
     let run = Running::start(with_backup.clone(), Arc::new(Store::new()));
-    let hash = content_hash(&doc);
+    let hash = Staged::from_document(&doc).content_hash();
     eventually("the backup to be written", Duration::from_secs(5), || {
-        read_backup(dir.path()).is_ok_and(|d| content_hash(&d) == hash)
+        read_backup(dir.path()).is_ok_and(|b| b.content_hash == hash)
     })
     .await;
     run.stop().await.unwrap();
@@ -624,7 +625,7 @@ async fn a_restart_with_the_control_plane_down_serves_the_backup() {
 async fn a_corrupted_backup_is_rejected_and_replaced_by_the_next_sync() {
     let doc = environment(40);
     let dir = tempfile::tempdir().unwrap();
-    let path = pdp::sync::write_backup(dir.path(), &doc).unwrap();
+    let path = pdp::sync::write_backup(dir.path(), &Staged::from_document(&doc)).unwrap();
     let mut bytes = std::fs::read(&path).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
@@ -653,9 +654,9 @@ async fn a_corrupted_backup_is_rejected_and_replaced_by_the_next_sync() {
         },
         store,
     );
-    let hash = content_hash(&doc);
+    let hash = Staged::from_document(&doc).content_hash();
     eventually("a good backup", Duration::from_secs(5), || {
-        read_backup(dir.path()).is_ok_and(|d| content_hash(&d) == hash)
+        read_backup(dir.path()).is_ok_and(|b| b.content_hash == hash)
     })
     .await;
     assert_eq!(run.hash(), Some(hash));
@@ -769,9 +770,9 @@ async fn the_binary_syncs_refreshes_on_demand_and_restarts_from_its_backup() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Give the backup of B a moment to land, then crash and restart offline.
-    let hash_b = content_hash(&b);
+    let hash_b = Staged::from_document(&b).content_hash();
     eventually("the backup of the change", Duration::from_secs(5), || {
-        read_backup(backups.path()).is_ok_and(|d| content_hash(&d) == hash_b)
+        read_backup(backups.path()).is_ok_and(|b| b.content_hash == hash_b)
     })
     .await;
     pdp.kill().unwrap();

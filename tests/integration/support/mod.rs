@@ -13,6 +13,7 @@ use std::sync::Arc;
 use pdp::http::{App, HttpSettings};
 use pdp::metrics::Metrics;
 use pdp::model::DataDocument;
+use pdp::snapshot::Staged;
 use pdp::store::{Source, Store};
 use serde_json::Value;
 use tokio::sync::{oneshot, Notify};
@@ -59,7 +60,8 @@ impl TestServer {
     pub async fn start_with(doc: Option<DataDocument>, settings: HttpSettings) -> TestServer {
         let store = Arc::new(Store::new());
         if let Some(doc) = doc {
-            pdp::install(&store, &doc, Source::Embedded).expect("the document builds");
+            pdp::install(&store, Staged::from_document(&doc), Source::Embedded)
+                .expect("the document builds");
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

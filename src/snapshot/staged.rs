@@ -1,0 +1,562 @@
+//! A data document on its way into a snapshot, held compactly.
+//!
+//! A million role assignments parsed into [`DataDocument`] cost ~330 MB of
+//! `String`s and `serde_json::Value`s for what the snapshot then stores in
+//! ~100 MB; held beside the serving snapshot during a reload, that document
+//! was the memory peak. [`Staged`] takes the document one item at a time
+//! (straight from the JSON reader, or page by page from the control plane),
+//! keeps the schema lists as they are (they are small), interns every string
+//! of the facts once and packs each fact into a few `u32`s. Attributes are
+//! converted once to the snapshot's compact form and moved into it.
+//!
+//! Nothing is validated here: unknown roles, types or malformed
+//! `"type:key"` strings are kept as written, and [`super::Snapshot`]'s
+//! builder judges them exactly as it would the document.
+//!
+//! `Staged` is also the offline backup's body (bincode, via serde), and its
+//! encoding is what [`Staged::content_hash`] hashes: strings are numbered
+//! as first seen, so the same facts hash the same when their lists arrive
+//! in the same order (each source always reads them in one order).
+
+use std::fmt;
+use std::io::{self, Write};
+
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+use super::intern::{Interner, NONE};
+use super::Attrs;
+use crate::model::{
+    ConditionSet, ConditionSetRule, DataDocument, Json, RelationshipTuple, Resource,
+    ResourceInstance, Role, RoleAssignment, Tenant, User,
+};
+
+#[derive(Default, Serialize, Deserialize)]
+pub struct Staged {
+    pub(super) resources: Vec<Resource>,
+    pub(super) roles: Vec<Role>,
+    pub(super) condition_sets: Vec<ConditionSet>,
+    pub(super) condition_set_rules: Vec<ConditionSetRule>,
+    /// Every string the facts below name, once; `NONE` is "absent or empty".
+    pub(super) keys: Interner,
+    /// Attribute names, moved into the snapshot as they are.
+    pub(super) attr_names: Interner,
+    pub(super) tenants: Vec<StagedTenant>,
+    pub(super) users: Vec<StagedUser>,
+    /// A user's own tenant roles: (user, role, tenant).
+    pub(super) user_roles: Vec<[u32; 3]>,
+    pub(super) instances: Vec<StagedInstance>,
+    /// (subject `"type:key"`, relation, object `"type:key"`).
+    pub(super) tuples: Vec<[u32; 3]>,
+    /// (user, role, tenant, resource instance `"type:key"`).
+    pub(super) assignments: Vec<[u32; 4]>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct StagedTenant {
+    pub key: u32,
+    pub attrs: Option<Attrs>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct StagedUser {
+    pub key: u32,
+    pub email: Option<Box<str>>,
+    pub first_name: Option<Box<str>>,
+    pub last_name: Option<Box<str>>,
+    pub attrs: Option<Attrs>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct StagedInstance {
+    pub key: u32,
+    pub resource: u32,
+    pub tenant: u32,
+    pub attrs: Option<Attrs>,
+}
+
+/// Free-form attributes in the snapshot's form: names interned, entries
+/// sorted by name id. Anything but a non-empty object is no attributes.
+fn attrs_from(names: &mut Interner, json: Json) -> Option<Attrs> {
+    let Value::Object(map) = json.0 else {
+        return None;
+    };
+    if map.is_empty() {
+        return None;
+    }
+    let mut entries: Vec<(u32, Value)> = map
+        .into_iter()
+        .map(|(k, v)| (names.intern(&k), v))
+        .collect();
+    entries.sort_unstable_by_key(|(n, _)| *n);
+    Some(Attrs(entries.into_boxed_slice()))
+}
+
+fn boxed(s: Option<String>) -> Option<Box<str>> {
+    s.filter(|s| !s.is_empty()).map(String::into_boxed_str)
+}
+
+/// How far each list had got, to undo a list that must be read again.
+pub(crate) struct Mark {
+    lens: [usize; 10],
+    keys: usize,
+    attr_names: usize,
+}
+
+impl Staged {
+    pub fn new() -> Staged {
+        Staged::default()
+    }
+
+    fn key(&mut self, s: &str) -> u32 {
+        if s.is_empty() {
+            NONE
+        } else {
+            self.keys.intern(s)
+        }
+    }
+
+    fn opt_key(&mut self, s: Option<&str>) -> u32 {
+        s.map_or(NONE, |s| self.key(s))
+    }
+
+    /// The string of a key id (`""` for `NONE`).
+    pub(super) fn name(&self, id: u32) -> &str {
+        if id == NONE {
+            ""
+        } else {
+            self.keys.name(id)
+        }
+    }
+
+    pub fn push_resource(&mut self, r: Resource) {
+        self.resources.push(r);
+    }
+
+    pub fn push_role(&mut self, r: Role) {
+        self.roles.push(r);
+    }
+
+    pub fn push_condition_set(&mut self, cs: ConditionSet) {
+        self.condition_sets.push(cs);
+    }
+
+    pub fn push_condition_set_rule(&mut self, rule: ConditionSetRule) {
+        self.condition_set_rules.push(rule);
+    }
+
+    pub fn push_tenant(&mut self, t: Tenant) {
+        let key = self.key(&t.key);
+        let attrs = attrs_from(&mut self.attr_names, t.attributes);
+        self.tenants.push(StagedTenant { key, attrs });
+    }
+
+    pub fn push_user(&mut self, u: User) {
+        let key = self.key(&u.key);
+        for r in &u.roles {
+            let role = self.key(&r.role);
+            let tenant = self.opt_key(r.tenant.as_deref());
+            self.user_roles.push([key, role, tenant]);
+        }
+        let attrs = attrs_from(&mut self.attr_names, u.attributes);
+        self.users.push(StagedUser {
+            key,
+            email: boxed(u.email),
+            first_name: boxed(u.first_name),
+            last_name: boxed(u.last_name),
+            attrs,
+        });
+    }
+
+    pub fn push_assignment(&mut self, ra: RoleAssignment) {
+        let fact = [
+            self.key(&ra.user),
+            self.key(&ra.role),
+            self.opt_key(ra.tenant.as_deref()),
+            self.opt_key(ra.resource_instance.as_deref()),
+        ];
+        self.assignments.push(fact);
+    }
+
+    pub fn push_instance(&mut self, ri: ResourceInstance) {
+        let key = self.key(&ri.key);
+        let resource = self.key(&ri.resource);
+        let tenant = self.opt_key(ri.tenant.as_deref());
+        let attrs = attrs_from(&mut self.attr_names, ri.attributes);
+        self.instances.push(StagedInstance {
+            key,
+            resource,
+            tenant,
+            attrs,
+        });
+    }
+
+    pub fn push_tuple(&mut self, t: RelationshipTuple) {
+        let fact = [
+            self.key(&t.subject),
+            self.key(&t.relation),
+            self.key(&t.object),
+        ];
+        self.tuples.push(fact);
+    }
+
+    /// Room for `n` more items of a fact list, when its size is known.
+    pub fn reserve_assignments(&mut self, n: usize) {
+        self.assignments.reserve_exact(n);
+    }
+
+    pub fn reserve_users(&mut self, n: usize) {
+        self.users.reserve_exact(n);
+    }
+
+    pub fn reserve_instances(&mut self, n: usize) {
+        self.instances.reserve_exact(n);
+    }
+
+    pub fn reserve_tuples(&mut self, n: usize) {
+        self.tuples.reserve_exact(n);
+    }
+
+    /// A whole document, item by item (cloned: the document is borrowed).
+    pub fn from_document(doc: &DataDocument) -> Staged {
+        let mut s = Staged::new();
+        s.resources = doc.resources.clone();
+        s.roles = doc.roles.clone();
+        s.condition_sets = doc.condition_sets.clone();
+        s.condition_set_rules = doc.condition_set_rules.clone();
+        // The order a sync reads the lists in (strings are numbered as first
+        // seen), so this hashes as a sync of the same document does.
+        doc.users.iter().cloned().for_each(|u| s.push_user(u));
+        doc.tenants.iter().cloned().for_each(|t| s.push_tenant(t));
+        doc.role_assignments
+            .iter()
+            .cloned()
+            .for_each(|a| s.push_assignment(a));
+        doc.resource_instances
+            .iter()
+            .cloned()
+            .for_each(|i| s.push_instance(i));
+        doc.relationship_tuples
+            .iter()
+            .cloned()
+            .for_each(|t| s.push_tuple(t));
+        s.shrink_to_fit();
+        s
+    }
+
+    /// Reads a JSON data document from `reader` item by item: the document
+    /// is never whole in memory, in either text or parsed form.
+    pub fn from_json_reader<R: io::Read>(reader: R) -> Result<Staged, serde_json::Error> {
+        Self::from_json(serde_json::Deserializer::from_reader(reader))
+    }
+
+    /// Reads a JSON data document from text.
+    pub fn from_json_str(text: &str) -> Result<Staged, serde_json::Error> {
+        Self::from_json(serde_json::Deserializer::from_str(text))
+    }
+
+    fn from_json<'de, R: serde_json::de::Read<'de>>(
+        mut de: serde_json::Deserializer<R>,
+    ) -> Result<Staged, serde_json::Error> {
+        let mut s = Staged::new();
+        (&mut de).deserialize_map(DocumentVisitor(&mut s))?;
+        de.end()?;
+        s.shrink_to_fit();
+        Ok(s)
+    }
+
+    pub fn shrink_to_fit(&mut self) {
+        self.keys.shrink_to_fit();
+        self.tenants.shrink_to_fit();
+        self.users.shrink_to_fit();
+        self.user_roles.shrink_to_fit();
+        self.instances.shrink_to_fit();
+        self.tuples.shrink_to_fit();
+        self.assignments.shrink_to_fit();
+    }
+
+    /// Items staged so far, over every list.
+    pub fn len(&self) -> usize {
+        self.resources.len()
+            + self.roles.len()
+            + self.condition_sets.len()
+            + self.condition_set_rules.len()
+            + self.tenants.len()
+            + self.users.len()
+            + self.instances.len()
+            + self.tuples.len()
+            + self.assignments.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(crate) fn mark(&self) -> Mark {
+        Mark {
+            lens: [
+                self.resources.len(),
+                self.roles.len(),
+                self.condition_sets.len(),
+                self.condition_set_rules.len(),
+                self.tenants.len(),
+                self.users.len(),
+                self.user_roles.len(),
+                self.instances.len(),
+                self.tuples.len(),
+                self.assignments.len(),
+            ],
+            keys: self.keys.len(),
+            attr_names: self.attr_names.len(),
+        }
+    }
+
+    /// Forgets everything staged since `mark`, strings included, so a list
+    /// read again from its start stages (and hashes) as if read once.
+    pub(crate) fn rollback(&mut self, mark: &Mark) {
+        let [a, b, c, d, e, f, g, h, i, j] = mark.lens;
+        self.resources.truncate(a);
+        self.roles.truncate(b);
+        self.condition_sets.truncate(c);
+        self.condition_set_rules.truncate(d);
+        self.tenants.truncate(e);
+        self.users.truncate(f);
+        self.user_roles.truncate(g);
+        self.instances.truncate(h);
+        self.tuples.truncate(i);
+        self.assignments.truncate(j);
+        self.keys.truncate(mark.keys);
+        self.attr_names.truncate(mark.attr_names);
+    }
+
+    /// blake3 over the staged encoding, hex: equal content read in the same
+    /// order hashes equal, so an unchanged environment skips a swap.
+    pub fn content_hash(&self) -> String {
+        let mut hasher = blake3::Hasher::new();
+        {
+            // Streams the encoding into the hasher: no second copy in memory.
+            let mut out = io::BufWriter::with_capacity(1 << 16, &mut hasher);
+            bincode::serde::encode_into_std_write(self, &mut out, bincode::config::standard())
+                .expect("staged facts always encode, and hashing cannot fail");
+            out.flush().expect("hashing cannot fail");
+        }
+        hasher.finalize().to_hex().to_string()
+    }
+}
+
+impl fmt::Debug for Staged {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Staged")
+            .field("resources", &self.resources.len())
+            .field("roles", &self.roles.len())
+            .field("tenants", &self.tenants.len())
+            .field("users", &self.users.len())
+            .field("role_assignments", &self.assignments.len())
+            .field("resource_instances", &self.instances.len())
+            .field("relationship_tuples", &self.tuples.len())
+            .field("condition_sets", &self.condition_sets.len())
+            .field("condition_set_rules", &self.condition_set_rules.len())
+            .finish()
+    }
+}
+
+/// The data document's top-level keys (`DataDocument`'s fields).
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum Field {
+    Resources,
+    Roles,
+    Tenants,
+    Users,
+    RoleAssignments,
+    ResourceInstances,
+    RelationshipTuples,
+    ConditionSets,
+    ConditionSetRules,
+    #[serde(other)]
+    Other,
+}
+
+impl Field {
+    fn name(self) -> &'static str {
+        match self {
+            Field::Resources => "resources",
+            Field::Roles => "roles",
+            Field::Tenants => "tenants",
+            Field::Users => "users",
+            Field::RoleAssignments => "role_assignments",
+            Field::ResourceInstances => "resource_instances",
+            Field::RelationshipTuples => "relationship_tuples",
+            Field::ConditionSets => "condition_sets",
+            Field::ConditionSetRules => "condition_set_rules",
+            Field::Other => "",
+        }
+    }
+}
+
+struct DocumentVisitor<'s>(&'s mut Staged);
+
+impl<'de> Visitor<'de> for DocumentVisitor<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a data document (a JSON object)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let s = self.0;
+        let mut seen: Vec<Field> = Vec::new();
+        while let Some(field) = map.next_key::<Field>()? {
+            if field != Field::Other {
+                if seen.contains(&field) {
+                    return Err(serde::de::Error::duplicate_field(field.name()));
+                }
+                seen.push(field);
+            }
+            match field {
+                Field::Resources => map.next_value_seed(List(s, Staged::push_resource))?,
+                Field::Roles => map.next_value_seed(List(s, Staged::push_role))?,
+                Field::Tenants => map.next_value_seed(List(s, Staged::push_tenant))?,
+                Field::Users => map.next_value_seed(List(s, Staged::push_user))?,
+                Field::RoleAssignments => map.next_value_seed(List(s, Staged::push_assignment))?,
+                Field::ResourceInstances => map.next_value_seed(List(s, Staged::push_instance))?,
+                Field::RelationshipTuples => map.next_value_seed(List(s, Staged::push_tuple))?,
+                Field::ConditionSets => map.next_value_seed(List(s, Staged::push_condition_set))?,
+                Field::ConditionSetRules => {
+                    map.next_value_seed(List(s, Staged::push_condition_set_rule))?
+                }
+                Field::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One list of the document, each item staged as soon as it is read.
+/// `null` is an empty list, as everywhere in the data document.
+struct List<'s, T>(&'s mut Staged, fn(&mut Staged, T));
+
+impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for List<'_, T> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for List<'_, T> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list or null")
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(item) = seq.next_element::<T>()? {
+            (self.1)(self.0, item);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = r#"{
+        "users": [{"key": "u1", "email": "", "attributes": {"b": 1, "a": [true]},
+                   "roles": [{"role": "viewer", "tenant": "t1"}, {"role": "x"}]}],
+        "extra": {"ignored": [1, 2]},
+        "role_assignments": [{"user": "u1", "role": "editor", "tenant": "t1",
+                              "resource_instance": null}],
+        "resources": null,
+        "relationship_tuples": [{"subject": "folder:f", "relation": "parent", "object": "doc:d"}]
+    }"#;
+
+    #[test]
+    fn a_streamed_document_stages_like_the_parsed_one() {
+        let streamed = Staged::from_json_reader(DOC.as_bytes()).unwrap();
+        let doc: DataDocument = serde_json::from_str(DOC).unwrap();
+        let staged = Staged::from_document(&doc);
+        assert_eq!(streamed.content_hash(), staged.content_hash());
+        assert_eq!(streamed.users.len(), 1);
+        assert_eq!(streamed.user_roles.len(), 2);
+        assert_eq!(streamed.user_roles[1][2], NONE);
+        assert_eq!(streamed.users[0].email, None);
+        let attrs = streamed.users[0].attrs.as_ref().unwrap();
+        let names: Vec<_> = attrs
+            .0
+            .iter()
+            .map(|(n, _)| streamed.attr_names.name(*n))
+            .collect();
+        assert_eq!(names, ["a", "b"], "sorted by interned id");
+        let [ra_user, _, _, inst] = streamed.assignments[0];
+        assert_eq!((streamed.name(ra_user), inst), ("u1", NONE));
+    }
+
+    #[test]
+    fn bad_documents_are_refused_with_the_place() {
+        for (text, want) in [
+            (r#"{"users": [{"key": 3}]}"#, "line 1"),
+            (r#"{"users": [], "users": []}"#, "duplicate field `users`"),
+            (r#"[1]"#, "data document"),
+            (r#"{"users": []} x"#, "trailing characters"),
+            (r#"{"users": {"key": "u"}}"#, "a list or null"),
+        ] {
+            let err = Staged::from_json_str(text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn rollback_forgets_strings_too() {
+        let mut s = Staged::from_json_str(DOC).unwrap();
+        let hash = s.content_hash();
+        let mark = s.mark();
+        s.push_assignment(RoleAssignment {
+            user: "new-user".into(),
+            role: "r".into(),
+            tenant: Some("new-tenant".into()),
+            resource_instance: None,
+        });
+        s.push_tenant(Tenant {
+            key: "t9".into(),
+            name: None,
+            attributes: Json(serde_json::json!({"new_attr": 1})),
+        });
+        assert_ne!(s.content_hash(), hash);
+        s.rollback(&mark);
+        assert_eq!(s.content_hash(), hash);
+        assert_eq!(s.keys.get("new-user"), None);
+    }
+
+    #[test]
+    fn survives_bincode() {
+        let s = Staged::from_json_str(DOC).unwrap();
+        let cfg = bincode::config::standard();
+        let bytes = bincode::serde::encode_to_vec(&s, cfg).unwrap();
+        let (back, used): (Staged, usize) = bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
+        assert_eq!(used, bytes.len());
+        assert_eq!(back.content_hash(), s.content_hash());
+        let attrs = back.users[0].attrs.as_ref().unwrap();
+        assert_eq!(
+            attrs.get(back.attr_names.get("a").unwrap()),
+            Some(&serde_json::json!([true]))
+        );
+    }
+}
