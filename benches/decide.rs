@@ -1,7 +1,8 @@
 //! Criterion benchmarks of the engine on generated environments (`pdp::gen`):
 //! `decide::check` for RBAC, ReBAC depth 1/2/3, ABAC and a bulk of 100, the
-//! same RBAC queries parsed from their JSON bodies, snapshot build, and backup
-//! encode/decode. Beside the checks, a naive floor measured in the same run:
+//! same RBAC queries parsed from their JSON bodies, staging a document from
+//! its JSON text, snapshot build (from a parsed document, and from a staged
+//! one alone), and backup (the staged document in bincode) encode/decode. Beside the checks, a naive floor measured in the same run:
 //! `HashMap<(user, tenant), Vec<role>>` plus a `HashSet<(type, action)>` probe
 //! per role, the least work an RBAC answer takes.
 //!
@@ -24,7 +25,7 @@ use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
 use pdp::decide::{self, AllowedQuery};
 use pdp::gen::{generate, GenSpec, Query, QueryMix};
 use pdp::model::DataDocument;
-use pdp::snapshot::Snapshot;
+use pdp::snapshot::{Snapshot, Staged};
 
 /// Resident bytes of this process.
 fn rss_bytes() -> usize {
@@ -116,7 +117,9 @@ fn bench_env(c: &mut Criterion, name: &'static str, spec: GenSpec, memory: &mut 
     let snap = Snapshot::build(&doc).expect("generated documents are valid");
     let rss1 = rss_bytes();
     let cfg = bincode::config::standard();
-    let backup = bincode::serde::encode_to_vec(&doc, cfg).expect("encodes");
+    let staged = Staged::from_document(&doc);
+    let backup = bincode::serde::encode_to_vec(&staged, cfg).expect("encodes");
+    let json = serde_json::to_string(&doc).expect("encodes");
     memory.push(Memory {
         env: name,
         assignments: doc.role_assignments.len(),
@@ -259,9 +262,27 @@ fn bench_env(c: &mut Criterion, name: &'static str, spec: GenSpec, memory: &mut 
     g.bench_with_input(BenchmarkId::new("build", name), &doc, |b, doc| {
         b.iter(|| black_box(Snapshot::build(doc).expect("valid")))
     });
-    g.bench_with_input(BenchmarkId::new("backup_encode", name), &doc, |b, doc| {
-        b.iter(|| black_box(bincode::serde::encode_to_vec(doc, cfg).expect("encodes")))
+    g.bench_with_input(BenchmarkId::new("stage_json", name), &json, |b, json| {
+        b.iter_batched(
+            || (),
+            |()| Staged::from_json_str(json).expect("stages"),
+            BatchSize::PerIteration,
+        )
     });
+    g.bench_function(BenchmarkId::new("build_staged", name), |b| {
+        b.iter_batched(
+            || Staged::from_document(&doc),
+            |staged| Snapshot::from_staged(staged).expect("valid"),
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_with_input(
+        BenchmarkId::new("backup_encode", name),
+        &staged,
+        |b, staged| {
+            b.iter(|| black_box(bincode::serde::encode_to_vec(staged, cfg).expect("encodes")))
+        },
+    );
     g.bench_with_input(
         BenchmarkId::new("backup_decode", name),
         &backup,
@@ -269,9 +290,9 @@ fn bench_env(c: &mut Criterion, name: &'static str, spec: GenSpec, memory: &mut 
             b.iter_batched(
                 || (),
                 |()| {
-                    let (d, _): (DataDocument, usize) =
+                    let (s, _): (Staged, usize) =
                         bincode::serde::decode_from_slice(bytes, cfg).expect("decodes");
-                    d
+                    s
                 },
                 // Dropping a 1M document is not part of decoding it.
                 BatchSize::PerIteration,

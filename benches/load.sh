@@ -109,7 +109,8 @@ wait_ready() {
 # (on top of host, port, key, a dead control plane) and sets PDP_PID.
 start_pdp() {
   local name=$1; shift
-  env PDP_HOST=127.0.0.1 PDP_PORT="$PDP_PORT_" PDP_API_KEY="$KEY" \
+  # MIMALLOC_PURGE_DELAY=0 as in the Dockerfile and the Kubernetes example.
+  env MIMALLOC_PURGE_DELAY=0 PDP_HOST=127.0.0.1 PDP_PORT="$PDP_PORT_" PDP_API_KEY="$KEY" \
     PDP_CONTROL_PLANE="$NO_CONTROL_PLANE" "$@" "$PDP_BIN" >"$WORK/$name.log" 2>&1 &
   PDP_PID=$!
 }

@@ -3,8 +3,8 @@
 //! A snapshot holds a million instance keys and a hundred thousand user keys;
 //! a `HashMap<String, u32>` would cost a heap allocation and ~50 bytes per
 //! key. Here every key lives in one arena string, an entry costs a span
-//! (8 bytes), a scope (4 bytes) and a slot in a `HashTable<u32>`, and a lookup
-//! borrows the caller's `&str` without allocating.
+//! (8 bytes), a scope (4 bytes) and a 16-byte slot in a `HashTable`, and a
+//! lookup borrows the caller's `&str` without allocating.
 //!
 //! A *scope* lets one table hold keys that are only unique within a parent,
 //! e.g. instance keys within their resource type: `(type_id, "d1")`.
@@ -24,8 +24,24 @@ pub struct Interner {
     arena: String,
     spans: Vec<(u32, u32)>,
     scopes: Vec<u32>,
-    table: HashTable<u32>,
+    /// Each slot carries what the comparison needs, so a lookup touches the
+    /// table and the key's bytes only: two cache misses, not four.
+    table: HashTable<Slot>,
     hasher: DefaultHashBuilder,
+}
+
+#[derive(Clone, Copy)]
+struct Slot {
+    id: u32,
+    scope: u32,
+    start: u32,
+    len: u32,
+}
+
+impl Slot {
+    fn key<'a>(&self, arena: &'a str) -> &'a str {
+        &arena[self.start as usize..(self.start + self.len) as usize]
+    }
 }
 
 impl Interner {
@@ -55,15 +71,16 @@ impl Interner {
         self.arena.push_str(key);
         self.spans.push((start, key.len() as u32));
         self.scopes.push(scope);
-        let (arena, spans, scopes, hasher) = (&self.arena, &self.spans, &self.scopes, &self.hasher);
+        let slot = Slot {
+            id,
+            scope,
+            start,
+            len: key.len() as u32,
+        };
+        let (arena, hasher) = (&self.arena, &self.hasher);
         let hash = Self::hash(hasher, scope, key);
-        self.table.insert_unique(hash, id, |&other| {
-            Self::hash(
-                hasher,
-                scopes[other as usize],
-                Self::slice(arena, spans, other),
-            )
-        });
+        self.table
+            .insert_unique(hash, slot, |s| Self::hash(hasher, s.scope, s.key(arena)));
         id
     }
 
@@ -74,11 +91,10 @@ impl Interner {
     pub fn get_in(&self, scope: u32, key: &str) -> Option<u32> {
         let hash = Self::hash(&self.hasher, scope, key);
         self.table
-            .find(hash, |&id| {
-                self.scopes[id as usize] == scope
-                    && Self::slice(&self.arena, &self.spans, id) == key
+            .find(hash, |s| {
+                s.scope == scope && s.len as usize == key.len() && s.key(&self.arena) == key
             })
-            .copied()
+            .map(|s| s.id)
     }
 
     pub fn get(&self, key: &str) -> Option<u32> {
@@ -105,14 +121,9 @@ impl Interner {
         self.arena.shrink_to_fit();
         self.spans.shrink_to_fit();
         self.scopes.shrink_to_fit();
-        let (arena, spans, scopes, hasher) = (&self.arena, &self.spans, &self.scopes, &self.hasher);
-        self.table.shrink_to_fit(|&other| {
-            Self::hash(
-                hasher,
-                scopes[other as usize],
-                Self::slice(arena, spans, other),
-            )
-        });
+        let (arena, hasher) = (&self.arena, &self.hasher);
+        self.table
+            .shrink_to_fit(|s| Self::hash(hasher, s.scope, s.key(arena)));
     }
 
     /// Forgets every key from id `len` on.
@@ -123,7 +134,7 @@ impl Interner {
         self.arena.truncate(self.spans[len].0 as usize);
         self.spans.truncate(len);
         self.scopes.truncate(len);
-        self.table.retain(|id| (*id as usize) < len);
+        self.table.retain(|s| (s.id as usize) < len);
     }
 
     /// Heap bytes held, for the snapshot's memory report.
@@ -131,7 +142,7 @@ impl Interner {
         self.arena.capacity()
             + self.spans.capacity() * 8
             + self.scopes.capacity() * 4
-            + self.table.capacity() * 5
+            + self.table.capacity() * (std::mem::size_of::<Slot>() + 1)
     }
 }
 
