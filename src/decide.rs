@@ -16,6 +16,7 @@ use hashbrown::HashSet;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use smallvec::SmallVec;
 
 use crate::abac::{self, Attributes, Entity};
 use crate::model::nullable;
@@ -325,10 +326,11 @@ fn tuples_into(snap: &Snapshot, obj: u32, rel: u32) -> &[(u32, u32)] {
 
 /// The (instance, role) nodes a walk has expanded. Walks for one check are
 /// short (a few levels, a few parents), where a linear scan of a small
-/// vector beats hashing; a long walk moves to a hash set.
+/// inline vector beats hashing and allocates nothing; a long walk moves to
+/// a hash set.
 #[derive(Default)]
 struct Visited {
-    few: Vec<(u32, u32)>,
+    few: SmallVec<[(u32, u32); Visited::FEW]>,
     many: Option<HashSet<(u32, u32)>>,
 }
 
@@ -357,9 +359,12 @@ impl Visited {
 /// Pushes the (instance, type, role) nodes that derive role `r` on `i`
 /// (type `t`): the subjects of tuples into `i` that a derivation rule names.
 /// Rules with `no_direct_roles_on_object` are skipped when `has_direct`.
+/// The work list of a walk: on the stack unless the walk grows wide.
+type WalkStack = SmallVec<[(u32, u32, u32); 16]>;
+
 fn push_derivation_sources(
     snap: &Snapshot,
-    stack: &mut Vec<(u32, u32, u32)>,
+    stack: &mut impl Extend<(u32, u32, u32)>,
     i: u32,
     t: u32,
     r: u32,
@@ -369,11 +374,12 @@ fn push_derivation_sources(
         if d.no_direct && has_direct {
             continue;
         }
-        for &(_, subj) in tuples_into(snap, i, d.relation) {
-            if snap.instances.scope(subj) == d.from_type {
-                stack.push((subj, d.from_type, d.from_role));
-            }
-        }
+        stack.extend(
+            tuples_into(snap, i, d.relation)
+                .iter()
+                .filter(|&&(_, subj)| snap.instances.scope(subj) == d.from_type)
+                .map(|&(_, subj)| (subj, d.from_type, d.from_role)),
+        );
     }
 }
 
@@ -381,7 +387,7 @@ fn push_derivation_sources(
 /// directly or derived (§4). A depth-first search over (instance, role)
 /// nodes; each node is expanded once, so cycles in tuples terminate.
 fn has_role(snap: &Snapshot, u: u32, inst: u32, ty: u32, goal: &BitSet) -> bool {
-    let mut stack: Vec<(u32, u32, u32)> = goal.iter().map(|r| (inst, ty, r)).collect();
+    let mut stack: WalkStack = goal.iter().map(|r| (inst, ty, r)).collect();
     if stack.is_empty() {
         return false;
     }
@@ -963,7 +969,7 @@ pub fn authorized_users(snap: &Snapshot, q: &AuthorizedUsersQuery) -> Authorized
 /// Users with a direct role somewhere on a derivation path into `inst`:
 /// a superset of those holding a `goal` role there, each then checked exactly.
 fn rebac_candidates(snap: &Snapshot, inst: u32, ty: u32, goal: &BitSet) -> BTreeSet<u32> {
-    let mut stack: Vec<(u32, u32, u32)> = goal.iter().map(|r| (inst, ty, r)).collect();
+    let mut stack: WalkStack = goal.iter().map(|r| (inst, ty, r)).collect();
     let mut seen: HashSet<(u32, u32)> = HashSet::new();
     let mut users = BTreeSet::new();
     while let Some((i, t, r)) = stack.pop() {
