@@ -972,6 +972,13 @@ fn agree(d: &Value, queries: &[RawQuery]) -> Result<(), TestCaseError> {
         );
         prop_assert!(e == r, "{}", show("/user-tenants", &ut, &e, &r));
     }
+    // All of them again as one bulk request.
+    let qs: Vec<Value> = queries.iter().map(allowed_query).collect();
+    let bulk = engine.allowed_bulk(&qs);
+    for (q, e) in qs.iter().zip(bulk) {
+        let r = reference::allowed_response(&parsed, q, false)["allow"] == json!(true);
+        prop_assert!(e == r, "{}", show("/allowed/bulk", q, &json!(e), &json!(r)));
+    }
     Ok(())
 }
 

@@ -57,6 +57,16 @@ impl Engine {
             .unwrap_or_else(|| panic!("/allowed body without a boolean allow: {body}"))
     }
 
+    /// The `/allowed/bulk` answers, through `decide::check_all`.
+    pub fn allowed_bulk(&self, qs: &[Value]) -> Vec<bool> {
+        let text = Value::Array(qs.to_vec()).to_string();
+        let parsed: Vec<decide::AllowedQuery> = query(&text);
+        decide::check_all(&self.snap, &parsed)
+            .iter()
+            .map(|d| d.allow)
+            .collect()
+    }
+
     pub fn allowed_tenants(&self, q: &Value) -> Value {
         let text = q.to_string();
         to_json(decide::allowed_tenants(&self.snap, &query(&text)))
