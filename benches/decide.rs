@@ -197,19 +197,6 @@ fn bench_env(c: &mut Criterion, name: &'static str, spec: GenSpec, memory: &mut 
             black_box(allowed)
         })
     });
-    // The same hundred through `check_all`: every lookup first, then every
-    // decision, as `/allowed/bulk` does.
-    let mut i = 0;
-    g.bench_function("check_all_x100", |b| {
-        b.iter(|| {
-            i = (i + 1) % chunks.len();
-            let allowed = decide::check_all(&snap, chunks[i])
-                .iter()
-                .filter(|d| d.allow)
-                .count();
-            black_box(allowed)
-        })
-    });
     // The whole bulk request minus the socket: decode the 100-item body,
     // decide, encode the answer. `via_value` encodes as src/http.rs does
     // today (a `json!` value around the answers); `direct` writes the bytes,

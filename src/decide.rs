@@ -232,21 +232,6 @@ pub fn check(snap: &Snapshot, q: &AllowedQuery) -> Decision {
     check_with(snap, q, tenant, Ids::of(snap, q, tenant))
 }
 
-/// `POST /allowed/bulk`: [`check`] for each query, answers in order. Every
-/// query's keys are looked up first, then every query is decided: lookups
-/// of different queries do not depend on each other, so the CPU overlaps
-/// their cache misses instead of waiting out each in turn.
-pub fn check_all(snap: &Snapshot, qs: &[AllowedQuery]) -> Vec<Decision> {
-    let ids: Vec<Ids> = qs
-        .iter()
-        .map(|q| Ids::of(snap, q, q.resource.tenant.as_deref()))
-        .collect();
-    qs.iter()
-        .zip(ids)
-        .map(|(q, ids)| check_with(snap, q, q.resource.tenant.as_deref(), ids))
-        .collect()
-}
-
 fn deny(reason: Reason) -> Decision {
     Decision {
         allow: false,
@@ -255,8 +240,7 @@ fn deny(reason: Reason) -> Decision {
     }
 }
 
-/// The snapshot ids a check starts from: the lookups that miss the cache on
-/// a large snapshot (user and instance keys), done before any deciding.
+/// The snapshot ids a check starts from, each looked up once.
 #[derive(Debug, Clone, Copy)]
 struct Ids {
     user: Option<u32>,

@@ -470,7 +470,7 @@ impl App {
                         limit: self.settings.max_bulk_items,
                     });
                 }
-                let decisions = decide::check_all(snap, &qs);
+                let decisions: Vec<_> = qs.iter().map(|q| decide::check(snap, q)).collect();
                 let allowed = decisions.iter().filter(|d| d.allow).count() as u64;
                 let resp = if debug {
                     let allow: Vec<_> = decisions.iter().map(|d| d.to_response(true)).collect();
