@@ -228,8 +228,7 @@ impl Decision {
 
 /// `POST /allowed`: RBAC ∪ ReBAC ∪ ABAC (§2).
 pub fn check(snap: &Snapshot, q: &AllowedQuery) -> Decision {
-    let tenant = q.resource.tenant.as_deref();
-    check_with(snap, q, tenant, Ids::of(snap, q, tenant))
+    check_in(snap, q, q.resource.tenant.as_deref())
 }
 
 fn deny(reason: Reason) -> Decision {
@@ -256,11 +255,14 @@ impl Ids {
             user: snap.users.get(&q.user.key),
             tenant: tenant.and_then(|t| snap.tenants.get(t)),
             ty,
-            inst: ty
-                .zip(q.resource.key.as_deref())
-                .and_then(|(t, k)| snap.instance(t, k)),
+            inst: ty.and_then(|t| instance_of(snap, t, q)),
         }
     }
+}
+
+/// The instance a query names on type `ty`, if the snapshot has it.
+fn instance_of(snap: &Snapshot, ty: u32, q: &AllowedQuery) -> Option<u32> {
+    snap.instance(ty, q.resource.key.as_deref()?)
 }
 
 fn check_in(snap: &Snapshot, q: &AllowedQuery, tenant: Option<&str>) -> Decision {
@@ -385,12 +387,12 @@ impl Visited {
     }
 }
 
-/// Pushes the (instance, type, role) nodes that derive role `r` on `i`
-/// (type `t`): the subjects of tuples into `i` that a derivation rule names.
-/// Rules with `no_direct_roles_on_object` are skipped when `has_direct`.
 /// The work list of a walk: on the stack unless the walk grows wide.
 type WalkStack = SmallVec<[(u32, u32, u32); 16]>;
 
+/// Pushes the (instance, type, role) nodes that derive role `r` on `i`
+/// (type `t`): the subjects of tuples into `i` that a derivation rule names.
+/// Rules with `no_direct_roles_on_object` are skipped when `has_direct`.
 fn push_derivation_sources(
     snap: &Snapshot,
     stack: &mut impl Extend<(u32, u32, u32)>,
@@ -869,11 +871,7 @@ fn add_abac_permissions(
                         },
                         context: q.context.clone(),
                     };
-                    let inst = base
-                        .resource
-                        .key
-                        .as_deref()
-                        .and_then(|k| snap.instance(ty, k));
+                    let inst = instance_of(snap, ty, &base);
                     let ctx = AttrCtx::new(snap, &base, user, Some(t), tenant_key, ty, inst);
                     let perm = perm_name(snap, ty, a as u32);
                     match &snap.resource_sets[rs as usize] {
@@ -895,11 +893,7 @@ fn add_abac_permissions(
                                 let mut iq = base.clone();
                                 iq.resource.key = Some(Str(Cow::Borrowed(key)));
                                 // Exactly what /allowed would see on this instance.
-                                let iinst = iq
-                                    .resource
-                                    .key
-                                    .as_deref()
-                                    .and_then(|k| snap.instance(ty, k));
+                                let iinst = instance_of(snap, ty, &iq);
                                 let ictx =
                                     AttrCtx::new(snap, &iq, user, Some(t), tenant_key, ty, iinst);
                                 if user_set_matches(snap, us, &ictx)

@@ -105,6 +105,7 @@ pub struct Counts {
     pub dropped_facts: usize,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct UserInfo {
     pub email: Option<Box<str>>,
     pub first_name: Option<Box<str>>,
@@ -592,12 +593,7 @@ impl Builder {
                 return Err(BuildError::EmptyKey { what: "a user" });
             }
             let id = intern_user(&mut users, &mut user_info, key);
-            user_info[id as usize] = UserInfo {
-                email: u.email,
-                first_name: u.first_name,
-                last_name: u.last_name,
-                attrs: u.attrs,
-            };
+            user_info[id as usize] = u.info;
         }
         for [user, role, tenant] in std::mem::take(&mut doc.user_roles) {
             let Some(id) = users.get(doc.name(user)) else {

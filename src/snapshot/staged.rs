@@ -26,7 +26,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use super::intern::{Interner, NONE};
-use super::Attrs;
+use super::{Attrs, UserInfo};
 use crate::model::{
     ConditionSet, ConditionSetRule, DataDocument, Json, RelationshipTuple, Resource,
     ResourceInstance, Role, RoleAssignment, Tenant, User,
@@ -62,10 +62,7 @@ pub(super) struct StagedTenant {
 #[derive(Serialize, Deserialize)]
 pub(super) struct StagedUser {
     pub key: u32,
-    pub email: Option<Box<str>>,
-    pub first_name: Option<Box<str>>,
-    pub last_name: Option<Box<str>>,
-    pub attrs: Option<Attrs>,
+    pub info: UserInfo,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -162,10 +159,12 @@ impl Staged {
         let attrs = attrs_from(&mut self.attr_names, u.attributes);
         self.users.push(StagedUser {
             key,
-            email: boxed(u.email),
-            first_name: boxed(u.first_name),
-            last_name: boxed(u.last_name),
-            attrs,
+            info: UserInfo {
+                email: boxed(u.email),
+                first_name: boxed(u.first_name),
+                last_name: boxed(u.last_name),
+                attrs,
+            },
         });
     }
 
@@ -497,8 +496,8 @@ mod tests {
         assert_eq!(streamed.users.len(), 1);
         assert_eq!(streamed.user_roles.len(), 2);
         assert_eq!(streamed.user_roles[1][2], NONE);
-        assert_eq!(streamed.users[0].email, None);
-        let attrs = streamed.users[0].attrs.as_ref().unwrap();
+        assert_eq!(streamed.users[0].info.email, None);
+        let attrs = streamed.users[0].info.attrs.as_ref().unwrap();
         let names: Vec<_> = attrs
             .0
             .iter()
@@ -553,7 +552,7 @@ mod tests {
         let (back, used): (Staged, usize) = bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
         assert_eq!(used, bytes.len());
         assert_eq!(back.content_hash(), s.content_hash());
-        let attrs = back.users[0].attrs.as_ref().unwrap();
+        let attrs = back.users[0].info.attrs.as_ref().unwrap();
         assert_eq!(
             attrs.get(back.attr_names.get("a").unwrap()),
             Some(&serde_json::json!([true]))
