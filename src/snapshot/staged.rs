@@ -329,6 +329,40 @@ impl Staged {
         self.attr_names.truncate(mark.attr_names);
     }
 
+    /// Whether every id names a string this document holds: true of
+    /// anything staged here, checked for what is decoded from a backup.
+    pub fn ids_in_range(&self) -> bool {
+        let key = |id: u32| id == NONE || (id as usize) < self.keys.len();
+        let attrs = |a: &Option<Attrs>| {
+            a.as_ref().is_none_or(|a| {
+                a.0.iter()
+                    .all(|(n, _)| (*n as usize) < self.attr_names.len())
+            })
+        };
+        self.tenants.iter().all(|t| key(t.key) && attrs(&t.attrs))
+            && self
+                .users
+                .iter()
+                .all(|u| key(u.key) && attrs(&u.info.attrs))
+            && self.user_roles.iter().flatten().all(|&id| key(id))
+            && self
+                .instances
+                .iter()
+                .all(|i| key(i.key) && key(i.resource) && key(i.tenant) && attrs(&i.attrs))
+            && self.tuples.iter().flatten().all(|&id| key(id))
+            && self.assignments.iter().flatten().all(|&id| key(id))
+    }
+
+    /// Points one fact at a string that does not exist, for tests of what
+    /// reads staged documents.
+    #[cfg(test)]
+    pub(crate) fn break_an_id(&mut self) {
+        let past_end = self.keys.len() as u32;
+        if let Some(a) = self.assignments.first_mut() {
+            a[1] = past_end;
+        }
+    }
+
     /// blake3 over the staged encoding, hex: equal content read in the same
     /// order hashes equal, so an unchanged environment skips a swap.
     pub fn content_hash(&self) -> String {
@@ -551,6 +585,10 @@ mod tests {
         let bytes = bincode::serde::encode_to_vec(&s, cfg).unwrap();
         let (back, used): (Staged, usize) = bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
         assert_eq!(used, bytes.len());
+        assert!(back.ids_in_range());
+        let mut bad = Staged::from_json_str(DOC).unwrap();
+        bad.break_an_id();
+        assert!(!bad.ids_in_range());
         assert_eq!(back.content_hash(), s.content_hash());
         let attrs = back.users[0].info.attrs.as_ref().unwrap();
         assert_eq!(

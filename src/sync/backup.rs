@@ -286,6 +286,11 @@ fn decode(bytes: &[u8]) -> Result<Backup, DecodeError> {
             "data shorter than its length".to_owned(),
         ));
     }
+    if !staged.ids_in_range() {
+        return Err(DecodeError::Corrupt(
+            "a fact names a string the backup does not hold".to_owned(),
+        ));
+    }
     Ok(Backup {
         staged,
         synced_at: SystemTime::UNIX_EPOCH + Duration::from_secs(synced),
@@ -351,6 +356,19 @@ mod tests {
             other.content_hash()
         );
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn an_intact_file_naming_strings_it_lacks_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bad = doc();
+        bad.break_an_id();
+        write_backup(dir.path(), &bad).unwrap();
+        let err = read_backup(dir.path()).unwrap_err();
+        assert!(
+            matches!(&err, BackupError::Corrupt { reason, .. } if reason.contains("does not hold")),
+            "{err}"
+        );
     }
 
     #[test]
