@@ -275,23 +275,6 @@ impl Staged {
         self.assignments.shrink_to_fit();
     }
 
-    /// Items staged so far, over every list.
-    pub fn len(&self) -> usize {
-        self.resources.len()
-            + self.roles.len()
-            + self.condition_sets.len()
-            + self.condition_set_rules.len()
-            + self.tenants.len()
-            + self.users.len()
-            + self.instances.len()
-            + self.tuples.len()
-            + self.assignments.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     pub(crate) fn mark(&self) -> Mark {
         Mark {
             lens: [
