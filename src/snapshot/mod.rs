@@ -28,7 +28,6 @@ use serde_json::{Map, Value};
 use crate::abac::{self, Cond};
 use crate::model::{self, ConditionSetType, DataDocument};
 pub(crate) use intern::{BitSet, Csr, Interner, NONE};
-pub(crate) use staged::Mark;
 pub use staged::Staged;
 
 /// Stored attributes of one object, compact: names interned once per

@@ -23,7 +23,7 @@ use crate::model::{
     ConditionSet, ConditionSetRule, RelationshipTuple, Resource, ResourceInstance, Role,
     RoleAssignment, Tenant, User,
 };
-use crate::snapshot::{Mark, Staged};
+use crate::snapshot::Staged;
 
 /// Read every list the decision model needs, one after the other, staging
 /// each page as it arrives. Lists are read sequentially on purpose: with one
@@ -80,7 +80,8 @@ struct Lister<'a> {
 }
 
 impl Lister<'_> {
-    /// Reads one whole list into `staged`; on a failure nothing of it stays.
+    /// Reads one whole list into `staged`. A failure fails the whole sync,
+    /// and `staged` with it.
     async fn list<T: Listed>(
         &self,
         list: &'static str,
@@ -88,24 +89,11 @@ impl Lister<'_> {
         staged: &mut Staged,
     ) -> Result<(), SyncError> {
         let mark = staged.mark();
-        let result = self.list_into::<T>(list, path, staged, &mark).await;
-        if result.is_err() {
-            staged.rollback(&mark);
-        }
-        result
-    }
-
-    async fn list_into<T: Listed>(
-        &self,
-        list: &'static str,
-        path: String,
-        staged: &mut Staged,
-        mark: &Mark,
-    ) -> Result<(), SyncError> {
-        // An expired cursor restarts the listing once per sync (decision 3).
+        // An expired cursor restarts the listing once per sync (decision 3),
+        // from nothing: what the first attempt staged is undone.
         let mut restarts_left = 1;
         'listing: loop {
-            staged.rollback(mark);
+            staged.rollback(&mark);
             let mut read: u64 = 0;
             let mut seen = Seen::default();
             let mut total: Option<u64> = None;
