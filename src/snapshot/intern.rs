@@ -188,9 +188,10 @@ pub struct Csr<T> {
 
 impl<T: Copy + Ord> Csr<T> {
     /// `pairs` are `(owner, item)`; `owners` is the number of owners.
-    pub fn build(owners: usize, mut pairs: Vec<(u32, T)>) -> Self {
-        pairs.sort_unstable();
-        pairs.dedup();
+    ///
+    /// Owners are dense ids, so the items are placed by counting (linear)
+    /// and only each row is sorted, instead of sorting all the pairs.
+    pub fn build(owners: usize, pairs: Vec<(u32, T)>) -> Self {
         let mut offsets = vec![0u32; owners + 1];
         for &(owner, _) in &pairs {
             offsets[owner as usize + 1] += 1;
@@ -198,7 +199,37 @@ impl<T: Copy + Ord> Csr<T> {
         for i in 0..owners {
             offsets[i + 1] += offsets[i];
         }
-        let items = pairs.into_iter().map(|(_, item)| item).collect();
+        let Some(&(_, fill)) = pairs.first() else {
+            return Csr {
+                offsets,
+                items: Vec::new(),
+            };
+        };
+        let mut items = vec![fill; pairs.len()];
+        let mut next = offsets.clone();
+        for (owner, item) in pairs {
+            let slot = &mut next[owner as usize];
+            items[*slot as usize] = item;
+            *slot += 1;
+        }
+        drop(next);
+        // Sort each row and drop its duplicates, compacting in place.
+        let mut kept = 0usize;
+        for o in 0..owners {
+            let (start, end) = (offsets[o] as usize, offsets[o + 1] as usize);
+            items[start..end].sort_unstable();
+            let row_start = kept;
+            for i in start..end {
+                if kept == row_start || items[kept - 1] != items[i] {
+                    items[kept] = items[i];
+                    kept += 1;
+                }
+            }
+            offsets[o] = row_start as u32;
+        }
+        offsets[owners] = kept as u32;
+        items.truncate(kept);
+        items.shrink_to_fit();
         Csr { offsets, items }
     }
 
@@ -316,6 +347,28 @@ mod tests {
         assert_eq!(csr.row(1), &[] as &[u32]);
         assert_eq!(csr.row(2), &[1, 5]);
         assert_eq!(csr.row(99), &[] as &[u32]);
+        assert_eq!(Csr::<u32>::build(2, Vec::new()).row(1), &[] as &[u32]);
+
+        // Against sets, on scattered owners with many duplicates.
+        let mut x = 7u64;
+        let mut pairs = Vec::new();
+        let mut want = vec![std::collections::BTreeSet::new(); 50];
+        for _ in 0..5_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let (owner, item) = ((x >> 33) as u32 % 40, ((x >> 13) % 30) as u32);
+            pairs.push((owner, item));
+            want[owner as usize].insert(item);
+        }
+        let csr = Csr::build(50, pairs);
+        for (owner, set) in want.iter().enumerate() {
+            assert_eq!(
+                csr.row(owner as u32),
+                set.iter().copied().collect::<Vec<_>>()
+            );
+        }
+        assert_eq!(csr.len(), want.iter().map(|s| s.len()).sum::<usize>());
     }
 
     #[test]
