@@ -17,8 +17,14 @@
 # then prints a summary table. Every loop is bounded; the trap stops what it
 # started.
 #
+# The /allowed comparison alternates the two servers for ROUNDS rounds (the
+# order flips each round) and reports medians: on a shared host one pair of
+# runs can differ by 20% from the next. Beside req/s it reports each server's
+# CPU time per request (user + system, from /proc/PID/stat), a cost that
+# depends less on how the scheduler shares the cores with wrk.
+#
 # Knobs (environment): PRESET (large), SEED (7), DURATION (10s), THREADS (2),
-# CONNS ("16 64"), SWAP_TRIGGER (sync = POST /sync | sighup = kill -HUP),
+# CONNS ("16 64"), ROUNDS (3), SWAP_TRIGGER (sync = POST /sync | sighup = kill -HUP),
 # PDP_BIN (target/release/pdp), LOAD_WORK (target/load), LOAD_PDP_PORT
 # (18766), LOAD_BASELINE_PORT (18767), SKIP_BUILD=1, QUERIES (20000).
 set -euo pipefail
@@ -29,6 +35,7 @@ SEED=${SEED:-7}
 DURATION=${DURATION:-10s}
 THREADS=${THREADS:-2}
 CONNS=${CONNS:-"16 64"}
+ROUNDS=${ROUNDS:-3}
 SWAP_TRIGGER=${SWAP_TRIGGER:-sync}
 PDP_BIN=${PDP_BIN:-target/release/pdp}
 GEN_BIN=${GEN_BIN:-target/release/examples/gen}
@@ -154,11 +161,19 @@ while IFS= read -r body; do
 done < <(head -n 200 "$DATA/allowed.jsonl")
 log "sample of 200 queries: $ALLOWS allow, $DENIES deny, $OTHER other"
 
-# run_wrk NAME URL BODIES CONNS: runs wrk, stores R[NAME.rps|p50|p99|p999|errors].
+# cpu_ticks PID: user + system time of a process so far, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+CLK_TCK=$(getconf CLK_TCK)
+
+# run_wrk NAME URL BODIES CONNS [PID]: runs wrk, stores
+# R[NAME.rps|p50|p99|p999|errors], and with PID the server's CPU time per
+# request in R[NAME.cpu] (microseconds).
 run_wrk() {
-  local name=$1 url=$2 bodies=$3 conns=$4 out line
+  local name=$1 url=$2 bodies=$3 conns=$4 pid=${5:-} out line t0=0 t1=0 n
+  [[ -n "$pid" ]] && t0=$(cpu_ticks "$pid")
   out=$(wrk -t"$THREADS" -c"$conns" -d"$DURATION" --timeout 5s \
     -s benches/load/bodies.lua "$url" -- "$bodies" "$KEY" 2>&1) || true
+  [[ -n "$pid" ]] && t1=$(cpu_ticks "$pid")
   echo "$out" >"$WORK/wrk-$name.txt"
   line=$(grep '^RESULT' <<<"$out" || true)
   if [[ -z "$line" ]]; then
@@ -169,7 +184,20 @@ run_wrk() {
   R[$name.p99]=$(sed -E 's/.* p99_us=([0-9]+).*/\1/' <<<"$line")
   R[$name.p999]=$(sed -E 's/.* p999_us=([0-9]+).*/\1/' <<<"$line")
   R[$name.errors]=$(sed -E 's/.* socket_errors=([0-9]+) non2xx=([0-9]+).*/\1+\2/' <<<"$line")
-  log "$name: ${R[$name.rps]} req/s, p50 ${R[$name.p50]} us, p99 ${R[$name.p99]} us, p99.9 ${R[$name.p999]} us, errors ${R[$name.errors]}"
+  n=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")
+  if [[ -n "$pid" ]]; then
+    R[$name.cpu]=$(awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$n" \
+      'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "" }')
+  fi
+  log "$name: ${R[$name.rps]} req/s, p50 ${R[$name.p50]} us, p99 ${R[$name.p99]} us, p99.9 ${R[$name.p999]} us, errors ${R[$name.errors]}${pid:+, server CPU ${R[$name.cpu]} us/request}"
+}
+
+# median VALUES...: the median of numbers (the mean of the middle two for an
+# even count); empty values are skipped.
+median() {
+  printf '%s\n' "$@" | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END {
+    if (NR == 0) print ""; else if (NR % 2) print v[(NR + 1) / 2];
+    else printf "%.1f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
 # ---- /allowed vs baseline ----------------------------------------------------
@@ -179,13 +207,40 @@ run_wrk warm-pdp "$PDP_URL/allowed" "$DATA/allowed.jsonl" 16
 run_wrk warm-base "$BASE_URL/allowed" "$DATA/allowed.jsonl" 16
 DURATION=$WARM
 for c in $CONNS; do
-  run_wrk "pdp-$c" "$PDP_URL/allowed" "$DATA/allowed.jsonl" "$c"
-  run_wrk "base-$c" "$BASE_URL/allowed" "$DATA/allowed.jsonl" "$c"
+  for ((r = 1; r <= ROUNDS; r++)); do
+    # Alternate who goes first, so a drift in the host's load favours neither.
+    if ((r % 2)); then order="pdp base"; else order="base pdp"; fi
+    for who in $order; do
+      if [[ $who == pdp ]]; then
+        run_wrk "pdp-$c-$r" "$PDP_URL/allowed" "$DATA/allowed.jsonl" "$c" "$PDP_PID"
+      else
+        run_wrk "base-$c-$r" "$BASE_URL/allowed" "$DATA/allowed.jsonl" "$c" "$BASE_PID"
+      fi
+    done
+    R[ratio-$c-$r]=$(awk -v a="${R[pdp-$c-$r.rps]:-0}" -v b="${R[base-$c-$r.rps]:-0}" \
+      'BEGIN { if (a > 0 && b > 0) printf "%.3f", a / b }')
+  done
+  for who in pdp base; do
+    for f in rps p50 p99 p999 cpu; do
+      vals=()
+      for ((r = 1; r <= ROUNDS; r++)); do vals+=("${R[$who-$c-$r.$f]:-}"); done
+      R[$who-$c.$f]=$(median "${vals[@]}")
+    done
+    errs=0
+    for ((r = 1; r <= ROUNDS; r++)); do
+      e=${R[$who-$c-$r.errors]:-0+0}; errs=$((errs + ${e%+*} + ${e#*+}))
+    done
+    R[$who-$c.errors]=$errs
+  done
+  vals=()
+  for ((r = 1; r <= ROUNDS; r++)); do vals+=("${R[ratio-$c-$r]:-}"); done
+  R[ratio-$c]=$(median "${vals[@]}")
+  R[ratio-$c.all]=$(printf '%s\n' "${vals[@]}" | awk 'NF' | sort -g | paste -sd/ -)
 done
 
 # ---- bulk and user-permissions -----------------------------------------------
-run_wrk bulk "$PDP_URL/allowed/bulk" "$DATA/bulk.jsonl" 16
-run_wrk user-perms "$PDP_URL/user-permissions" "$DATA/user_permissions.jsonl" 16
+run_wrk bulk "$PDP_URL/allowed/bulk" "$DATA/bulk.jsonl" 16 "$PDP_PID"
+run_wrk user-perms "$PDP_URL/user-permissions" "$DATA/user_permissions.jsonl" 16 "$PDP_PID"
 
 RSS_KB=$(rss_kb "$PDP_PID" VmRSS)
 log "PDP VmRSS after load: $RSS_KB kB"
@@ -277,18 +332,24 @@ ms() { awk -v u="${1:-}" 'BEGIN { if (u == "") print "n/a"; else printf "%.2f", 
 
 echo
 echo "== load benchmark: preset $PRESET seed $SEED ($ASSIGNMENTS role assignments), wrk -t$THREADS -d$DURATION, $(nproc) cores =="
-printf '%-26s %12s %9s %9s %9s %10s\n' "run" "req/s" "p50 ms" "p99 ms" "p99.9 ms" "errors"
+echo "/allowed: medians of $ROUNDS alternating rounds of $DURATION per server"
+printf '%-26s %12s %9s %9s %9s %10s %14s\n' "run" "req/s" "p50 ms" "p99 ms" "p99.9 ms" "errors" "CPU us/req"
 for c in $CONNS; do
   for who in pdp base; do
     n=$who-$c
-    printf '%-26s %12s %9s %9s %9s %10s\n' "/allowed $who c=$c" "${R[$n.rps]:-n/a}" \
-      "$(ms "${R[$n.p50]:-}")" "$(ms "${R[$n.p99]:-}")" "$(ms "${R[$n.p999]:-}")" "${R[$n.errors]:-n/a}"
+    printf '%-26s %12s %9s %9s %9s %10s %14s\n' "/allowed $who c=$c" "${R[$n.rps]:-n/a}" \
+      "$(ms "${R[$n.p50]:-}")" "$(ms "${R[$n.p99]:-}")" "$(ms "${R[$n.p999]:-}")" "${R[$n.errors]:-n/a}" \
+      "${R[$n.cpu]:-n/a}"
   done
-  printf '%-26s %12s\n' "  ratio pdp/baseline c=$c" "$(ratio "${R[pdp-$c.rps]:-}" "${R[base-$c.rps]:-}")"
+  printf '%-26s %12s   (rounds: %s)\n' "  ratio pdp/baseline c=$c" \
+    "$(awk -v r="${R[ratio-$c]:-}" 'BEGIN { if (r == "") print "n/a"; else printf "%.2f", r }')" "${R[ratio-$c.all]:-n/a}"
+  printf '%-26s %12s\n' "  CPU per request base/pdp" "$(ratio "${R[base-$c.cpu]:-}" "${R[pdp-$c.cpu]:-}")"
 done
+printf '%-26s %12s %9s %9s %9s %10s\n' "run" "req/s" "p50 ms" "p99 ms" "p99.9 ms" "errors"
 printf '%-26s %12s %9s %9s %9s %10s\n' "/allowed/bulk c=16" "${R[bulk.rps]:-n/a}" \
   "$(ms "${R[bulk.p50]:-}")" "$(ms "${R[bulk.p99]:-}")" "$(ms "${R[bulk.p999]:-}")" "${R[bulk.errors]:-n/a}"
-printf '%-26s %12s\n' "  bulk checks/s" "$(awk -v r="${R[bulk.rps]:-0}" 'BEGIN { printf "%.0f", r * 100 }')"
+printf '%-26s %12s   (server CPU %s us per check)\n' "  bulk checks/s" "$(awk -v r="${R[bulk.rps]:-0}" 'BEGIN { printf "%.0f", r * 100 }')" \
+  "$(awk -v c="${R[bulk.cpu]:-}" 'BEGIN { if (c == "") print "n/a"; else printf "%.2f", c / 100 }')"
 printf '%-26s %12s %9s %9s %9s %10s\n' "/user-permissions c=16" "${R[user-perms.rps]:-n/a}" \
   "$(ms "${R[user-perms.p50]:-}")" "$(ms "${R[user-perms.p99]:-}")" "$(ms "${R[user-perms.p999]:-}")" "${R[user-perms.errors]:-n/a}"
 echo
