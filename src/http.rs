@@ -9,6 +9,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -40,6 +41,8 @@ pub struct HttpSettings {
     pub debug: bool,
     pub max_body_bytes: usize,
     pub max_bulk_items: usize,
+    /// A connection with no request in flight that begins none for this
+    /// long is closed (see `idle_watchdog`).
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
     pub max_staleness: Option<Duration>,
@@ -629,6 +632,69 @@ impl App {
     }
 }
 
+/// Requests a connection has begun and finished: its service bumps them,
+/// its [`idle_watchdog`] reads them. Both run in the connection's task, so
+/// the atomics are uncontended.
+#[derive(Default)]
+struct Progress {
+    begun: AtomicU64,
+    finished: AtomicU64,
+}
+
+impl Progress {
+    fn counts(&self) -> (u64, u64) {
+        (
+            self.begun.load(Ordering::Relaxed),
+            self.finished.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// One request in flight; counted finished when dropped, so a request whose
+/// future is dropped (client gone, HTTP/2 stream reset) is finished too.
+struct InFlight(Arc<Progress>);
+
+impl InFlight {
+    fn begin(progress: Arc<Progress>) -> InFlight {
+        progress.begun.fetch_add(1, Ordering::Relaxed);
+        InFlight(progress)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.finished.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Completes once the connection has had no request in flight and begun no
+/// new one for `limit` to 1.5 × `limit`: a client that connects and sends
+/// its request head too slowly (or not at all), or a keep-alive connection
+/// left idle. A request in flight is never cut off. It looks every half
+/// `limit`, so it costs one timer tick per half period, not per request.
+/// A request counts as finished once its answer is built: a client too slow
+/// to read an answer for `limit` is cut off as well.
+async fn idle_watchdog(progress: &Progress, limit: Duration) {
+    let half = limit / 2;
+    let mut last = progress.counts();
+    let mut quiet = 0;
+    loop {
+        tokio::time::sleep(half).await;
+        let now = progress.counts();
+        if now != last || now.0 != now.1 {
+            last = now;
+            quiet = 0;
+            continue;
+        }
+        quiet += 1;
+        // Two quiet looks: the last request ended at least one whole half
+        // period before the first of them.
+        if quiet == 2 {
+            return;
+        }
+    }
+}
+
 async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
@@ -640,14 +706,15 @@ async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
 /// Serves `app` on `listener` until `shutdown` completes, then stops
 /// accepting and lets in-flight requests finish within the grace period.
 pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    // HTTP/1 gets no timer: hyper's own header read timeout arms and drops a
+    // runtime timer (a lock on the timer wheel each way) and adds a read
+    // syscall on every request. Each connection's `idle_watchdog` enforces
+    // the same limit with one timer tick per half period instead.
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(app.settings.header_read_timeout)
-        .keep_alive(true);
+    builder.http1().keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
+    let idle_limit = app.settings.header_read_timeout;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -662,16 +729,29 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let app = app.clone();
-                let service = service_fn(move |req| {
-                    let app = app.clone();
-                    async move { Ok::<_, Infallible>(app.handle(req).await) }
+                let progress = Arc::new(Progress::default());
+                let service = service_fn({
+                    let (app, progress) = (app.clone(), progress.clone());
+                    move |req| {
+                        let app = app.clone();
+                        let in_flight = InFlight::begin(progress.clone());
+                        async move {
+                            let resp = app.handle(req).await;
+                            drop(in_flight);
+                            Ok::<_, Infallible>(resp)
+                        }
+                    }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        debug!(%peer, error = %e, "connection ended with an error");
+                    tokio::select! {
+                        ended = conn => if let Err(e) = ended {
+                            debug!(%peer, error = %e, "connection ended with an error");
+                        },
+                        () = idle_watchdog(&progress, idle_limit) => {
+                            debug!(%peer, limit = ?idle_limit, "closing a connection that sent no complete request in time");
+                        }
                     }
                 });
             }
@@ -704,6 +784,57 @@ mod tests {
             };
             assert_eq!(serde_json::to_vec(&d.to_response(false)).unwrap(), body);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_closed_after_the_limit() {
+        let limit = Duration::from_secs(10);
+        let started = tokio::time::Instant::now();
+        idle_watchdog(&Progress::default(), limit).await;
+        let took = started.elapsed();
+        assert!(took >= limit && took < limit * 3 / 2, "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_flight_is_never_cut_off() {
+        let limit = Duration::from_secs(10);
+        let progress = Arc::new(Progress::default());
+        let in_flight = InFlight::begin(progress.clone());
+        let watchdog = idle_watchdog(&progress, limit);
+        tokio::pin!(watchdog);
+        // A slow request: ten limits long, and the connection stays.
+        let slow = tokio::time::sleep(limit * 10);
+        tokio::select! {
+            () = &mut watchdog => panic!("closed with a request in flight"),
+            () = slow => {}
+        }
+        // Once it is answered, the idle time counts from the answer.
+        drop(in_flight);
+        let answered = tokio::time::Instant::now();
+        watchdog.await;
+        let idle = answered.elapsed();
+        assert!(idle >= limit && idle < limit * 3 / 2, "{idle:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_keep_alive_connection_stays_open() {
+        let limit = Duration::from_secs(10);
+        let progress = Arc::new(Progress::default());
+        let watchdog = idle_watchdog(&progress, limit);
+        tokio::pin!(watchdog);
+        // A request every 0.9 limit for twenty limits.
+        for _ in 0..22 {
+            tokio::select! {
+                () = &mut watchdog => panic!("closed a connection in use"),
+                () = tokio::time::sleep(limit * 9 / 10) => {}
+            }
+            drop(InFlight::begin(progress.clone()));
+        }
+        // Then it falls silent, and is closed.
+        let last = tokio::time::Instant::now();
+        watchdog.await;
+        let idle = last.elapsed();
+        assert!(idle >= limit && idle < limit * 3 / 2, "{idle:?}");
     }
 
     #[test]
