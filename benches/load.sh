@@ -192,12 +192,19 @@ run_wrk() {
   log "$name: ${R[$name.rps]} req/s, p50 ${R[$name.p50]} us, p99 ${R[$name.p99]} us, p99.9 ${R[$name.p999]} us, errors ${R[$name.errors]}${pid:+, server CPU ${R[$name.cpu]} us/request}"
 }
 
+# per_round KEY: R[KEY] of every round, one per line, with @ in KEY standing
+# for the round number (missing values give empty lines).
+per_round() {
+  local r
+  for ((r = 1; r <= ROUNDS; r++)); do printf '%s\n' "${R[${1/@/$r}]:-}"; done
+}
+
 # median VALUES...: the median of numbers (the mean of the middle two for an
 # even count); empty values are skipped.
 median() {
   printf '%s\n' "$@" | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END {
     if (NR == 0) print ""; else if (NR % 2) print v[(NR + 1) / 2];
-    else printf "%.1f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+    else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
 # ---- /allowed vs baseline ----------------------------------------------------
@@ -222,20 +229,14 @@ for c in $CONNS; do
   done
   for who in pdp base; do
     for f in rps p50 p99 p999 cpu; do
-      vals=()
-      for ((r = 1; r <= ROUNDS; r++)); do vals+=("${R[$who-$c-$r.$f]:-}"); done
-      R[$who-$c.$f]=$(median "${vals[@]}")
+      R[$who-$c.$f]=$(median $(per_round "$who-$c-@.$f"))
     done
     errs=0
-    for ((r = 1; r <= ROUNDS; r++)); do
-      e=${R[$who-$c-$r.errors]:-0+0}; errs=$((errs + ${e%+*} + ${e#*+}))
-    done
+    for e in $(per_round "$who-$c-@.errors"); do errs=$((errs + ${e%+*} + ${e#*+})); done
     R[$who-$c.errors]=$errs
   done
-  vals=()
-  for ((r = 1; r <= ROUNDS; r++)); do vals+=("${R[ratio-$c-$r]:-}"); done
-  R[ratio-$c]=$(median "${vals[@]}")
-  R[ratio-$c.all]=$(printf '%s\n' "${vals[@]}" | awk 'NF' | sort -g | paste -sd/ -)
+  R[ratio-$c]=$(median $(per_round "ratio-$c-@"))
+  R[ratio-$c.all]=$(per_round "ratio-$c-@" | awk 'NF' | sort -g | paste -sd/ -)
 done
 
 # ---- bulk and user-permissions -----------------------------------------------

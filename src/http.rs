@@ -633,8 +633,8 @@ impl App {
 }
 
 /// Requests a connection has begun and finished: its service bumps them,
-/// its [`idle_watchdog`] reads them. Both run in the connection's task, so
-/// the atomics are uncontended.
+/// its [`idle_watchdog`] reads them. Over HTTP/1 both run in the
+/// connection's task, so the atomics are uncontended.
 #[derive(Default)]
 struct Progress {
     begun: AtomicU64,
