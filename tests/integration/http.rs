@@ -348,6 +348,18 @@ async fn bad_input_gets_a_clear_4xx() {
     assert_eq!(body["error"], "invalid_json");
     let (st, _) = raw("/allowed", json_ct, Vec::new()).await;
     assert_eq!(st, 400);
+    // A key with a byte that is not UTF-8 (0xff) inside a string.
+    let (st, body) = raw(
+        "/allowed",
+        json_ct,
+        b"{\"user\":\"al\xffice\",\"action\":\"read\",\"resource\":{\"type\":\"document\"}}"
+            .to_vec(),
+    )
+    .await;
+    assert_eq!(st, 400);
+    assert_eq!(body["error"], "invalid_json");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("not UTF-8"), "{body}");
     let (st, _) = raw("/allowed", Some("text/plain"), b"{}".to_vec()).await;
     assert_eq!(st, 415);
     let (st, _) = raw("/allowed", None, b"{}".to_vec()).await;
