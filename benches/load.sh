@@ -8,7 +8,8 @@
 # environment (100k users, 1M role assignments), starts the PDP on it and the
 # baseline (benches/baseline.rs), and measures:
 #   - POST /allowed at 16 and 64 connections: req/s, p50/p99/p99.9, PDP/baseline
-#   - POST /allowed/bulk (100 checks per request): checks/s
+#   - POST /allowed/bulk (100 checks per request): checks/s, and the
+#     baseline on the same bodies (the ceiling)
 #   - POST /user-permissions: req/s
 #   - PDP RSS after load, per role assignment (VmRSS)
 #   - time to ready from the data file, and from a backup (PDP_BACKUP_DIR)
@@ -241,6 +242,8 @@ done
 
 # ---- bulk and user-permissions -----------------------------------------------
 run_wrk bulk "$PDP_URL/allowed/bulk" "$DATA/bulk.jsonl" 16 "$PDP_PID"
+# The ceiling for bulk: bare hyper reading the same 100-check bodies.
+run_wrk bulk-base "$BASE_URL/allowed/bulk" "$DATA/bulk.jsonl" 16 "$BASE_PID"
 run_wrk user-perms "$PDP_URL/user-permissions" "$DATA/user_permissions.jsonl" 16 "$PDP_PID"
 
 RSS_KB=$(rss_kb "$PDP_PID" VmRSS)
@@ -349,8 +352,13 @@ done
 printf '%-26s %12s %9s %9s %9s %10s\n' "run" "req/s" "p50 ms" "p99 ms" "p99.9 ms" "errors"
 printf '%-26s %12s %9s %9s %9s %10s\n' "/allowed/bulk c=16" "${R[bulk.rps]:-n/a}" \
   "$(ms "${R[bulk.p50]:-}")" "$(ms "${R[bulk.p99]:-}")" "$(ms "${R[bulk.p999]:-}")" "${R[bulk.errors]:-n/a}"
-printf '%-26s %12s   (server CPU %s us per check)\n' "  bulk checks/s" "$(awk -v r="${R[bulk.rps]:-0}" 'BEGIN { printf "%.0f", r * 100 }')" \
-  "$(awk -v c="${R[bulk.cpu]:-}" 'BEGIN { if (c == "") print "n/a"; else printf "%.2f", c / 100 }')"
+printf '%-26s %12s %9s %9s %9s %10s\n' "/allowed/bulk base c=16" "${R[bulk-base.rps]:-n/a}" \
+  "$(ms "${R[bulk-base.p50]:-}")" "$(ms "${R[bulk-base.p99]:-}")" "$(ms "${R[bulk-base.p999]:-}")" "${R[bulk-base.errors]:-n/a}"
+per_check() { awk -v c="${1:-}" 'BEGIN { if (c == "") print "n/a"; else printf "%.2f", c / 100 }'; }
+printf '%-26s %12s   (server CPU %s us per check; baseline %s us, ceiling %s checks/s)\n' "  bulk checks/s" \
+  "$(awk -v r="${R[bulk.rps]:-0}" 'BEGIN { printf "%.0f", r * 100 }')" \
+  "$(per_check "${R[bulk.cpu]:-}")" "$(per_check "${R[bulk-base.cpu]:-}")" \
+  "$(awk -v r="${R[bulk-base.rps]:-0}" 'BEGIN { printf "%.0f", r * 100 }')"
 printf '%-26s %12s %9s %9s %9s %10s\n' "/user-permissions c=16" "${R[user-perms.rps]:-n/a}" \
   "$(ms "${R[user-perms.p50]:-}")" "$(ms "${R[user-perms.p99]:-}")" "$(ms "${R[user-perms.p999]:-}")" "${R[user-perms.errors]:-n/a}"
 echo
