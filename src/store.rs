@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use serde::Serialize;
@@ -54,6 +54,19 @@ fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
+/// How long [`Store::swap`] waits for requests to let go of the snapshot it
+/// replaced.
+pub const RETIRE_WAIT: Duration = Duration::from_secs(2);
+
+/// Drops `old` here once no one else holds it, waiting up to `wait`. Nothing
+/// can take a new reference: it is out of the store.
+fn retire(old: Arc<Loaded>, wait: Duration) {
+    let deadline = Instant::now() + wait;
+    while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 impl Store {
     pub fn new() -> Self {
         Self::default()
@@ -70,10 +83,22 @@ impl Store {
         self.current.load()
     }
 
+    /// Swaps `next` in, then frees the snapshot it replaced.
+    ///
+    /// A request that is deciding during the swap still holds the old
+    /// snapshot, and whoever lets go of it last frees it: a million-assignment
+    /// environment takes milliseconds to free, which must not land on a
+    /// request. So the caller (a blocking thread that has just built `next`)
+    /// waits for those requests, which hold it for one decision, and frees
+    /// it itself. A holder that keeps it past [`RETIRE_WAIT`] frees it
+    /// instead.
     pub fn swap(&self, next: Loaded) {
-        self.current.store(Some(Arc::new(next)));
+        let old = self.current.swap(Some(Arc::new(next)));
         self.swaps.fetch_add(1, Ordering::Relaxed);
         self.mark_fresh();
+        if let Some(old) = old {
+            retire(old, RETIRE_WAIT);
+        }
     }
 
     /// Records that the control plane confirmed the serving snapshot is current.
@@ -125,5 +150,45 @@ mod tests {
         assert!(store.freshness_age() >= Duration::from_secs(3599));
         store.mark_fresh();
         assert!(store.freshness_age() < Duration::from_secs(5));
+    }
+
+    fn loaded() -> Loaded {
+        Loaded {
+            snapshot: Snapshot::empty(),
+            meta: SnapshotMeta {
+                source: Source::Embedded,
+                content_hash: String::new(),
+                loaded_at: SystemTime::now(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_swap_frees_the_old_snapshot_itself_once_readers_let_go() {
+        let store = Arc::new(Store::new());
+        store.swap(loaded());
+        let old = Arc::downgrade(store.load().as_ref().expect("loaded"));
+        // A request deciding against the old snapshot while the swap runs.
+        let reader = store.current();
+        let swapper = {
+            let store = store.clone();
+            std::thread::spawn(move || store.swap(loaded()))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!swapper.is_finished(), "the swap waits for the reader");
+        assert!(old.upgrade().is_some());
+        drop(reader);
+        swapper.join().expect("swap");
+        assert!(old.upgrade().is_none(), "freed by the swap, not the reader");
+        assert_eq!(store.swaps(), 2);
+    }
+
+    #[test]
+    fn a_holder_past_the_wait_frees_it_instead() {
+        let kept = Arc::new(loaded());
+        let started = Instant::now();
+        retire(kept.clone(), Duration::from_millis(20));
+        assert!(started.elapsed() >= Duration::from_millis(20));
+        assert_eq!(Arc::strong_count(&kept), 1, "the holder has the last one");
     }
 }
