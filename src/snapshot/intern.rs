@@ -49,6 +49,16 @@ impl Interner {
         Self::default()
     }
 
+    /// Room for `keys` keys without regrowing the table.
+    pub fn with_capacity(keys: usize) -> Self {
+        Interner {
+            spans: Vec::with_capacity(keys),
+            scopes: Vec::with_capacity(keys),
+            table: HashTable::with_capacity(keys),
+            ..Self::default()
+        }
+    }
+
     fn hash(hasher: &DefaultHashBuilder, scope: u32, key: &str) -> u64 {
         let mut h = hasher.build_hasher();
         scope.hash(&mut h);
@@ -163,7 +173,11 @@ impl<'de> Deserialize<'de> for Interner {
                 f.write_str("a list of (scope, key)")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Interner, A::Error> {
-                let mut interner = Interner::new();
+                // The count is known up front (bincode writes it): sizing
+                // the table once saves rehashing it a dozen times as it
+                // grows. Capped, so a bad count cannot reserve much.
+                let keys = seq.size_hint().unwrap_or(0).min(1 << 20);
+                let mut interner = Interner::with_capacity(keys);
                 while let Some((scope, key)) = seq.next_element::<(u32, Cow<'de, str>)>()? {
                     let expected = interner.len() as u32;
                     if interner.intern_in(scope, &key) != expected {
