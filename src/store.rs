@@ -56,7 +56,7 @@ fn now_ms() -> u64 {
 
 /// How long [`Store::swap`] waits for requests to let go of the snapshot it
 /// replaced.
-pub const RETIRE_WAIT: Duration = Duration::from_secs(2);
+const RETIRE_WAIT: Duration = Duration::from_secs(2);
 
 /// Drops `old` here once no one else holds it, waiting up to `wait`. Nothing
 /// can take a new reference: it is out of the store.
@@ -90,7 +90,7 @@ impl Store {
     /// environment takes milliseconds to free, which must not land on a
     /// request. So the caller (a blocking thread that has just built `next`)
     /// waits for those requests, which hold it for one decision, and frees
-    /// it itself. A holder that keeps it past [`RETIRE_WAIT`] frees it
+    /// it itself. A holder that keeps it past two seconds frees it
     /// instead.
     pub fn swap(&self, next: Loaded) {
         let old = self.current.swap(Some(Arc::new(next)));

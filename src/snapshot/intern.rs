@@ -174,7 +174,7 @@ impl<'de> Deserialize<'de> for Interner {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Interner, A::Error> {
                 // The count is known up front (bincode writes it): sizing
-                // the table once saves rehashing it a dozen times as it
+                // the table once saves a rehash at every doubling as it
                 // grows. Capped, so a bad count cannot reserve much.
                 let keys = seq.size_hint().unwrap_or(0).min(1 << 20);
                 let mut interner = Interner::with_capacity(keys);
