@@ -341,6 +341,9 @@ fi
 # ---- summary -----------------------------------------------------------------
 ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 ms() { awk -v u="${1:-}" 'BEGIN { if (u == "") print "n/a"; else printf "%.2f", u / 1000 }'; }
+# bulk requests carry 100 checks each
+checks() { awk -v r="${1:-0}" 'BEGIN { printf "%.0f", r * 100 }'; }
+per_check() { awk -v c="${1:-}" 'BEGIN { if (c == "") print "n/a"; else printf "%.2f", c / 100 }'; }
 
 echo
 echo "== load benchmark: preset $PRESET seed $SEED ($ASSIGNMENTS role assignments), wrk -t$THREADS -d$DURATION, $(nproc) cores =="
@@ -362,11 +365,9 @@ printf '%-26s %12s %9s %9s %9s %10s\n' "/allowed/bulk c=16" "${R[bulk.rps]:-n/a}
   "$(ms "${R[bulk.p50]:-}")" "$(ms "${R[bulk.p99]:-}")" "$(ms "${R[bulk.p999]:-}")" "${R[bulk.errors]:-n/a}"
 printf '%-26s %12s %9s %9s %9s %10s\n' "/allowed/bulk base c=16" "${R[bulk-base.rps]:-n/a}" \
   "$(ms "${R[bulk-base.p50]:-}")" "$(ms "${R[bulk-base.p99]:-}")" "$(ms "${R[bulk-base.p999]:-}")" "${R[bulk-base.errors]:-n/a}"
-per_check() { awk -v c="${1:-}" 'BEGIN { if (c == "") print "n/a"; else printf "%.2f", c / 100 }'; }
 printf '%-26s %12s   (server CPU %s us per check; baseline %s us, ceiling %s checks/s)\n' "  bulk checks/s" \
-  "$(awk -v r="${R[bulk.rps]:-0}" 'BEGIN { printf "%.0f", r * 100 }')" \
-  "$(per_check "${R[bulk.cpu]:-}")" "$(per_check "${R[bulk-base.cpu]:-}")" \
-  "$(awk -v r="${R[bulk-base.rps]:-0}" 'BEGIN { printf "%.0f", r * 100 }')"
+  "$(checks "${R[bulk.rps]:-}")" "$(per_check "${R[bulk.cpu]:-}")" "$(per_check "${R[bulk-base.cpu]:-}")" \
+  "$(checks "${R[bulk-base.rps]:-}")"
 printf '%-26s %12s %9s %9s %9s %10s\n' "/user-permissions c=16" "${R[user-perms.rps]:-n/a}" \
   "$(ms "${R[user-perms.p50]:-}")" "$(ms "${R[user-perms.p99]:-}")" "$(ms "${R[user-perms.p999]:-}")" "${R[user-perms.errors]:-n/a}"
 echo

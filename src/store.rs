@@ -136,14 +136,7 @@ mod tests {
     fn freshness_follows_swaps_and_confirmations() {
         let store = Store::new();
         assert!(store.current().is_none());
-        store.swap(Loaded {
-            snapshot: Snapshot::empty(),
-            meta: SnapshotMeta {
-                source: Source::Embedded,
-                content_hash: String::new(),
-                loaded_at: SystemTime::now(),
-            },
-        });
+        store.swap(loaded());
         assert!(store.freshness_age() < Duration::from_secs(5));
         assert_eq!(store.swaps(), 1);
         store.mark_fresh_at(SystemTime::now() - Duration::from_secs(3600));
