@@ -1,8 +1,10 @@
 //! Criterion benchmarks of the engine on generated environments (`pdp::gen`):
-//! `decide::check` for RBAC, ReBAC depth 1/2/3, ABAC and a bulk of 100, the
+//! `decide::check` for RBAC, ReBAC depth 1/2/3, ABAC and a bulk of 100 (one
+//! at a time, and as the server decides it with `decide::check_bulk`), the
 //! same RBAC queries parsed from their JSON bodies, staging a document from
 //! its JSON text, snapshot build (from a parsed document, and from a staged
-//! one alone), and backup (the staged document in bincode) encode/decode. Beside the checks, a naive floor measured in the same run:
+//! one alone), and backup (the staged document in bincode) encode/decode.
+//! Beside the checks, a naive floor measured in the same run:
 //! `HashMap<(user, tenant), Vec<role>>` plus a `HashSet<(type, action)>` probe
 //! per role, the least work an RBAC answer takes.
 //!
@@ -199,6 +201,19 @@ fn bench_env(c: &mut Criterion, name: &'static str, spec: GenSpec, memory: &mut 
             black_box(allowed)
         })
     });
+    // The same checks as the server decides a bulk: ids and first rows for
+    // all hundred, then the decisions (`decide::check_bulk`).
+    let mut i = 0;
+    g.bench_function("check_bulk", |b| {
+        b.iter(|| {
+            i = (i + 1) % chunks.len();
+            let allowed = decide::check_bulk(&snap, chunks[i])
+                .iter()
+                .filter(|d| d.allow)
+                .count();
+            black_box(allowed)
+        })
+    });
     // The whole bulk request minus the socket: decode the 100-item body (as
     // the server does, `http::decode`), decide, encode the answer.
     // `direct` writes the bytes as src/http.rs does; `via_value` builds a
@@ -213,9 +228,9 @@ fn bench_env(c: &mut Criterion, name: &'static str, spec: GenSpec, memory: &mut 
         b.iter(|| {
             i = (i + 1) % bulk_bodies.len();
             let qs: Vec<AllowedQuery> = http::decode(bulk_bodies[i].as_bytes()).expect("parses");
-            let answers: Vec<_> = qs
+            let answers: Vec<_> = decide::check_bulk(&snap, &qs)
                 .iter()
-                .map(|q| decide::check(&snap, q).to_response(false))
+                .map(|d| d.to_response(false))
                 .collect();
             black_box(
                 serde_json::to_vec(&serde_json::json!({ "allow": answers })).expect("encodes"),
@@ -229,11 +244,11 @@ fn bench_env(c: &mut Criterion, name: &'static str, spec: GenSpec, memory: &mut 
             let qs: Vec<AllowedQuery> = http::decode(bulk_bodies[i].as_bytes()).expect("parses");
             let mut out = Vec::with_capacity(16 + qs.len() * 30);
             out.extend_from_slice(b"{\"allow\":[");
-            for (n, q) in qs.iter().enumerate() {
+            for (n, d) in decide::check_bulk(&snap, &qs).iter().enumerate() {
                 if n > 0 {
                     out.push(b',');
                 }
-                out.extend_from_slice(if decide::check(&snap, q).allow {
+                out.extend_from_slice(if d.allow {
                     br#"{"allow":true,"result":true}"#
                 } else {
                     br#"{"allow":false,"result":false}"#

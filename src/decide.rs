@@ -231,6 +231,30 @@ pub fn check(snap: &Snapshot, q: &AllowedQuery) -> Decision {
     check_in(snap, q, q.resource.tenant.as_deref())
 }
 
+/// `POST /allowed/bulk`: `check` on each query, in two passes so that the
+/// cache misses of neighbouring checks overlap.
+///
+/// Deciding one check at a time, the CPU waits on each check's misses in
+/// turn: its interner lookups, then the rows they lead to. Here the first
+/// pass looks up every query's ids and reads the first entry of each row its
+/// decision starts from; those reads are independent of one another, so many
+/// are in flight at once, and the second pass decides from rows in cache. On
+/// the load benchmark's bulk bodies over `large` (1M assignments), a tight
+/// loop took 0.77-0.84 times as long per check (~1.4 µs instead of ~1.7).
+pub fn check_bulk(snap: &Snapshot, qs: &[AllowedQuery]) -> Vec<Decision> {
+    let ids: Vec<Ids> = qs
+        .iter()
+        .map(|q| Ids::of(snap, q, q.resource.tenant.as_deref()))
+        .collect();
+    let first = ids.iter().fold(0, |acc, i| acc ^ i.first_rows(snap));
+    // The reads are the point; keep them from being optimised away.
+    std::hint::black_box(first);
+    qs.iter()
+        .zip(ids)
+        .map(|(q, ids)| check_with(snap, q, q.resource.tenant.as_deref(), ids))
+        .collect()
+}
+
 fn deny(reason: Reason) -> Decision {
     Decision {
         allow: false,
@@ -257,6 +281,21 @@ impl Ids {
             ty,
             inst: ty.and_then(|t| instance_of(snap, t, q)),
         }
+    }
+
+    /// Reads the first entry of each row a decision starts from: the user's
+    /// tenant roles and instance roles, and the instance's incoming tuples.
+    /// The value means nothing; the reads bring the rows into cache.
+    fn first_rows(&self, snap: &Snapshot) -> u32 {
+        let first = |row: &[(u32, u32)]| row.first().map_or(0, |&(a, _)| a);
+        let mut x = 0;
+        if let Some(u) = self.user {
+            x ^= first(snap.user_roles.row(u)) ^ first(snap.user_inst_roles.row(u));
+        }
+        if let Some(inst) = self.inst {
+            x ^= first(snap.tuples_in.row(inst));
+        }
+        x
     }
 }
 
@@ -1296,6 +1335,31 @@ mod tests {
             au["users"]["alice"],
             json!([{"user": "alice", "tenant": "acme", "resource": "__tenant:acme", "role": "admin"}])
         );
+    }
+
+    #[test]
+    fn bulk_checks_answer_as_single_checks() {
+        use crate::gen::{generate, GenSpec, QueryMix};
+        let spec = GenSpec::small();
+        let doc = generate(&spec);
+        let snap = Snapshot::build(&doc).unwrap();
+        let mut bodies: Vec<String> = QueryMix::new(&doc, spec.seed)
+            .mixed(1_000)
+            .iter()
+            .map(|q| q.to_json().to_string())
+            .collect();
+        // Names the snapshot does not have, between known ones.
+        bodies.insert(
+            3,
+            json!({"user": "nobody", "action": "read", "resource": {"type": "document", "key": "nothing", "tenant": "tenant-1"}}).to_string(),
+        );
+        bodies.insert(7, json!({"user": "user-1", "action": "read", "resource": {"type": "nothing", "tenant": "tenant-1"}}).to_string());
+        let text = format!("[{}]", bodies.join(","));
+        let qs: Vec<AllowedQuery> = serde_json::from_str(&text).unwrap();
+        let single: Vec<Decision> = qs.iter().map(|q| check(&snap, q)).collect();
+        assert_eq!(check_bulk(&snap, &qs), single);
+        let allowed = single.iter().filter(|d| d.allow).count();
+        assert!(allowed > 0 && allowed < single.len(), "{allowed} allowed");
     }
 }
 

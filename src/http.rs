@@ -481,7 +481,7 @@ impl App {
                         limit: self.settings.max_bulk_items,
                     });
                 }
-                let decisions: Vec<_> = qs.iter().map(|q| decide::check(snap, q)).collect();
+                let decisions = decide::check_bulk(snap, &qs);
                 let allowed = decisions.iter().filter(|d| d.allow).count() as u64;
                 let resp = if debug {
                     let allow: Vec<_> = decisions.iter().map(|d| d.to_response(true)).collect();

@@ -62,9 +62,9 @@ impl Engine {
     pub fn allowed_bulk(&self, qs: &[Value]) -> Vec<bool> {
         let text = Value::Array(qs.to_vec()).to_string();
         let parsed: Vec<decide::AllowedQuery> = query(&text);
-        parsed
+        decide::check_bulk(&self.snap, &parsed)
             .iter()
-            .map(|q| decide::check(&self.snap, q).allow)
+            .map(|d| d.allow)
             .collect()
     }
 
