@@ -99,7 +99,17 @@ impl Interner {
     }
 
     pub fn get_in(&self, scope: u32, key: &str) -> Option<u32> {
-        let hash = Self::hash(&self.hasher, scope, key);
+        self.get_hashed(self.hash_in(scope, key), scope, key)
+    }
+
+    /// The hash `get_hashed` takes: computing the hashes of many keys first
+    /// lets their table probes run back to back.
+    pub fn hash_in(&self, scope: u32, key: &str) -> u64 {
+        Self::hash(&self.hasher, scope, key)
+    }
+
+    /// `get_in`, with `hash` from this interner's `hash_in(scope, key)`.
+    pub fn get_hashed(&self, hash: u64, scope: u32, key: &str) -> Option<u32> {
         self.table
             .find(hash, |s| {
                 s.scope == scope && s.len as usize == key.len() && s.key(&self.arena) == key

@@ -37,6 +37,12 @@ pub use staged::Staged;
 pub(crate) struct Attrs(Box<[(u32, Value)]>);
 
 impl Attrs {
+    /// The first entry's name id, or 0: a read that brings the entries
+    /// into cache (see `decide::check_bulk`).
+    pub(crate) fn first_name(attrs: Option<&Attrs>) -> u32 {
+        attrs.and_then(|a| a.0.first()).map_or(0, |e| e.0)
+    }
+
     fn get(&self, name: u32) -> Option<&Value> {
         self.0
             .binary_search_by_key(&name, |(n, _)| *n)
