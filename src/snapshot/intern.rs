@@ -215,21 +215,29 @@ impl<T: Copy + Ord> Csr<T> {
     ///
     /// Owners are dense ids, so the items are placed by counting (linear)
     /// and only each row is sorted, instead of sorting all the pairs.
-    pub fn build(owners: usize, pairs: Vec<(u32, T)>) -> Self {
+    /// `pairs` is read twice (count, then place) rather than collected: the
+    /// builder makes two indexes from one list of facts, each a view of it,
+    /// and a collected copy per index was the snapshot build's peak.
+    pub fn build<I>(owners: usize, pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (u32, T)>,
+        I::IntoIter: Clone,
+    {
+        let pairs = pairs.into_iter();
         let mut offsets = vec![0u32; owners + 1];
-        for &(owner, _) in &pairs {
+        for (owner, _) in pairs.clone() {
             offsets[owner as usize + 1] += 1;
         }
         for i in 0..owners {
             offsets[i + 1] += offsets[i];
         }
-        let Some(&(_, fill)) = pairs.first() else {
+        let Some((_, fill)) = pairs.clone().next() else {
             return Csr {
                 offsets,
                 items: Vec::new(),
             };
         };
-        let mut items = vec![fill; pairs.len()];
+        let mut items = vec![fill; offsets[owners] as usize];
         let mut next = offsets.clone();
         for (owner, item) in pairs {
             let slot = &mut next[owner as usize];

@@ -17,6 +17,7 @@
 //! are dropped and counted in [`Counts::dropped_facts`]: the control plane can
 //! be caught between pages, and one stale fact must not freeze the PDP.
 
+mod chunked;
 mod intern;
 mod staged;
 
@@ -659,7 +660,12 @@ impl Builder {
                 _ => self.dropped += 1,
             }
         }
-        let mut inst_pairs: Vec<(u32, (u32, u32))> = Vec::new();
+        // Sized exactly (an upper bound: some facts may be dropped): grown
+        // by doubling, they would briefly hold two buffers each while the
+        // assignments they come from are still being read.
+        let inst_facts = doc.assignments.iter().filter(|a| a[3] != NONE).count();
+        tenant_pairs.reserve_exact(doc.assignments.len() - inst_facts);
+        let mut inst_pairs: Vec<(u32, (u32, u32))> = Vec::with_capacity(inst_facts);
         for [user, role, tenant, inst] in std::mem::take(&mut doc.assignments) {
             if user == NONE {
                 self.dropped += 1;
@@ -693,33 +699,26 @@ impl Builder {
         drop(std::mem::take(&mut doc.keys));
 
         let n_users = users.len();
+        // Each list of pairs indexes both ways, then is dropped.
         let type_instances = Csr::build(
             types.len(),
-            (0..instances.len() as u32)
-                .map(|i| (instances.scope(i), i))
-                .collect(),
+            (0..instances.len() as u32).map(|i| (instances.scope(i), i)),
         );
         let tenant_users = Csr::build(
             tenants.len(),
-            tenant_pairs
-                .iter()
-                .map(|&(u, (t, r))| (t, (u, r)))
-                .collect(),
+            tenant_pairs.iter().map(|&(u, (t, r))| (t, (u, r))),
         );
-        let user_roles = Csr::build(n_users, tenant_pairs);
+        let user_roles = Csr::build(n_users, tenant_pairs.iter().copied());
+        drop(tenant_pairs);
         let inst_users = Csr::build(
             instances.len(),
-            inst_pairs.iter().map(|&(u, (i, r))| (i, (u, r))).collect(),
+            inst_pairs.iter().map(|&(u, (i, r))| (i, (u, r))),
         );
-        let user_inst_roles = Csr::build(n_users, inst_pairs);
-        let tuples_in = Csr::build(
-            instances.len(),
-            tuples.iter().map(|&(s, r, o)| (o, (r, s))).collect(),
-        );
-        let tuples_out = Csr::build(
-            instances.len(),
-            tuples.into_iter().map(|(s, r, o)| (s, (r, o))).collect(),
-        );
+        let user_inst_roles = Csr::build(n_users, inst_pairs.iter().copied());
+        drop(inst_pairs);
+        let tuples_in = Csr::build(instances.len(), tuples.iter().map(|&(s, r, o)| (o, (r, s))));
+        let tuples_out = Csr::build(instances.len(), tuples.iter().map(|&(s, r, o)| (s, (r, o))));
+        drop(tuples);
 
         let mut emails = HashMap::new();
         for (id, info) in user_info.iter().enumerate() {

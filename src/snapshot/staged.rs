@@ -25,6 +25,7 @@ use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
+use super::chunked::Chunked;
 use super::intern::{Interner, NONE};
 use super::{Attrs, UserInfo};
 use crate::model::{
@@ -42,15 +43,15 @@ pub struct Staged {
     pub(super) keys: Interner,
     /// Attribute names, moved into the snapshot as they are.
     pub(super) attr_names: Interner,
-    pub(super) tenants: Vec<StagedTenant>,
-    pub(super) users: Vec<StagedUser>,
+    pub(super) tenants: Chunked<StagedTenant>,
+    pub(super) users: Chunked<StagedUser>,
     /// A user's own tenant roles: (user, role, tenant).
-    pub(super) user_roles: Vec<[u32; 3]>,
-    pub(super) instances: Vec<StagedInstance>,
+    pub(super) user_roles: Chunked<[u32; 3]>,
+    pub(super) instances: Chunked<StagedInstance>,
     /// (subject `"type:key"`, relation, object `"type:key"`).
-    pub(super) tuples: Vec<[u32; 3]>,
+    pub(super) tuples: Chunked<[u32; 3]>,
     /// (user, role, tenant, resource instance `"type:key"`).
-    pub(super) assignments: Vec<[u32; 4]>,
+    pub(super) assignments: Chunked<[u32; 4]>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -200,23 +201,6 @@ impl Staged {
         self.tuples.push(fact);
     }
 
-    /// Room for `n` more items of a fact list, when its size is known.
-    pub fn reserve_assignments(&mut self, n: usize) {
-        self.assignments.reserve_exact(n);
-    }
-
-    pub fn reserve_users(&mut self, n: usize) {
-        self.users.reserve_exact(n);
-    }
-
-    pub fn reserve_instances(&mut self, n: usize) {
-        self.instances.reserve_exact(n);
-    }
-
-    pub fn reserve_tuples(&mut self, n: usize) {
-        self.tuples.reserve_exact(n);
-    }
-
     /// A whole document, item by item (cloned: the document is borrowed).
     pub fn from_document(doc: &DataDocument) -> Staged {
         let mut s = Staged::new();
@@ -341,7 +325,7 @@ impl Staged {
     #[cfg(test)]
     pub(crate) fn break_an_id(&mut self) {
         let past_end = self.keys.len() as u32;
-        if let Some(a) = self.assignments.first_mut() {
+        if let Some(a) = self.assignments.get_mut(0) {
             a[1] = past_end;
         }
     }
@@ -512,16 +496,17 @@ mod tests {
         assert_eq!(streamed.content_hash(), staged.content_hash());
         assert_eq!(streamed.users.len(), 1);
         assert_eq!(streamed.user_roles.len(), 2);
-        assert_eq!(streamed.user_roles[1][2], NONE);
-        assert_eq!(streamed.users[0].info.email, None);
-        let attrs = streamed.users[0].info.attrs.as_ref().unwrap();
+        assert_eq!(streamed.user_roles.iter().nth(1).unwrap()[2], NONE);
+        let user = streamed.users.iter().next().unwrap();
+        assert_eq!(user.info.email, None);
+        let attrs = user.info.attrs.as_ref().unwrap();
         let names: Vec<_> = attrs
             .0
             .iter()
             .map(|(n, _)| streamed.attr_names.name(*n))
             .collect();
         assert_eq!(names, ["a", "b"], "sorted by interned id");
-        let [ra_user, _, _, inst] = streamed.assignments[0];
+        let [ra_user, _, _, inst] = *streamed.assignments.iter().next().unwrap();
         assert_eq!((streamed.name(ra_user), inst), ("u1", NONE));
     }
 
@@ -573,7 +558,8 @@ mod tests {
         bad.break_an_id();
         assert!(!bad.ids_in_range());
         assert_eq!(back.content_hash(), s.content_hash());
-        let attrs = back.users[0].info.attrs.as_ref().unwrap();
+        let user = back.users.iter().next().unwrap();
+        let attrs = user.info.attrs.as_ref().unwrap();
         assert_eq!(
             attrs.get(back.attr_names.get("a").unwrap()),
             Some(&serde_json::json!([true]))

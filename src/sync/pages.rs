@@ -138,14 +138,7 @@ impl Lister<'_> {
                             )))
                         }
                         Some(_) => {}
-                        None => {
-                            total = Some(t);
-                            // A million assignments grown by doubling would
-                            // briefly hold two buffers and end up to 2x
-                            // oversized; the total says the size upfront.
-                            let cap = usize::try_from(t).unwrap_or(0).min(10_000_000);
-                            T::reserve(staged, cap);
-                        }
+                        None => total = Some(t),
                     }
                 }
                 let n = body.data.len();
@@ -212,8 +205,6 @@ impl Seen {
 trait Listed: DeserializeOwned {
     fn identity(&self) -> impl Hash + Debug + '_;
     fn stage(self, staged: &mut Staged);
-    /// Room for `n` items, when the list says its size upfront.
-    fn reserve(_staged: &mut Staged, _n: usize) {}
 }
 
 impl Listed for Resource {
@@ -247,9 +238,6 @@ impl Listed for User {
     fn stage(self, staged: &mut Staged) {
         staged.push_user(self);
     }
-    fn reserve(staged: &mut Staged, n: usize) {
-        staged.reserve_users(n);
-    }
 }
 impl Listed for Tenant {
     fn identity(&self) -> impl Hash + Debug + '_ {
@@ -271,9 +259,6 @@ impl Listed for RoleAssignment {
     fn stage(self, staged: &mut Staged) {
         staged.push_assignment(self);
     }
-    fn reserve(staged: &mut Staged, n: usize) {
-        staged.reserve_assignments(n);
-    }
 }
 impl Listed for ResourceInstance {
     fn identity(&self) -> impl Hash + Debug + '_ {
@@ -282,9 +267,6 @@ impl Listed for ResourceInstance {
     fn stage(self, staged: &mut Staged) {
         staged.push_instance(self);
     }
-    fn reserve(staged: &mut Staged, n: usize) {
-        staged.reserve_instances(n);
-    }
 }
 impl Listed for RelationshipTuple {
     fn identity(&self) -> impl Hash + Debug + '_ {
@@ -292,9 +274,6 @@ impl Listed for RelationshipTuple {
     }
     fn stage(self, staged: &mut Staged) {
         staged.push_tuple(self);
-    }
-    fn reserve(staged: &mut Staged, n: usize) {
-        staged.reserve_tuples(n);
     }
 }
 impl Listed for ConditionSetRule {
