@@ -556,7 +556,10 @@ impl Builder {
         }
 
         // Tenants and users. Each fact list is taken out of the staged
-        // document and dropped once indexed.
+        // document and dropped once indexed. The staged strings are only
+        // read by id from here, so their lookup table goes first (8.5 MB
+        // at 1M assignments, the build's peak otherwise).
+        doc.keys.drop_lookups();
         let mut attr_names = std::mem::take(&mut doc.attr_names);
         let mut tenants = Interner::new();
         let mut tenant_attrs = Vec::new();
@@ -926,5 +929,26 @@ impl Builder {
             }
         }
         Ok((user_sets, resource_sets, by_key.len(), n_rules))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_are_found_by_email_first_one_wins() {
+        let doc = r#"{"users": [
+            {"key": "u1", "email": "a@x.test"},
+            {"key": "u2", "email": "a@x.test"},
+            {"key": "u3", "email": "b@x.test"},
+            {"key": "u4", "email": ""},
+            {"key": "u5"}
+        ]}"#;
+        let snap = Snapshot::from_staged(Staged::from_json_str(doc).unwrap()).unwrap();
+        assert_eq!(snap.user_by_email("a@x.test"), Some("u1"));
+        assert_eq!(snap.user_by_email("b@x.test"), Some("u3"));
+        assert_eq!(snap.user_by_email("c@x.test"), None);
+        assert_eq!(snap.user_by_email(""), None);
     }
 }
