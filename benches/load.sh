@@ -18,9 +18,11 @@
 # then prints a summary table. Every loop is bounded; the trap stops what it
 # started.
 #
-# The /allowed comparison alternates the two servers for ROUNDS rounds (the
-# order flips each round) and reports medians: on a shared host one pair of
-# runs can differ by 20% from the next. Beside req/s it reports each server's
+# The /allowed and bulk comparisons alternate the two servers for ROUNDS
+# rounds (the order flips each round), and the swap comparison alternates
+# runs with and without swaps the same way; each reports medians and every
+# round's ratio: on a shared host one pair of runs can differ by 20% from
+# the next. Beside req/s it reports each server's
 # CPU time per request (user + system, from /proc/PID/stat), a cost that
 # depends less on how the scheduler shares the cores with wrk.
 #
@@ -210,6 +212,38 @@ median() {
     else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
+# rounds KEY PATH BODIES CONNS: ROUNDS pairs of runs of the PDP and the
+# baseline on the same bodies, flipping which goes first each round, so a
+# drift in the host's load favours neither. Stores each round as
+# pdp-KEY-N / base-KEY-N, their medians as pdp-KEY / base-KEY, and the
+# PDP/baseline ratio of req/s as ratio-KEY-N, its median ratio-KEY and all of
+# them, sorted, ratio-KEY.all.
+rounds() {
+  local key=$1 path=$2 bodies=$3 c=$4 r who order f e errs
+  for ((r = 1; r <= ROUNDS; r++)); do
+    if ((r % 2)); then order="pdp base"; else order="base pdp"; fi
+    for who in $order; do
+      if [[ $who == pdp ]]; then
+        run_wrk "pdp-$key-$r" "$PDP_URL$path" "$bodies" "$c" "$PDP_PID"
+      else
+        run_wrk "base-$key-$r" "$BASE_URL$path" "$bodies" "$c" "$BASE_PID"
+      fi
+    done
+    R[ratio-$key-$r]=$(awk -v a="${R[pdp-$key-$r.rps]:-0}" -v b="${R[base-$key-$r.rps]:-0}" \
+      'BEGIN { if (a > 0 && b > 0) printf "%.3f", a / b }')
+  done
+  for who in pdp base; do
+    for f in rps p50 p99 p999 cpu; do
+      R[$who-$key.$f]=$(median $(per_round "$who-$key-@.$f"))
+    done
+    errs=0
+    for e in $(per_round "$who-$key-@.errors"); do errs=$((errs + ${e%+*} + ${e#*+})); done
+    R[$who-$key.errors]=$errs
+  done
+  R[ratio-$key]=$(median $(per_round "ratio-$key-@"))
+  R[ratio-$key.all]=$(per_round "ratio-$key-@" | awk 'NF' | sort -g | paste -sd/ -)
+}
+
 # ---- /allowed vs baseline ----------------------------------------------------
 log "warm-up"
 WARM=$DURATION; DURATION=2s
@@ -217,35 +251,12 @@ run_wrk warm-pdp "$PDP_URL/allowed" "$DATA/allowed.jsonl" 16
 run_wrk warm-base "$BASE_URL/allowed" "$DATA/allowed.jsonl" 16
 DURATION=$WARM
 for c in $CONNS; do
-  for ((r = 1; r <= ROUNDS; r++)); do
-    # Alternate who goes first, so a drift in the host's load favours neither.
-    if ((r % 2)); then order="pdp base"; else order="base pdp"; fi
-    for who in $order; do
-      if [[ $who == pdp ]]; then
-        run_wrk "pdp-$c-$r" "$PDP_URL/allowed" "$DATA/allowed.jsonl" "$c" "$PDP_PID"
-      else
-        run_wrk "base-$c-$r" "$BASE_URL/allowed" "$DATA/allowed.jsonl" "$c" "$BASE_PID"
-      fi
-    done
-    R[ratio-$c-$r]=$(awk -v a="${R[pdp-$c-$r.rps]:-0}" -v b="${R[base-$c-$r.rps]:-0}" \
-      'BEGIN { if (a > 0 && b > 0) printf "%.3f", a / b }')
-  done
-  for who in pdp base; do
-    for f in rps p50 p99 p999 cpu; do
-      R[$who-$c.$f]=$(median $(per_round "$who-$c-@.$f"))
-    done
-    errs=0
-    for e in $(per_round "$who-$c-@.errors"); do errs=$((errs + ${e%+*} + ${e#*+})); done
-    R[$who-$c.errors]=$errs
-  done
-  R[ratio-$c]=$(median $(per_round "ratio-$c-@"))
-  R[ratio-$c.all]=$(per_round "ratio-$c-@" | awk 'NF' | sort -g | paste -sd/ -)
+  rounds "$c" /allowed "$DATA/allowed.jsonl" "$c"
 done
 
 # ---- bulk and user-permissions -----------------------------------------------
-run_wrk bulk "$PDP_URL/allowed/bulk" "$DATA/bulk.jsonl" 16 "$PDP_PID"
-# The ceiling for bulk: bare hyper reading the same 100-check bodies.
-run_wrk bulk-base "$BASE_URL/allowed/bulk" "$DATA/bulk.jsonl" 16 "$BASE_PID"
+# Against the ceiling for bulk: bare hyper reading the same 100-check bodies.
+rounds bulk /allowed/bulk "$DATA/bulk.jsonl" 16
 run_wrk user-perms "$PDP_URL/user-permissions" "$DATA/user_permissions.jsonl" 16 "$PDP_PID"
 
 RSS_KB=$(rss_kb "$PDP_PID" VmRSS)
@@ -293,20 +304,41 @@ if [[ "$SWAP_NOTE" == skipped* ]]; then
 else
   SWAP_C=${CONNS##* }
   sleep 2
-  run_wrk noswap "$PDP_URL/allowed" "$DATA/allowed.jsonl" "$SWAP_C"
   STEADY_KB=$(rss_kb "$PDP_PID" VmRSS)
   # Reset the peak so VmHWM shows the swaps alone, not the first load.
   echo 5 >"/proc/$PDP_PID/clear_refs" 2>/dev/null || true
   S1=$(swaps)
-  (
-    for ((s = 0; s < DUR_S; s++)); do swap_once >/dev/null 2>&1 || true; sleep 1; done
-  ) &
-  SWAP_PID=$!
-  run_wrk swap "$PDP_URL/allowed" "$DATA/allowed.jsonl" "$SWAP_C"
-  kill "$SWAP_PID" 2>/dev/null || true; wait "$SWAP_PID" 2>/dev/null || true; SWAP_PID=""
+  # Rounds with and without swaps alternate like the servers above; after a
+  # round with swaps, the reload still building (and one more asked for
+  # meanwhile, at most) finishes before the next round.
+  for ((r = 1; r <= ROUNDS; r++)); do
+    if ((r % 2)); then order="noswap swap"; else order="swap noswap"; fi
+    for what in $order; do
+      if [[ $what == noswap ]]; then
+        run_wrk "noswap-$r" "$PDP_URL/allowed" "$DATA/allowed.jsonl" "$SWAP_C"
+        continue
+      fi
+      (
+        for ((s = 0; s < DUR_S; s++)); do swap_once >/dev/null 2>&1 || true; sleep 1; done
+      ) &
+      SWAP_PID=$!
+      run_wrk "swap-$r" "$PDP_URL/allowed" "$DATA/allowed.jsonl" "$SWAP_C"
+      kill "$SWAP_PID" 2>/dev/null || true; wait "$SWAP_PID" 2>/dev/null || true; SWAP_PID=""
+      last=$(swaps)
+      for ((i = 0; i < 10; i++)); do
+        sleep 4; now=$(swaps)
+        [[ "$now" == "$last" ]] && break
+        last=$now
+      done
+    done
+    R[swapratio-$r]=$(awk -v a="${R[swap-$r.p999]:-0}" -v b="${R[noswap-$r.p999]:-0}" \
+      'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b }')
+  done
   PEAK_KB=$(rss_kb "$PDP_PID" VmHWM)
   S2=$(swaps)
-  [[ -n "$S1" && -n "$S2" ]] && SWAP_NOTE="($((S2 - S1)) swaps during the ${DURATION} run) $SWAP_NOTE"
+  for what in swap noswap; do R[$what.p999]=$(median $(per_round "$what-@.p999")); done
+  R[swapratio.all]=$(per_round "swapratio-@" | awk 'NF' | sort -g | paste -sd/ -)
+  [[ -n "$S1" && -n "$S2" ]] && SWAP_NOTE="($((S2 - S1)) swaps in $ROUNDS runs of $DURATION) $SWAP_NOTE"
   log "swaps: steady $STEADY_KB kB, peak $PEAK_KB kB $SWAP_NOTE"
 fi
 
@@ -347,7 +379,7 @@ per_check() { awk -v c="${1:-}" 'BEGIN { if (c == "") print "n/a"; else printf "
 
 echo
 echo "== load benchmark: preset $PRESET seed $SEED ($ASSIGNMENTS role assignments), wrk -t$THREADS -d$DURATION, $(nproc) cores =="
-echo "/allowed: medians of $ROUNDS alternating rounds of $DURATION per server"
+echo "/allowed, bulk and swaps: medians of $ROUNDS alternating rounds of $DURATION each"
 printf '%-26s %12s %9s %9s %9s %10s %14s\n' "run" "req/s" "p50 ms" "p99 ms" "p99.9 ms" "errors" "CPU us/req"
 for c in $CONNS; do
   for who in pdp base; do
@@ -361,13 +393,15 @@ for c in $CONNS; do
   printf '%-26s %12s\n' "  CPU per request base/pdp" "$(ratio "${R[base-$c.cpu]:-}" "${R[pdp-$c.cpu]:-}")"
 done
 printf '%-26s %12s %9s %9s %9s %10s\n' "run" "req/s" "p50 ms" "p99 ms" "p99.9 ms" "errors"
-printf '%-26s %12s %9s %9s %9s %10s\n' "/allowed/bulk c=16" "${R[bulk.rps]:-n/a}" \
-  "$(ms "${R[bulk.p50]:-}")" "$(ms "${R[bulk.p99]:-}")" "$(ms "${R[bulk.p999]:-}")" "${R[bulk.errors]:-n/a}"
-printf '%-26s %12s %9s %9s %9s %10s\n' "/allowed/bulk base c=16" "${R[bulk-base.rps]:-n/a}" \
-  "$(ms "${R[bulk-base.p50]:-}")" "$(ms "${R[bulk-base.p99]:-}")" "$(ms "${R[bulk-base.p999]:-}")" "${R[bulk-base.errors]:-n/a}"
-printf '%-26s %12s   (server CPU %s us per check; baseline %s us, ceiling %s checks/s)\n' "  bulk checks/s" \
-  "$(checks "${R[bulk.rps]:-}")" "$(per_check "${R[bulk.cpu]:-}")" "$(per_check "${R[bulk-base.cpu]:-}")" \
-  "$(checks "${R[bulk-base.rps]:-}")"
+for who in pdp base; do
+  n=$who-bulk
+  printf '%-26s %12s %9s %9s %9s %10s\n' "/allowed/bulk $who c=16" "${R[$n.rps]:-n/a}" \
+    "$(ms "${R[$n.p50]:-}")" "$(ms "${R[$n.p99]:-}")" "$(ms "${R[$n.p999]:-}")" "${R[$n.errors]:-n/a}"
+done
+printf '%-26s %12s   (rounds: %s; server CPU %s us per check; baseline %s us, ceiling %s checks/s)\n' "  bulk checks/s" \
+  "$(checks "${R[pdp-bulk.rps]:-}")" \
+  "$(per_round "pdp-bulk-@.rps" | awk 'NF { printf "%.0f\n", $1 * 100 }' | sort -g | paste -sd/ -)" \
+  "$(per_check "${R[pdp-bulk.cpu]:-}")" "$(per_check "${R[base-bulk.cpu]:-}")" "$(checks "${R[base-bulk.rps]:-}")"
 printf '%-26s %12s %9s %9s %9s %10s\n' "/user-permissions c=16" "${R[user-perms.rps]:-n/a}" \
   "$(ms "${R[user-perms.p50]:-}")" "$(ms "${R[user-perms.p99]:-}")" "$(ms "${R[user-perms.p999]:-}")" "${R[user-perms.errors]:-n/a}"
 echo
@@ -378,7 +412,8 @@ printf '%-40s %s\n' "ready from a backup" "$READY_BACKUP"
 if [[ "$SWAP_NOTE" == skipped* ]]; then
   printf '%-40s %s\n' "p99.9 with a swap every second" "$SWAP_NOTE"
 else
-  printf '%-40s %s ms vs %s ms without = %sx %s\n' "p99.9 with a swap every second ($SWAP_TRIGGER)" \
-    "$(ms "${R[swap.p999]:-}")" "$(ms "${R[noswap.p999]:-}")" "$(ratio "${R[swap.p999]:-}" "${R[noswap.p999]:-}")" "$SWAP_NOTE"
+  printf '%-40s %s ms vs %s ms without = %sx (rounds: %s) %s\n' "p99.9 with a swap every second ($SWAP_TRIGGER)" \
+    "$(ms "${R[swap.p999]:-}")" "$(ms "${R[noswap.p999]:-}")" "$(ratio "${R[swap.p999]:-}" "${R[noswap.p999]:-}")" \
+    "${R[swapratio.all]:-n/a}" "$SWAP_NOTE"
   printf '%-40s %s\n' "RSS peak during swaps vs steady" "$PEAK_KB kB vs $STEADY_KB kB = $(ratio "$PEAK_KB" "$STEADY_KB")x"
 fi
