@@ -100,30 +100,14 @@ fn load(path: &Path) -> Result<(Snapshot, usize), String> {
     Ok((snapshot, reading.max(building)))
 }
 
-fn main() -> ExitCode {
-    let Some(path) = std::env::args().nth(1) else {
-        eprintln!("usage: reload_memory DATA_DOCUMENT.json");
-        return ExitCode::from(64);
-    };
-    let path = Path::new(&path);
+/// A first load, then a reload beside it, as the PDP's reload runs.
+fn run(path: &Path) -> Result<(), String> {
     step("start");
     println!("first load:");
-    let (serving, _) = match load(path) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("reload_memory: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let (serving, _) = load(path)?;
     let steady = LIVE.load(Relaxed);
     println!("reload beside it:");
-    let (reloaded, peak) = match load(path) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("reload_memory: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let (reloaded, peak) = load(path)?;
     drop(serving);
     step("old snapshot dropped");
     println!(
@@ -133,5 +117,19 @@ fn main() -> ExitCode {
         peak as f64 / steady as f64
     );
     drop(reloaded);
-    ExitCode::SUCCESS
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let Some(path) = std::env::args().nth(1) else {
+        eprintln!("usage: reload_memory DATA_DOCUMENT.json");
+        return ExitCode::from(64);
+    };
+    match run(Path::new(&path)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("reload_memory: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
