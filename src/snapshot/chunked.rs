@@ -111,12 +111,6 @@ impl<T> IntoIterator for Chunked<T> {
     }
 }
 
-impl<T: fmt::Debug> fmt::Debug for Chunked<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.iter()).finish()
-    }
-}
-
 impl<T: Serialize> Serialize for Chunked<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         // The length up front, as a `Vec` writes it (bincode needs it).
