@@ -22,9 +22,9 @@
 # rounds (the order flips each round), and the swap comparison alternates
 # runs with and without swaps the same way; each reports medians and every
 # round's ratio: on a shared host one pair of runs can differ by 20% from
-# the next. Beside req/s it reports each server's
-# CPU time per request (user + system, from /proc/PID/stat), a cost that
-# depends less on how the scheduler shares the cores with wrk.
+# the next. Beside req/s it reports each server's CPU time per request
+# (user + system, from /proc/PID/stat), a cost that depends less on how the
+# scheduler shares the cores with wrk.
 #
 # Knobs (environment): PRESET (large), SEED (7), DURATION (10s), THREADS (2),
 # CONNS ("16 64"), ROUNDS (3), STARTS (5 starts from the backup), SWAP_TRIGGER
