@@ -505,11 +505,10 @@ impl App {
                     );
                     resp
                 };
-                let answers = decisions;
                 ok(
                     Endpoint::Bulk,
                     allowed,
-                    answers.len() as u64 - allowed,
+                    decisions.len() as u64 - allowed,
                     resp,
                 )
             }
