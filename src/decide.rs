@@ -656,9 +656,9 @@ impl Attributes for AttrCtx<'_> {
                 }
                 match name {
                     "key" => owned(self.user_key),
-                    "email" => info?.email.as_deref().and_then(owned),
-                    "first_name" => info?.first_name.as_deref().and_then(owned),
-                    "last_name" => info?.last_name.as_deref().and_then(owned),
+                    "email" => snap.value(info?.email).map(Cow::Borrowed),
+                    "first_name" => snap.value(info?.first_name).map(Cow::Borrowed),
+                    "last_name" => snap.value(info?.last_name).map(Cow::Borrowed),
                     "roles" => {
                         let roles: Vec<u32> = match (self.user, self.tenant) {
                             (Some(u), Some(t)) => tenant_roles(snap, u, t).collect(),

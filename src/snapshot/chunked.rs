@@ -68,7 +68,7 @@ impl<T> Chunked<T> {
         self.len
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &T> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = &T> + Clone + '_ {
         self.chunks.iter().flatten()
     }
 

@@ -20,22 +20,28 @@
 mod chunked;
 mod intern;
 mod staged;
+mod values;
 
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 
-use hashbrown::HashMap;
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use serde_json::{Map, Value};
 
 use crate::abac::{self, Cond};
 use crate::model::{self, ConditionSetType, DataDocument};
+use chunked::Chunked;
 pub(crate) use intern::{BitSet, Csr, Interner, NONE};
 pub use staged::Staged;
+pub(crate) use values::Values;
 
 /// Stored attributes of one object, compact: names interned once per
-/// snapshot, entries sorted by name id. A `serde_json::Map` costs a B-tree
-/// node (~600 bytes) per object; a hundred thousand users with three
-/// attributes each would spend more on maps than on every index together.
-pub(crate) struct Attrs(Box<[(u32, Value)]>);
+/// snapshot, values once in its [`Values`] pool, entries `(name, value)`
+/// sorted by name id. A `serde_json::Map` costs a B-tree node (~600 bytes)
+/// per object; a hundred thousand users with three attributes each would
+/// spend more on maps than on every index together.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct Attrs(Box<[(u32, u32)]>);
 
 impl Attrs {
     /// The first entry's name id, or 0: a read that brings the entries
@@ -44,25 +50,12 @@ impl Attrs {
         attrs.and_then(|a| a.0.first()).map_or(0, |e| e.0)
     }
 
-    fn get(&self, name: u32) -> Option<&Value> {
+    /// The value id of attribute `name`.
+    fn get(&self, name: u32) -> Option<u32> {
         self.0
             .binary_search_by_key(&name, |(n, _)| *n)
             .ok()
-            .map(|i| &self.0[i].1)
-    }
-}
-
-/// Values as [`model::Json`]: JSON text in binary formats (the backup).
-impl serde::Serialize for Attrs {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|(n, v)| (n, model::JsonRef(v))))
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Attrs {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let entries = <Vec<(u32, model::Json)> as serde::Deserialize>::deserialize(d)?;
-        Ok(Attrs(entries.into_iter().map(|(n, v)| (n, v.0)).collect()))
+            .map(|i| self.0[i].1)
     }
 }
 
@@ -111,12 +104,55 @@ pub struct Counts {
     pub dropped_facts: usize,
 }
 
+/// A user's profile: `email`, `first_name` and `last_name` are string ids
+/// in the [`Values`] pool (`NONE`: absent or empty).
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct UserInfo {
-    pub email: Option<Box<str>>,
-    pub first_name: Option<Box<str>>,
-    pub last_name: Option<Box<str>>,
+    pub email: u32,
+    pub first_name: u32,
+    pub last_name: u32,
     pub attrs: Option<Attrs>,
+}
+
+impl UserInfo {
+    const EMPTY: UserInfo = UserInfo {
+        email: NONE,
+        first_name: NONE,
+        last_name: NONE,
+        attrs: None,
+    };
+}
+
+/// Users by email: user ids, hashed by their email, which stays in the
+/// [`Values`] pool rather than being copied here. The first user with an
+/// address keeps it.
+pub(crate) struct Emails {
+    table: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+}
+
+impl Emails {
+    /// `email_of(user)` for each user id below `users`.
+    fn build<'a>(users: usize, email_of: impl Fn(u32) -> Option<&'a str>) -> Emails {
+        let hasher = DefaultHashBuilder::default();
+        let mut table = HashTable::new();
+        for u in 0..users as u32 {
+            let Some(e) = email_of(u) else { continue };
+            let hash = hasher.hash_one(e);
+            if table.find(hash, |&v| email_of(v) == Some(e)).is_none() {
+                table.insert_unique(hash, u, |&v| hasher.hash_one(email_of(v).unwrap_or("")));
+            }
+        }
+        table.shrink_to_fit(|&v| hasher.hash_one(email_of(v).unwrap_or("")));
+        Emails { table, hasher }
+    }
+
+    fn get<'a>(&self, email: &str, email_of: impl Fn(u32) -> Option<&'a str>) -> Option<u32> {
+        let hash = self.hasher.hash_one(email);
+        self.table
+            .find(hash, |&u| email_of(u) == Some(email))
+            .copied()
+    }
 }
 
 /// "Users with `from_role` on a `from_type` instance linked by `relation`
@@ -176,7 +212,7 @@ pub struct Snapshot {
     pub(crate) tenant_attrs: Vec<Option<Attrs>>,
     pub(crate) users: Interner,
     pub(crate) user_info: Vec<UserInfo>,
-    pub(crate) emails: HashMap<Box<str>, u32>,
+    pub(crate) emails: Emails,
     pub(crate) roles: Interner,
     /// Per tenant role: flattened `(type, action)` grants, sorted.
     pub(crate) role_perms: Vec<Vec<(u32, u32)>>,
@@ -193,6 +229,8 @@ pub struct Snapshot {
     pub(crate) type_instances: Csr<u32>,
     pub(crate) inst_attrs: HashMap<u32, Attrs>,
     pub(crate) attr_names: Interner,
+    /// Every stored attribute value and profile string, once.
+    pub(crate) values: Values,
     /// user → (instance, resource role)
     pub(crate) user_inst_roles: Csr<(u32, u32)>,
     /// instance → (user, resource role)
@@ -238,7 +276,8 @@ impl Snapshot {
 
     /// The key of the user whose email this is.
     pub fn user_by_email(&self, email: &str) -> Option<&str> {
-        self.emails.get(email).map(|&u| self.users.name(u))
+        let u = self.emails.get(email, |u| self.email_of(u))?;
+        Some(self.users.name(u))
     }
 
     pub fn instance_keys_of_type<'a>(&'a self, ty: &str) -> impl Iterator<Item = &'a str> + 'a {
@@ -262,8 +301,17 @@ impl Snapshot {
     }
 
     /// A stored attribute by name.
-    pub(crate) fn attr<'a>(&self, attrs: Option<&'a Attrs>, name: &str) -> Option<&'a Value> {
-        attrs?.get(self.attr_names.get(name)?)
+    pub(crate) fn attr(&self, attrs: Option<&Attrs>, name: &str) -> Option<&Value> {
+        Some(self.values.get(attrs?.get(self.attr_names.get(name)?)?))
+    }
+
+    fn email_of(&self, user: u32) -> Option<&str> {
+        self.value(self.user_info[user as usize].email)?.as_str()
+    }
+
+    /// A value of the pool by id (`None` for `NONE`): a user's profile string.
+    pub(crate) fn value(&self, id: u32) -> Option<&Value> {
+        (id != NONE).then(|| self.values.get(id))
     }
 
     /// Stored attributes as a JSON object, for answers that show them.
@@ -271,7 +319,12 @@ impl Snapshot {
         attrs
             .map(|a| {
                 a.0.iter()
-                    .map(|(n, v)| (self.attr_names.name(*n).to_owned(), v.clone()))
+                    .map(|&(n, v)| {
+                        (
+                            self.attr_names.name(n).to_owned(),
+                            self.values.get(v).clone(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -561,6 +614,8 @@ impl Builder {
         // at 1M assignments, the build's peak otherwise).
         doc.keys.drop_lookups();
         let mut attr_names = std::mem::take(&mut doc.attr_names);
+        let mut values = std::mem::take(&mut doc.values);
+        values.drop_lookups();
         let mut tenants = Interner::new();
         let mut tenant_attrs = Vec::new();
         for tn in std::mem::take(&mut doc.tenants) {
@@ -576,16 +631,11 @@ impl Builder {
         }
         let mut users = Interner::new();
         let mut user_info: Vec<UserInfo> = Vec::with_capacity(doc.users.len());
-        let mut tenant_pairs: Vec<(u32, (u32, u32))> = Vec::new();
+        let mut tenant_pairs: Chunked<(u32, (u32, u32))> = Chunked::default();
         let intern_user = |users: &mut Interner, user_info: &mut Vec<UserInfo>, key: &str| {
             let id = users.intern(key);
             if id as usize == user_info.len() {
-                user_info.push(UserInfo {
-                    email: None,
-                    first_name: None,
-                    last_name: None,
-                    attrs: None,
-                });
+                user_info.push(UserInfo::EMPTY);
             }
             id
         };
@@ -663,12 +713,10 @@ impl Builder {
                 _ => self.dropped += 1,
             }
         }
-        // Sized exactly (an upper bound: some facts may be dropped): grown
-        // by doubling, they would briefly hold two buffers each while the
-        // assignments they come from are still being read.
-        let inst_facts = doc.assignments.iter().filter(|a| a[3] != NONE).count();
-        tenant_pairs.reserve_exact(doc.assignments.len() - inst_facts);
-        let mut inst_pairs: Vec<(u32, (u32, u32))> = Vec::with_capacity(inst_facts);
+        // Chunked, like the staged facts they come from: they grow as the
+        // assignments are read and their chunks freed, instead of being
+        // reserved whole beside all of them.
+        let mut inst_pairs: Chunked<(u32, (u32, u32))> = Chunked::default();
         for [user, role, tenant, inst] in std::mem::take(&mut doc.assignments) {
             if user == NONE {
                 self.dropped += 1;
@@ -723,12 +771,10 @@ impl Builder {
         let tuples_out = Csr::build(instances.len(), tuples.iter().map(|&(s, r, o)| (s, (r, o))));
         drop(tuples);
 
-        let mut emails = HashMap::new();
-        for (id, info) in user_info.iter().enumerate() {
-            if let Some(e) = &info.email {
-                emails.entry(e.clone()).or_insert(id as u32);
-            }
-        }
+        let emails = Emails::build(user_info.len(), |u| {
+            let id = user_info[u as usize].email;
+            (id != NONE).then(|| values.get(id).as_str()).flatten()
+        });
 
         let (user_sets, resource_sets, n_sets, n_rules) = self.sets_and_rules(
             &doc,
@@ -758,6 +804,7 @@ impl Builder {
         inst_tenant.shrink_to_fit();
         inst_attrs.shrink_to_fit();
         attr_names.shrink_to_fit();
+        values.shrink_to_fit();
         user_info.shrink_to_fit();
 
         Ok(Snapshot {
@@ -777,6 +824,7 @@ impl Builder {
             type_instances,
             inst_attrs,
             attr_names,
+            values,
             user_inst_roles,
             inst_users,
             tuples_in,

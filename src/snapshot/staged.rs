@@ -27,7 +27,7 @@ use serde_json::Value;
 
 use super::chunked::Chunked;
 use super::intern::{Interner, NONE};
-use super::{Attrs, UserInfo};
+use super::{Attrs, UserInfo, Values};
 use crate::model::{
     ConditionSet, ConditionSetRule, DataDocument, Json, RelationshipTuple, Resource,
     ResourceInstance, Role, RoleAssignment, Tenant, User,
@@ -43,6 +43,8 @@ pub struct Staged {
     pub(super) keys: Interner,
     /// Attribute names, moved into the snapshot as they are.
     pub(super) attr_names: Interner,
+    /// Attribute values and users' profile strings, moved likewise.
+    pub(super) values: Values,
     pub(super) tenants: Chunked<StagedTenant>,
     pub(super) users: Chunked<StagedUser>,
     /// A user's own tenant roles: (user, role, tenant).
@@ -74,25 +76,28 @@ pub(super) struct StagedInstance {
     pub attrs: Option<Attrs>,
 }
 
-/// Free-form attributes in the snapshot's form: names interned, entries
-/// sorted by name id. Anything but a non-empty object is no attributes.
-fn attrs_from(names: &mut Interner, json: Json) -> Option<Attrs> {
+/// Free-form attributes in the snapshot's form: names interned, values
+/// pooled, entries sorted by name id. Anything but a non-empty object is no
+/// attributes.
+fn attrs_from(names: &mut Interner, values: &mut Values, json: Json) -> Option<Attrs> {
     let Value::Object(map) = json.0 else {
         return None;
     };
     if map.is_empty() {
         return None;
     }
-    let mut entries: Vec<(u32, Value)> = map
+    let mut entries: Vec<(u32, u32)> = map
         .into_iter()
-        .map(|(k, v)| (names.intern(&k), v))
+        .map(|(k, v)| (names.intern(&k), values.intern(v)))
         .collect();
     entries.sort_unstable_by_key(|(n, _)| *n);
     Some(Attrs(entries.into_boxed_slice()))
 }
 
-fn boxed(s: Option<String>) -> Option<Box<str>> {
-    s.filter(|s| !s.is_empty()).map(String::into_boxed_str)
+/// A profile string's id in the pool; `NONE` when absent or empty.
+fn profile_str(values: &mut Values, s: Option<String>) -> u32 {
+    s.filter(|s| !s.is_empty())
+        .map_or(NONE, |s| values.intern(Value::String(s)))
 }
 
 /// How far each list had got, to undo a list that must be read again.
@@ -100,6 +105,7 @@ pub(crate) struct Mark {
     lens: [usize; 10],
     keys: usize,
     attr_names: usize,
+    values: usize,
 }
 
 impl Staged {
@@ -146,7 +152,7 @@ impl Staged {
 
     pub fn push_tenant(&mut self, t: Tenant) {
         let key = self.key(&t.key);
-        let attrs = attrs_from(&mut self.attr_names, t.attributes);
+        let attrs = attrs_from(&mut self.attr_names, &mut self.values, t.attributes);
         self.tenants.push(StagedTenant { key, attrs });
     }
 
@@ -157,16 +163,14 @@ impl Staged {
             let tenant = self.opt_key(r.tenant.as_deref());
             self.user_roles.push([key, role, tenant]);
         }
-        let attrs = attrs_from(&mut self.attr_names, u.attributes);
-        self.users.push(StagedUser {
-            key,
-            info: UserInfo {
-                email: boxed(u.email),
-                first_name: boxed(u.first_name),
-                last_name: boxed(u.last_name),
-                attrs,
-            },
-        });
+        let attrs = attrs_from(&mut self.attr_names, &mut self.values, u.attributes);
+        let info = UserInfo {
+            email: profile_str(&mut self.values, u.email),
+            first_name: profile_str(&mut self.values, u.first_name),
+            last_name: profile_str(&mut self.values, u.last_name),
+            attrs,
+        };
+        self.users.push(StagedUser { key, info });
     }
 
     pub fn push_assignment(&mut self, ra: RoleAssignment) {
@@ -183,7 +187,7 @@ impl Staged {
         let key = self.key(&ri.key);
         let resource = self.key(&ri.resource);
         let tenant = self.opt_key(ri.tenant.as_deref());
-        let attrs = attrs_from(&mut self.attr_names, ri.attributes);
+        let attrs = attrs_from(&mut self.attr_names, &mut self.values, ri.attributes);
         self.instances.push(StagedInstance {
             key,
             resource,
@@ -251,6 +255,7 @@ impl Staged {
 
     pub fn shrink_to_fit(&mut self) {
         self.keys.shrink_to_fit();
+        self.values.shrink_to_fit();
         self.tenants.shrink_to_fit();
         self.users.shrink_to_fit();
         self.user_roles.shrink_to_fit();
@@ -275,6 +280,7 @@ impl Staged {
             ],
             keys: self.keys.len(),
             attr_names: self.attr_names.len(),
+            values: self.values.len(),
         }
     }
 
@@ -294,23 +300,25 @@ impl Staged {
         self.assignments.truncate(j);
         self.keys.truncate(mark.keys);
         self.attr_names.truncate(mark.attr_names);
+        self.values.truncate(mark.values);
     }
 
-    /// Whether every id names a string this document holds: true of
-    /// anything staged here, checked for what is decoded from a backup.
+    /// Whether every id names a string or value this document holds: true
+    /// of anything staged here, checked for what is decoded from a backup.
     pub fn ids_in_range(&self) -> bool {
         let key = |id: u32| id == NONE || (id as usize) < self.keys.len();
+        let value = |id: u32| id == NONE || (id as usize) < self.values.len();
         let attrs = |a: &Option<Attrs>| {
             a.as_ref().is_none_or(|a| {
                 a.0.iter()
-                    .all(|(n, _)| (*n as usize) < self.attr_names.len())
+                    .all(|&(n, v)| (n as usize) < self.attr_names.len() && v != NONE && value(v))
             })
         };
+        let info = |i: &UserInfo| {
+            value(i.email) && value(i.first_name) && value(i.last_name) && attrs(&i.attrs)
+        };
         self.tenants.iter().all(|t| key(t.key) && attrs(&t.attrs))
-            && self
-                .users
-                .iter()
-                .all(|u| key(u.key) && attrs(&u.info.attrs))
+            && self.users.iter().all(|u| key(u.key) && info(&u.info))
             && self.user_roles.iter().flatten().all(|&id| key(id))
             && self
                 .instances
@@ -498,7 +506,7 @@ mod tests {
         assert_eq!(streamed.user_roles.len(), 2);
         assert_eq!(streamed.user_roles.iter().nth(1).unwrap()[2], NONE);
         let user = streamed.users.iter().next().unwrap();
-        assert_eq!(user.info.email, None);
+        assert_eq!(user.info.email, NONE);
         let attrs = user.info.attrs.as_ref().unwrap();
         let names: Vec<_> = attrs
             .0
@@ -560,9 +568,7 @@ mod tests {
         assert_eq!(back.content_hash(), s.content_hash());
         let user = back.users.iter().next().unwrap();
         let attrs = user.info.attrs.as_ref().unwrap();
-        assert_eq!(
-            attrs.get(back.attr_names.get("a").unwrap()),
-            Some(&serde_json::json!([true]))
-        );
+        let a = attrs.get(back.attr_names.get("a").unwrap()).unwrap();
+        assert_eq!(back.values.get(a), &serde_json::json!([true]));
     }
 }

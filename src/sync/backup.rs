@@ -28,8 +28,9 @@ use crate::snapshot::Staged;
 pub const BACKUP_FILE: &str = "pdp-snapshot.bin";
 const MAGIC: &[u8; 8] = b"PDPSNAP\n";
 /// Bump on any change to the layout above or to `Staged`'s encoding.
-/// Version 1 held the parsed `DataDocument`.
-const FORMAT_VERSION: u32 = 2;
+/// Version 1 held the parsed `DataDocument`; version 2 held each attribute
+/// value and profile string inline rather than in a pool.
+const FORMAT_VERSION: u32 = 3;
 const HEADER_LEN: usize = 8 + 4 + 8 + 8 + 32;
 
 #[derive(Debug, thiserror::Error)]
