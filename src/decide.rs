@@ -20,7 +20,7 @@ use smallvec::SmallVec;
 
 use crate::abac::{self, Attributes, Entity};
 use crate::model::nullable;
-use crate::snapshot::{Attrs, BitSet, ResourceSet, Snapshot, UserSet, NONE};
+use crate::snapshot::{BitSet, ResourceSet, Snapshot, UserSet, NONE};
 
 /// A string borrowed from the request body when it has no escapes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -363,10 +363,10 @@ impl Ids {
         };
         if conditions {
             if let Some(u) = self.user {
-                x ^= Attrs::first_name(snap.user_info[u as usize].attrs.as_ref());
+                x ^= first(snap.user_attrs.row(u));
             }
             if let Some(inst) = self.inst {
-                x ^= Attrs::first_name(snap.inst_attrs.get(&inst));
+                x ^= first(snap.inst_attrs.row(inst));
             }
         }
         x
@@ -650,10 +650,11 @@ impl Attributes for AttrCtx<'_> {
                 if let Some(v) = self.user_input.get(name) {
                     return Some(Cow::Borrowed(v));
                 }
-                let info = self.user.map(|u| &snap.user_info[u as usize]);
-                if let Some(v) = snap.attr(info.and_then(|i| i.attrs.as_ref()), name) {
+                let stored = self.user.map(|u| snap.user_attrs.row(u));
+                if let Some(v) = snap.attr(stored.unwrap_or_default(), name) {
                     return Some(Cow::Borrowed(v));
                 }
+                let info = self.user.map(|u| &snap.profiles[u as usize]);
                 match name {
                     "key" => owned(self.user_key),
                     "email" => snap.value(info?.email).map(Cow::Borrowed),
@@ -684,7 +685,8 @@ impl Attributes for AttrCtx<'_> {
                 if let Some(v) = self.res_input.get(name) {
                     return Some(Cow::Borrowed(v));
                 }
-                if let Some(v) = snap.attr(self.inst.and_then(|i| snap.inst_attrs.get(&i)), name) {
+                let stored = self.inst.map(|i| snap.inst_attrs.row(i));
+                if let Some(v) = snap.attr(stored.unwrap_or_default(), name) {
                     return Some(Cow::Borrowed(v));
                 }
                 match name {
@@ -696,10 +698,8 @@ impl Attributes for AttrCtx<'_> {
             }
             Entity::Tenant => {
                 if self.user_has_role_in_tenant() {
-                    let stored = self
-                        .tenant
-                        .and_then(|t| snap.tenant_attrs[t as usize].as_ref());
-                    if let Some(v) = snap.attr(stored, name) {
+                    let stored = self.tenant.map(|t| snap.tenant_attrs.row(t));
+                    if let Some(v) = snap.attr(stored.unwrap_or_default(), name) {
                         return Some(Cow::Borrowed(v));
                     }
                 }
@@ -745,7 +745,7 @@ pub struct TenantInfo {
 fn tenant_info(snap: &Snapshot, t: u32) -> TenantInfo {
     TenantInfo {
         key: snap.tenants.name(t).to_owned(),
-        attributes: snap.attrs_map(snap.tenant_attrs[t as usize].as_ref()),
+        attributes: snap.attrs_map(snap.tenant_attrs.row(t)),
     }
 }
 
@@ -944,7 +944,7 @@ fn instance_entry(snap: &Snapshot, inst: u32) -> PermissionEntry {
         resource: Some(PermResource {
             key: snap.instances.name(inst).to_owned(),
             kind: snap.types.name(snap.instances.scope(inst)).to_owned(),
-            attributes: snap.attrs_map(snap.inst_attrs.get(&inst)),
+            attributes: snap.attrs_map(snap.inst_attrs.row(inst)),
         }),
         permissions: BTreeSet::new(),
         roles: BTreeSet::new(),

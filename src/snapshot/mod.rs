@@ -43,19 +43,23 @@ pub(crate) use values::Values;
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct Attrs(Box<[(u32, u32)]>);
 
-impl Attrs {
-    /// The first entry's name id, or 0: a read that brings the entries
-    /// into cache (see `decide::check_bulk`).
-    pub(crate) fn first_name(attrs: Option<&Attrs>) -> u32 {
-        attrs.and_then(|a| a.0.first()).map_or(0, |e| e.0)
-    }
+/// Every object's attributes of one kind, in one allocation: row `id` holds
+/// object `id`'s `(name, value)` entries sorted by name id.
+pub(crate) type AttrRows = Csr<(u32, u32)>;
 
-    /// The value id of attribute `name`.
-    fn get(&self, name: u32) -> Option<u32> {
-        self.0
-            .binary_search_by_key(&name, |(n, _)| *n)
-            .ok()
-            .map(|i| self.0[i].1)
+impl AttrRows {
+    /// The rows of `objects`, `(id, attributes)` for ids below `owners`.
+    fn of<'a, I>(owners: usize, objects: I) -> AttrRows
+    where
+        I: IntoIterator<Item = (u32, &'a Attrs)>,
+        I::IntoIter: Clone,
+    {
+        Csr::build(
+            owners,
+            objects
+                .into_iter()
+                .flat_map(|(id, a)| a.0.iter().map(move |&entry| (id, entry))),
+        )
     }
 }
 
@@ -104,8 +108,9 @@ pub struct Counts {
     pub dropped_facts: usize,
 }
 
-/// A user's profile: `email`, `first_name` and `last_name` are string ids
-/// in the [`Values`] pool (`NONE`: absent or empty).
+/// A staged user's profile and attributes: `email`, `first_name` and
+/// `last_name` are string ids in the [`Values`] pool (`NONE`: absent or
+/// empty).
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct UserInfo {
     pub email: u32,
@@ -121,6 +126,15 @@ impl UserInfo {
         last_name: NONE,
         attrs: None,
     };
+}
+
+/// A user's profile in the snapshot, ids as in [`UserInfo`] (whose
+/// attributes go to [`Snapshot::user_attrs`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Profile {
+    pub email: u32,
+    pub first_name: u32,
+    pub last_name: u32,
 }
 
 /// Users by email: user ids, hashed by their email, which stays in the
@@ -209,9 +223,10 @@ pub(crate) enum ResourceSet {
 
 pub struct Snapshot {
     pub(crate) tenants: Interner,
-    pub(crate) tenant_attrs: Vec<Option<Attrs>>,
+    pub(crate) tenant_attrs: AttrRows,
     pub(crate) users: Interner,
-    pub(crate) user_info: Vec<UserInfo>,
+    pub(crate) profiles: Vec<Profile>,
+    pub(crate) user_attrs: AttrRows,
     pub(crate) emails: Emails,
     pub(crate) roles: Interner,
     /// Per tenant role: flattened `(type, action)` grants, sorted.
@@ -227,7 +242,7 @@ pub struct Snapshot {
     pub(crate) inst_tenant: Vec<u32>,
     /// type → its instances
     pub(crate) type_instances: Csr<u32>,
-    pub(crate) inst_attrs: HashMap<u32, Attrs>,
+    pub(crate) inst_attrs: AttrRows,
     pub(crate) attr_names: Interner,
     /// Every stored attribute value and profile string, once.
     pub(crate) values: Values,
@@ -300,13 +315,15 @@ impl Snapshot {
             .flat_map(move |t| self.type_info[t as usize].actions.iter().map(|(_, a)| a))
     }
 
-    /// A stored attribute by name.
-    pub(crate) fn attr(&self, attrs: Option<&Attrs>, name: &str) -> Option<&Value> {
-        Some(self.values.get(attrs?.get(self.attr_names.get(name)?)?))
+    /// A stored attribute by name, from an object's row of [`AttrRows`].
+    pub(crate) fn attr(&self, row: &[(u32, u32)], name: &str) -> Option<&Value> {
+        let name = self.attr_names.get(name)?;
+        let i = row.binary_search_by_key(&name, |&(n, _)| n).ok()?;
+        Some(self.values.get(row[i].1))
     }
 
     fn email_of(&self, user: u32) -> Option<&str> {
-        self.value(self.user_info[user as usize].email)?.as_str()
+        self.value(self.profiles[user as usize].email)?.as_str()
     }
 
     /// A value of the pool by id (`None` for `NONE`): a user's profile string.
@@ -315,19 +332,15 @@ impl Snapshot {
     }
 
     /// Stored attributes as a JSON object, for answers that show them.
-    pub(crate) fn attrs_map(&self, attrs: Option<&Attrs>) -> Map<String, Value> {
-        attrs
-            .map(|a| {
-                a.0.iter()
-                    .map(|&(n, v)| {
-                        (
-                            self.attr_names.name(n).to_owned(),
-                            self.values.get(v).clone(),
-                        )
-                    })
-                    .collect()
+    pub(crate) fn attrs_map(&self, row: &[(u32, u32)]) -> Map<String, Value> {
+        row.iter()
+            .map(|&(n, v)| {
+                (
+                    self.attr_names.name(n).to_owned(),
+                    self.values.get(v).clone(),
+                )
             })
-            .unwrap_or_default()
+            .collect()
     }
 
     pub(crate) fn instance(&self, ty: u32, key: &str) -> Option<u32> {
@@ -802,16 +815,37 @@ impl Builder {
         instances.shrink_to_fit();
         tenants.shrink_to_fit();
         inst_tenant.shrink_to_fit();
-        inst_attrs.shrink_to_fit();
         attr_names.shrink_to_fit();
         values.shrink_to_fit();
-        user_info.shrink_to_fit();
+        // Attributes into rows, each kind's boxes freed as its rows are made.
+        let tenant_attrs = AttrRows::of(
+            tenants.len(),
+            (0u32..)
+                .zip(&tenant_attrs)
+                .filter_map(|(t, a)| Some((t, a.as_ref()?))),
+        );
+        let inst_attrs = AttrRows::of(instances.len(), inst_attrs.iter().map(|(&i, a)| (i, a)));
+        let user_attrs = AttrRows::of(
+            n_users,
+            (0u32..)
+                .zip(&user_info)
+                .filter_map(|(u, info)| Some((u, info.attrs.as_ref()?))),
+        );
+        let profiles = user_info
+            .into_iter()
+            .map(|i| Profile {
+                email: i.email,
+                first_name: i.first_name,
+                last_name: i.last_name,
+            })
+            .collect();
 
         Ok(Snapshot {
             tenants,
             tenant_attrs,
             users,
-            user_info,
+            profiles,
+            user_attrs,
             emails,
             roles,
             role_perms,

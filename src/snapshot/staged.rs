@@ -568,7 +568,8 @@ mod tests {
         assert_eq!(back.content_hash(), s.content_hash());
         let user = back.users.iter().next().unwrap();
         let attrs = user.info.attrs.as_ref().unwrap();
-        let a = attrs.get(back.attr_names.get("a").unwrap()).unwrap();
+        let name = back.attr_names.get("a").unwrap();
+        let &(_, a) = attrs.0.iter().find(|(n, _)| *n == name).unwrap();
         assert_eq!(back.values.get(a), &serde_json::json!([true]));
     }
 }
