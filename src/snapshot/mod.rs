@@ -817,14 +817,16 @@ impl Builder {
         inst_tenant.shrink_to_fit();
         attr_names.shrink_to_fit();
         values.shrink_to_fit();
-        // Attributes into rows, each kind's boxes freed as its rows are made.
-        let tenant_attrs = AttrRows::of(
+        // Attributes into rows, each kind's boxes freed once its rows are made.
+        let tenant_rows = AttrRows::of(
             tenants.len(),
             (0u32..)
                 .zip(&tenant_attrs)
                 .filter_map(|(t, a)| Some((t, a.as_ref()?))),
         );
-        let inst_attrs = AttrRows::of(instances.len(), inst_attrs.iter().map(|(&i, a)| (i, a)));
+        drop(tenant_attrs);
+        let inst_rows = AttrRows::of(instances.len(), inst_attrs.iter().map(|(&i, a)| (i, a)));
+        drop(inst_attrs);
         let user_attrs = AttrRows::of(
             n_users,
             (0u32..)
@@ -842,7 +844,7 @@ impl Builder {
 
         Ok(Snapshot {
             tenants,
-            tenant_attrs,
+            tenant_attrs: tenant_rows,
             users,
             profiles,
             user_attrs,
@@ -856,7 +858,7 @@ impl Builder {
             instances,
             inst_tenant,
             type_instances,
-            inst_attrs,
+            inst_attrs: inst_rows,
             attr_names,
             values,
             user_inst_roles,

@@ -6,8 +6,9 @@
 //! was the memory peak. [`Staged`] takes the document one item at a time
 //! (straight from the JSON reader, or page by page from the control plane),
 //! keeps the schema lists as they are (they are small), interns every string
-//! of the facts once and packs each fact into a few `u32`s. Attributes are
-//! converted once to the snapshot's compact form and moved into it.
+//! of the facts once and packs each fact into a few `u32`s. Attribute
+//! values and users' profile strings go once each into a pool that the
+//! snapshot takes over as it is; each object keeps `(name, value)` ids.
 //!
 //! Nothing is validated here: unknown roles, types or malformed
 //! `"type:key"` strings are kept as written, and [`super::Snapshot`]'s
