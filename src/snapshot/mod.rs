@@ -35,11 +35,12 @@ pub(crate) use intern::{BitSet, Csr, Interner, NONE};
 pub use staged::Staged;
 pub(crate) use values::Values;
 
-/// Stored attributes of one object, compact: names interned once per
-/// snapshot, values once in its [`Values`] pool, entries `(name, value)`
+/// One staged object's attributes, compact: names interned once per
+/// document, values once in its [`Values`] pool, entries `(name, value)`
 /// sorted by name id. A `serde_json::Map` costs a B-tree node (~600 bytes)
 /// per object; a hundred thousand users with three attributes each would
-/// spend more on maps than on every index together.
+/// spend more on maps than on every index together. The snapshot keeps
+/// the same entries in [`AttrRows`].
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct Attrs(Box<[(u32, u32)]>);
 

@@ -566,6 +566,14 @@ mod tests {
         let mut bad = Staged::from_json_str(DOC).unwrap();
         bad.break_an_id();
         assert!(!bad.ids_in_range());
+        // A value id past the pool, in an attribute or a profile field.
+        let past_end = s.values.len() as u32;
+        let mut bad = Staged::from_json_str(DOC).unwrap();
+        bad.users.get_mut(0).unwrap().info.attrs.as_mut().unwrap().0[0].1 = past_end;
+        assert!(!bad.ids_in_range());
+        let mut bad = Staged::from_json_str(DOC).unwrap();
+        bad.users.get_mut(0).unwrap().info.last_name = past_end;
+        assert!(!bad.ids_in_range());
         assert_eq!(back.content_hash(), s.content_hash());
         let user = back.users.iter().next().unwrap();
         let attrs = user.info.attrs.as_ref().unwrap();

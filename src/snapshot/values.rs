@@ -8,12 +8,9 @@
 //! value id)` pairs into one pool: 8 bytes an entry, and each distinct value
 //! costs once. Values stay `Value`s, so a condition reads them borrowed.
 
-use std::fmt;
 use std::hash::BuildHasher;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
-use serde::de::{SeqAccess, Visitor};
-use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
@@ -39,14 +36,14 @@ impl Values {
         }
         let hash = self.hasher.hash_one(&v);
         let items = &self.items;
-        if let Some(&id) = self.lookup.find(hash, |&id| Self::at(items, id) == &v) {
+        if let Some(&id) = self.lookup.find(hash, |&id| items[id as usize] == v) {
             return id;
         }
         let id = self.items.len() as u32;
         self.items.push(v);
         let (items, hasher) = (&self.items, &self.hasher);
         self.lookup
-            .insert_unique(hash, id, |&id| hasher.hash_one(Self::at(items, id)));
+            .insert_unique(hash, id, |&id| hasher.hash_one(&items[id as usize]));
         id
     }
 
@@ -56,17 +53,13 @@ impl Values {
         for (id, v) in items.iter().enumerate() {
             self.lookup
                 .insert_unique(hasher.hash_one(v), id as u32, |&id| {
-                    hasher.hash_one(Self::at(items, id))
+                    hasher.hash_one(&items[id as usize])
                 });
         }
     }
 
-    fn at(items: &[Value], id: u32) -> &Value {
-        &items[id as usize]
-    }
-
     pub fn get(&self, id: u32) -> &Value {
-        Self::at(&self.items, id)
+        &self.items[id as usize]
     }
 
     pub fn len(&self) -> usize {
@@ -91,7 +84,7 @@ impl Values {
         self.items.shrink_to_fit();
         let (items, hasher) = (&self.items, &self.hasher);
         self.lookup
-            .shrink_to_fit(|&id| hasher.hash_one(Self::at(items, id)));
+            .shrink_to_fit(|&id| hasher.hash_one(&items[id as usize]));
     }
 }
 
@@ -99,38 +92,18 @@ impl Values {
 /// text in binary formats).
 impl Serialize for Values {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        // The length up front: bincode needs it, and chunks do not say.
-        let mut seq = s.serialize_seq(Some(self.items.len()))?;
-        for v in self.items.iter() {
-            seq.serialize_element(&JsonRef(v))?;
-        }
-        seq.end()
+        s.collect_seq(self.items.iter().map(JsonRef))
     }
 }
 
 impl<'de> Deserialize<'de> for Values {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct List;
-        impl<'de> Visitor<'de> for List {
-            type Value = Values;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a list of JSON values")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Values, A::Error> {
-                // Capped, so a bad count cannot reserve much.
-                let n = seq.size_hint().unwrap_or(0).min(1 << 20);
-                let mut items = Vec::with_capacity(n);
-                while let Some(Json(v)) = seq.next_element()? {
-                    items.push(v);
-                }
-                items.shrink_to_fit();
-                Ok(Values {
-                    items,
-                    ..Values::default()
-                })
-            }
-        }
-        d.deserialize_seq(List)
+        let items = Vec::<Json>::deserialize(d)?;
+        Ok(Values {
+            // `Json` is a `Value`: collected in place, not copied.
+            items: items.into_iter().map(|Json(v)| v).collect(),
+            ..Values::default()
+        })
     }
 }
 
