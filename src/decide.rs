@@ -657,9 +657,9 @@ impl Attributes for AttrCtx<'_> {
                 let info = self.user.map(|u| &snap.profiles[u as usize]);
                 match name {
                     "key" => owned(self.user_key),
-                    "email" => snap.value(info?.email).map(Cow::Borrowed),
-                    "first_name" => snap.value(info?.first_name).map(Cow::Borrowed),
-                    "last_name" => snap.value(info?.last_name).map(Cow::Borrowed),
+                    "email" => snap.values.opt(info?.email).map(Cow::Borrowed),
+                    "first_name" => snap.values.opt(info?.first_name).map(Cow::Borrowed),
+                    "last_name" => snap.values.opt(info?.last_name).map(Cow::Borrowed),
                     "roles" => {
                         let roles: Vec<u32> = match (self.user, self.tenant) {
                             (Some(u), Some(t)) => tenant_roles(snap, u, t).collect(),

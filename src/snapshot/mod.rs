@@ -324,12 +324,9 @@ impl Snapshot {
     }
 
     fn email_of(&self, user: u32) -> Option<&str> {
-        self.value(self.profiles[user as usize].email)?.as_str()
-    }
-
-    /// A value of the pool by id (`None` for `NONE`): a user's profile string.
-    pub(crate) fn value(&self, id: u32) -> Option<&Value> {
-        (id != NONE).then(|| self.values.get(id))
+        self.values
+            .opt(self.profiles[user as usize].email)?
+            .as_str()
     }
 
     /// Stored attributes as a JSON object, for answers that show them.
@@ -786,8 +783,7 @@ impl Builder {
         drop(tuples);
 
         let emails = Emails::build(user_info.len(), |u| {
-            let id = user_info[u as usize].email;
-            (id != NONE).then(|| values.get(id).as_str()).flatten()
+            values.opt(user_info[u as usize].email)?.as_str()
         });
 
         let (user_sets, resource_sets, n_sets, n_rules) = self.sets_and_rules(

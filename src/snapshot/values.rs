@@ -14,6 +14,7 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
+use super::intern::NONE;
 use crate::model::{Json, JsonRef};
 
 /// Distinct JSON values by dense id. Equal means `Value`'s own equality:
@@ -60,6 +61,11 @@ impl Values {
 
     pub fn get(&self, id: u32) -> &Value {
         &self.items[id as usize]
+    }
+
+    /// A value by id, `None` for `NONE` (an absent profile field).
+    pub fn opt(&self, id: u32) -> Option<&Value> {
+        (id != NONE).then(|| self.get(id))
     }
 
     pub fn len(&self) -> usize {
