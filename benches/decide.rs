@@ -214,6 +214,22 @@ fn bench_env(c: &mut Criterion, name: &'static str, spec: GenSpec, memory: &mut 
             black_box(allowed)
         })
     });
+    // The SDK's `filter_objects` shape: one user and action on 100 files.
+    let filter_raw = mix.filter(10, 100);
+    let filter_bodies: Vec<String> = filter_raw.iter().flat_map(|r| bodies(r)).collect();
+    let filter = parse(&filter_bodies);
+    let filter_chunks: Vec<&[AllowedQuery]> = filter.chunks_exact(100).collect();
+    let mut i = 0;
+    g.bench_function("check_bulk_one_user", |b| {
+        b.iter(|| {
+            i = (i + 1) % filter_chunks.len();
+            let allowed = decide::check_bulk(&snap, filter_chunks[i])
+                .iter()
+                .filter(|d| d.allow)
+                .count();
+            black_box(allowed)
+        })
+    });
     // The whole bulk request minus the socket: decode the 100-item body (as
     // the server does, `http::decode`), decide, encode the answer.
     // `direct` writes the bytes as src/http.rs does; `via_value` builds a

@@ -9,7 +9,8 @@
 # baseline (benches/baseline.rs), and measures:
 #   - POST /allowed at 16 and 64 connections: req/s, p50/p99/p99.9, PDP/baseline
 #   - POST /allowed/bulk (100 checks per request): checks/s, and the
-#     baseline on the same bodies (the ceiling)
+#     baseline on the same bodies (the ceiling); then bodies of one user and
+#     action on 100 files each (the SDK's filter_objects), PDP only
 #   - POST /user-permissions: req/s
 #   - PDP RSS after load, per role assignment (VmRSS)
 #   - time to ready from the data file, and from a backup (PDP_BACKUP_DIR)
@@ -88,7 +89,7 @@ done
 
 DATA=$WORK/$PRESET-$SEED
 ENV_FILE=$DATA/env.json
-if [[ ! -s "$ENV_FILE" || ! -s "$DATA/meta.env" ]]; then
+if [[ ! -s "$ENV_FILE" || ! -s "$DATA/meta.env" || ! -s "$DATA/bulk_filter.jsonl" ]]; then
   mkdir -p "$DATA"
   log "generating $PRESET (seed $SEED) into $DATA"
   "$GEN_BIN" --preset "$PRESET" --seed "$SEED" --out "$ENV_FILE" \
@@ -257,6 +258,8 @@ done
 # ---- bulk and user-permissions -----------------------------------------------
 # Against the ceiling for bulk: bare hyper reading the same 100-check bodies.
 rounds bulk /allowed/bulk "$DATA/bulk.jsonl" 16
+# The SDK's filter_objects shape: one user and action on 100 files a request.
+run_wrk bulk-filter "$PDP_URL/allowed/bulk" "$DATA/bulk_filter.jsonl" 16 "$PDP_PID"
 run_wrk user-perms "$PDP_URL/user-permissions" "$DATA/user_permissions.jsonl" 16 "$PDP_PID"
 
 RSS_KB=$(rss_kb "$PDP_PID" VmRSS)
@@ -402,6 +405,8 @@ printf '%-26s %12s   (rounds: %s; server CPU %s us per check; baseline %s us, ce
   "$(checks "${R[pdp-bulk.rps]:-}")" \
   "$(per_round "pdp-bulk-@.rps" | awk 'NF { printf "%.0f\n", $1 * 100 }' | sort -g | paste -sd/ -)" \
   "$(per_check "${R[pdp-bulk.cpu]:-}")" "$(per_check "${R[base-bulk.cpu]:-}")" "$(checks "${R[base-bulk.rps]:-}")"
+printf '%-26s %12s   (one run; server CPU %s us per check)\n' "  one user a request" \
+  "$(checks "${R[bulk-filter.rps]:-}")" "$(per_check "${R[bulk-filter.cpu]:-}")"
 printf '%-26s %12s %9s %9s %9s %10s\n' "/user-permissions c=16" "${R[user-perms.rps]:-n/a}" \
   "$(ms "${R[user-perms.p50]:-}")" "$(ms "${R[user-perms.p99]:-}")" "$(ms "${R[user-perms.p999]:-}")" "${R[user-perms.errors]:-n/a}"
 echo

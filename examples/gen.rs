@@ -11,7 +11,9 @@
 //!
 //! `--load-dir` writes one request body per line, for `benches/load/*.lua`:
 //! `allowed.jsonl` (the mixed `/allowed` queries), `bulk.jsonl` (arrays of 100
-//! of them for `/allowed/bulk`) and `user_permissions.jsonl`, plus
+//! of them for `/allowed/bulk`), `bulk_filter.jsonl` (bulk bodies of one user
+//! and action on 100 files, the shape of the Python SDK's `filter_objects`)
+//! and `user_permissions.jsonl`, plus
 //! `expected.txt` (how many queries the generator expects allowed) and
 //! `meta.env` (the document's sizes, for per-assignment figures).
 
@@ -127,6 +129,14 @@ fn run(args: Args) -> std::io::Result<()> {
         write_lines(
             dir.join("user_permissions.jsonl"),
             users.iter().map(|u| user_permissions_body(u).to_string()),
+        )?;
+        // Drawn last, so the files above stay as they were before it.
+        let filter = mix.filter((args.queries / 100).max(1), 100);
+        write_lines(
+            dir.join("bulk_filter.jsonl"),
+            filter.iter().map(|r| {
+                serde_json::Value::Array(r.iter().map(|q| q.to_json()).collect()).to_string()
+            }),
         )?;
         std::fs::write(
             dir.join("expected.txt"),

@@ -1230,6 +1230,85 @@ impl<'a> QueryMix<'a> {
         out
     }
 
+    /// `requests` bulk requests of `per` checks in the shape of the Python
+    /// SDK's `filter_objects`: one user and one action on `per` files, each
+    /// with its own tenant. Up to half the files lie under an organization
+    /// the user holds a role on, so they are mostly allowed; the rest are
+    /// drawn from all files, mostly denied.
+    pub fn filter(&mut self, requests: usize, per: usize) -> Vec<Vec<Query>> {
+        let files: Vec<&'a ResourceInstance> = self
+            .doc
+            .resource_instances
+            .iter()
+            .filter(|i| i.resource == CHAIN[2])
+            .collect();
+        // Roles on organizations: ~70 files lie under each.
+        let holders = self.chain_ras[0].clone();
+        if files.is_empty() || holders.is_empty() || per == 0 {
+            return Vec::new();
+        }
+        let actions = REBAC_TYPES[2].actions;
+        (0..requests)
+            .map(|_| {
+                let ra = &self.doc.role_assignments[holders[below(&mut self.rng, holders.len())]];
+                // The files under the instance the role is on, breadth first.
+                let mut under: Vec<&str> = Vec::new();
+                let mut frontier: Vec<&str> = ra.resource_instance.as_deref().into_iter().collect();
+                while under.len() < per / 2 && !frontier.is_empty() {
+                    let mut next = Vec::new();
+                    for inst in frontier {
+                        match split_instance(inst) {
+                            Some((ty, key)) if ty == CHAIN[2] => under.push(key),
+                            _ => next.extend(self.children.get(inst).into_iter().flatten()),
+                        }
+                    }
+                    frontier = next;
+                }
+                under.truncate(per / 2);
+                // An action the role grants on them, where there is one.
+                let start = below(&mut self.rng, actions.len());
+                let action = (0..actions.len())
+                    .map(|i| actions[(start + i) % actions.len()])
+                    .find(|a| {
+                        under
+                            .first()
+                            .is_some_and(|key| self.expected(&self.file_query(&ra.user, a, key)))
+                    })
+                    .unwrap_or(actions[start]);
+                let mut keys: Vec<&str> = under;
+                while keys.len() < per {
+                    keys.push(&files[below(&mut self.rng, files.len())].key);
+                }
+                for i in (1..keys.len()).rev() {
+                    let j = below(&mut self.rng, i + 1);
+                    keys.swap(i, j);
+                }
+                keys.into_iter()
+                    .map(|key| {
+                        let mut q = self.file_query(&ra.user, action, key);
+                        q.expect_allow = self.expected(&q);
+                        q
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// `user` does `action` on the file `key`, in the file's tenant.
+    fn file_query(&self, user: &str, action: &str, key: &str) -> Query {
+        Query {
+            user: user.into(),
+            action: action.into(),
+            resource_type: CHAIN[2].into(),
+            resource_key: Some(key.into()),
+            tenant: self
+                .instances
+                .get(&(CHAIN[2], key))
+                .and_then(|i| i.tenant.clone()),
+            expect_allow: false,
+        }
+    }
+
     /// `n` user keys for `/user-permissions`, users that hold roles.
     pub fn users_with_roles(&mut self, n: usize) -> Vec<String> {
         if self.tenant_ras.is_empty() {
@@ -1362,6 +1441,7 @@ mod tests {
             ("rebac3", mix.rebac(3, 200)),
             ("abac", mix.abac(200)),
             ("mixed", mix.mixed(1_000)),
+            ("filter", mix.filter(10, 100).concat()),
         ];
         for (name, qs) in sets {
             assert!(!qs.is_empty(), "{name} is empty");
@@ -1372,6 +1452,12 @@ mod tests {
                 "{name}: {allowed}/{}",
                 qs.len()
             );
+        }
+        for r in mix.filter(10, 100) {
+            assert_eq!(r.len(), 100);
+            assert!(r
+                .iter()
+                .all(|q| q.user == r[0].user && q.action == r[0].action));
         }
     }
 
