@@ -8,6 +8,8 @@
 # environment (100k users, 1M role assignments), starts the PDP on it and the
 # baseline (benches/baseline.rs), and measures:
 #   - POST /allowed at 16 and 64 connections: req/s, p50/p99/p99.9, PDP/baseline
+#   - the same at 64 connections paced well below saturation (PACE_MS), once
+#     each: the latency when neither server is the bottleneck
 #   - POST /allowed/bulk (100 checks per request): checks/s, and the
 #     baseline on the same bodies (the ceiling); then bodies of one user and
 #     action on 100 files each (the SDK's filter_objects), PDP only
@@ -28,7 +30,8 @@
 # scheduler shares the cores with wrk.
 #
 # Knobs (environment): PRESET (large), SEED (7), DURATION (10s), THREADS (2),
-# CONNS ("16 64"), ROUNDS (3), STARTS (5 starts from the backup), SWAP_TRIGGER
+# CONNS ("16 64"), PACE_MS (3 ms between a connection's requests in the
+# paced run), ROUNDS (3), STARTS (5 starts from the backup), SWAP_TRIGGER
 # (sync = POST /sync | sighup = kill -HUP), PDP_BIN (target/release/pdp),
 # LOAD_WORK (target/load), LOAD_PDP_PORT (18766), LOAD_BASELINE_PORT (18767),
 # SKIP_BUILD=1, QUERIES (20000).
@@ -40,6 +43,7 @@ SEED=${SEED:-7}
 DURATION=${DURATION:-10s}
 THREADS=${THREADS:-2}
 CONNS=${CONNS:-"16 64"}
+PACE_MS=${PACE_MS:-3}
 ROUNDS=${ROUNDS:-3}
 STARTS=${STARTS:-5}
 SWAP_TRIGGER=${SWAP_TRIGGER:-sync}
@@ -171,14 +175,15 @@ log "sample of 200 queries: $ALLOWS allow, $DENIES deny, $OTHER other"
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 CLK_TCK=$(getconf CLK_TCK)
 
-# run_wrk NAME URL BODIES CONNS [PID]: runs wrk, stores
+# run_wrk NAME URL BODIES CONNS [PID [PAUSE_MS]]: runs wrk, stores
 # R[NAME.rps|p50|p99|p999|errors], and with PID the server's CPU time per
-# request in R[NAME.cpu] (microseconds).
+# request in R[NAME.cpu] (microseconds). With PAUSE_MS each connection waits
+# that long after an answer before its next request (benches/load/bodies.lua).
 run_wrk() {
-  local name=$1 url=$2 bodies=$3 conns=$4 pid=${5:-} out line t0=0 t1=0 n
+  local name=$1 url=$2 bodies=$3 conns=$4 pid=${5:-} pause=${6:-} out line t0=0 t1=0 n
   [[ -n "$pid" ]] && t0=$(cpu_ticks "$pid")
   out=$(wrk -t"$THREADS" -c"$conns" -d"$DURATION" --timeout 5s \
-    -s benches/load/bodies.lua "$url" -- "$bodies" "$KEY" 2>&1) || true
+    -s benches/load/bodies.lua "$url" -- "$bodies" "$KEY" $pause 2>&1) || true
   [[ -n "$pid" ]] && t1=$(cpu_ticks "$pid")
   echo "$out" >"$WORK/wrk-$name.txt"
   line=$(grep '^RESULT' <<<"$out" || true)
@@ -254,6 +259,12 @@ DURATION=$WARM
 for c in $CONNS; do
   rounds "$c" /allowed "$DATA/allowed.jsonl" "$c"
 done
+# Off saturation: the same connections, each pausing PACE_MS after an answer,
+# so both servers have cores to spare and p99 is not the length of a queue
+# (at saturation, Little's law puts the mean at connections / req/s).
+PACED_C=${CONNS##* }
+run_wrk paced-pdp "$PDP_URL/allowed" "$DATA/allowed.jsonl" "$PACED_C" "$PDP_PID" "$PACE_MS"
+run_wrk paced-base "$BASE_URL/allowed" "$DATA/allowed.jsonl" "$PACED_C" "$BASE_PID" "$PACE_MS"
 
 # ---- bulk and user-permissions -----------------------------------------------
 # Against the ceiling for bulk: bare hyper reading the same 100-check bodies.
@@ -395,6 +406,14 @@ for c in $CONNS; do
     "$(awk -v r="${R[ratio-$c]:-}" 'BEGIN { if (r == "") print "n/a"; else printf "%.2f", r }')" "${R[ratio-$c.all]:-n/a}"
   printf '%-26s %12s\n' "  CPU per request base/pdp" "$(ratio "${R[base-$c.cpu]:-}" "${R[pdp-$c.cpu]:-}")"
 done
+for who in pdp base; do
+  n=paced-$who
+  printf '%-26s %12s %9s %9s %9s %10s %14s\n' "/allowed $who c=$PACED_C paced" "${R[$n.rps]:-n/a}" \
+    "$(ms "${R[$n.p50]:-}")" "$(ms "${R[$n.p99]:-}")" "$(ms "${R[$n.p999]:-}")" "${R[$n.errors]:-n/a}" \
+    "${R[$n.cpu]:-n/a}"
+done
+printf '%-26s %12s   (one run each, every connection pausing %s ms after an answer)\n' "  p99 pdp/baseline paced" \
+  "$(ratio "${R[paced-pdp.p99]:-}" "${R[paced-base.p99]:-}")" "$PACE_MS"
 printf '%-26s %12s %9s %9s %9s %10s\n' "run" "req/s" "p50 ms" "p99 ms" "p99.9 ms" "errors"
 for who in pdp base; do
   n=$who-bulk

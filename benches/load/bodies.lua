@@ -2,7 +2,12 @@
 -- bodies, round robin, each thread starting at its own offset so the threads
 -- do not ask the same questions in lockstep.
 --
---   wrk ... -s benches/load/bodies.lua URL -- BODIES_FILE API_KEY
+--   wrk ... -s benches/load/bodies.lua URL -- BODIES_FILE API_KEY [PAUSE_MS]
+--
+-- With PAUSE_MS, each connection waits that long after an answer before it
+-- sends its next request, so the load is paced below what the server can
+-- take. Without it there is no `delay` function at all: wrk then sends each
+-- request as soon as the last is answered, without a timer in between.
 --
 -- `done` prints one machine-readable RESULT line (latencies in microseconds)
 -- because wrk's own --latency table stops at p99.
@@ -26,6 +31,10 @@ function init(args)
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
   if key and #key > 0 then wrk.headers["Authorization"] = "Bearer " .. key end
+  local pause = tonumber(args[3] or "")
+  if pause and pause > 0 then
+    delay = function() return pause end
+  end
 end
 
 function request()
