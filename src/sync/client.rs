@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::limiter::{Class, Limiter};
+use super::limiter::{Class, Limiter, MAX_RETRY_AFTER};
 use super::metrics::SyncMetrics;
 use super::{backoff, SyncConfig, SyncState};
 
@@ -220,11 +220,14 @@ impl Client {
                 Err(e) => e,
             };
             failures += 1;
-            // A 429 has already closed the gate for its class; the back-off
-            // on top only spreads retries of other failures.
+            // A 429 has closed the gate for its class already; the retry
+            // waits for the longer of that and the back-off, so a 429 with
+            // `Retry-After: 0` (or a date in the past) still backs off, and
+            // a gate that opens past the deadline ends the attempt now.
+            let backoff = backoff(self.backoff_min, self.backoff_max, failures);
             let wait = match &error {
-                RequestError::RateLimited(_) => Duration::ZERO,
-                _ => backoff(self.backoff_min, self.backoff_max, failures),
+                RequestError::RateLimited(after) => backoff.max(*after),
+                _ => backoff,
             };
             if Instant::now() + wait >= deadline {
                 return Err(Failure::Exhausted(error));
@@ -335,19 +338,22 @@ fn classify_with(e: reqwest::Error, timeout: Duration) -> RequestError {
 }
 
 /// `Retry-After` is delay-seconds or an HTTP date (RFC 9110 §10.2.3).
-/// A date in the past means "now".
+/// A date in the past means "now"; a delay over [`MAX_RETRY_AFTER`] is
+/// read as that.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    // Some servers send fractional seconds; accept them rather than fall
-    // back to a guess.
-    if let Ok(secs) = value.parse::<f64>() {
-        return Duration::try_from_secs_f64(secs).ok();
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    let delay = if let Ok(secs) = value.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else if let Ok(secs) = value.parse::<f64>() {
+        // Some servers send fractional seconds; accept them rather than
+        // fall back to a guess. Past `Duration`'s range is no number of
+        // seconds at all.
+        Duration::try_from_secs_f64(secs).ok()?
+    } else {
+        let at = httpdate::parse_http_date(value).ok()?;
+        at.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]
@@ -372,6 +378,15 @@ mod tests {
         assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-3", now), None);
+        // However long a server asks for, a class closes for ten minutes at most.
+        for absurd in ["18446744073709551615", "1e19", "99999999999"] {
+            assert_eq!(
+                parse_retry_after(absurd, now),
+                Some(MAX_RETRY_AFTER),
+                "{absurd}"
+            );
+        }
+        assert_eq!(parse_retry_after("1e400", now), None);
     }
 
     #[test]

@@ -94,9 +94,10 @@ impl Limiter {
         started.elapsed()
     }
 
-    /// Close `class` until `now + retry_after` (never shortening a gate).
+    /// Close `class` until `now + retry_after` (never shortening a gate),
+    /// for at most [`MAX_RETRY_AFTER`].
     pub fn retry_after(&self, class: Class, retry_after: Duration) {
-        let until = Instant::now() + retry_after;
+        let until = Instant::now() + retry_after.min(MAX_RETRY_AFTER);
         let mut gate = lock(&self.gates[class.index()]);
         if gate.is_none_or(|g| g < until) {
             *gate = Some(until);
@@ -112,6 +113,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A poisoned gate still holds a valid Instant; keep using it.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// The longest a 429 closes a class. The published limits are per minute,
+/// so no honest `Retry-After` asks for more; a larger one (or a corrupt
+/// header) would otherwise hold syncs back for good, or overflow the clock.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 /// At most `limit` requests in any sliding `window`; `None` if unlimited.
 fn quota(limit: u32, window: Duration) -> Option<Quota> {
@@ -153,5 +159,14 @@ mod tests {
         assert!(waited < Duration::from_millis(50));
         let waited = l.acquire(Class::Facts).await;
         assert!(waited >= Duration::from_millis(190), "{waited:?}");
+    }
+
+    #[test]
+    fn a_gate_is_capped_however_long_it_is_asked_for() {
+        let l = Limiter::new(0, 0, 0, Duration::from_secs(60));
+        l.retry_after(Class::Facts, Duration::MAX);
+        let until = l.gate(Class::Facts).expect("closed");
+        assert!(until <= Instant::now() + MAX_RETRY_AFTER);
+        assert!(until > Instant::now() + MAX_RETRY_AFTER - Duration::from_secs(5));
     }
 }

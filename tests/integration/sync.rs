@@ -377,6 +377,24 @@ async fn retry_after_is_honoured(retry_after: RetryAfter) {
     run.stop().await.unwrap();
 }
 
+/// A `Retry-After` no clock can hold (u64::MAX seconds) fails that sync,
+/// which gives up at its deadline instead of waiting; the task lives on.
+#[tokio::test]
+async fn an_absurd_retry_after_fails_the_sync_not_the_task() {
+    let doc = environment(250);
+    let fake = FakeControlPlane::start(&doc, Shape::Paged).await;
+    fake.rate_limit_after("facts", 2, RetryAfter::Raw("18446744073709551615"));
+    let run = Running::start(config(&fake), Arc::new(Store::new()));
+    eventually(
+        "the rate-limited sync to fail",
+        Duration::from_secs(8),
+        || run.state.status().syncs_failed > 0,
+    )
+    .await;
+    assert!(run.hash().is_none(), "a partial snapshot was swapped in");
+    run.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn no_request_is_sent_before_a_retry_after_in_seconds() {
     retry_after_is_honoured(RetryAfter::Seconds(1)).await;

@@ -82,6 +82,8 @@ pub enum RetryAfter {
     Seconds(u64),
     /// An HTTP date this far in the future.
     Date(Duration),
+    /// This header value as it is; nothing is held back after it.
+    Raw(&'static str),
 }
 
 /// One request as the fake saw it.
@@ -395,6 +397,7 @@ fn route(s: &mut State, req: &Request<Incoming>) -> Reply {
                     let left = named.duration_since(now).unwrap_or_default();
                     (header, Instant::now() + left)
                 }
+                RetryAfter::Raw(v) => (v.to_owned(), Instant::now()),
             };
             rl.blocked_until = Some(until);
             let mut r = json(429, r#"{"detail": "too many requests"}"#);
