@@ -105,7 +105,7 @@ impl Lister<'_> {
                     Some(c) => query.push(("cursor", c.clone())),
                     None => query.push(("page", page.to_string())),
                 }
-                let body: PageBody<T> =
+                let mut body: PageBody<T> =
                     match self.client.get_json(&path, &query, self.deadline).await {
                         Ok(body) => body,
                         Err(Failure::Final(RequestError::Status { status, .. }))
@@ -142,7 +142,7 @@ impl Lister<'_> {
                     }
                 }
                 let n = body.data.len();
-                for item in body.data {
+                for item in std::mem::take(&mut body.data) {
                     if !seen.insert(&item.identity()) {
                         return Err(inconsistent(format!(
                             "{:?} appeared on two pages",
@@ -152,22 +152,13 @@ impl Lister<'_> {
                     item.stage(staged);
                     read += 1;
                 }
-                let more = match body.shape {
-                    Shape::Cursor => match (body.has_more, body.cursor) {
-                        (Some(true), Some(c)) if !c.is_empty() => {
-                            cursor = Some(c);
-                            true
-                        }
-                        _ => false,
-                    },
-                    Shape::Paged => match body.page_count {
-                        Some(pc) if pc > 0 => page < pc && n > 0,
-                        _ => n >= self.per_page as usize,
-                    },
-                    Shape::Bare => n >= self.per_page as usize,
-                };
-                if !more {
-                    break;
+                match body
+                    .next(n, page, self.per_page, cursor.as_deref())
+                    .map_err(inconsistent)?
+                {
+                    Next::End => break,
+                    Next::Page => {}
+                    Next::Cursor(c) => cursor = Some(c),
                 }
                 page += 1;
             }
@@ -305,6 +296,52 @@ struct PageBody<T> {
     has_more: Option<bool>,
 }
 
+/// What comes after a page.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    End,
+    /// The next page number.
+    Page,
+    Cursor(String),
+}
+
+impl<T> PageBody<T> {
+    /// What follows this page, which held `n` items and was read as page
+    /// `page` or with the cursor `read_with`. `Err` names a page that
+    /// contradicts itself: the sync fails (and keeps the serving snapshot)
+    /// rather than end the list early or go round in circles.
+    fn next(
+        &mut self,
+        n: usize,
+        page: u64,
+        per_page: u32,
+        read_with: Option<&str>,
+    ) -> Result<Next, String> {
+        let full = if n >= per_page as usize {
+            Next::Page
+        } else {
+            Next::End
+        };
+        match self.shape {
+            Shape::Cursor => match (self.has_more, self.cursor.take().filter(|c| !c.is_empty())) {
+                (Some(true), None) => Err("a page says there is more but gives no cursor".into()),
+                (Some(true), Some(c)) if read_with == Some(c.as_str()) => {
+                    Err(format!("the cursor {c:?} leads back to its own page"))
+                }
+                (Some(true), Some(c)) => Ok(Next::Cursor(c)),
+                _ => Ok(Next::End),
+            },
+            Shape::Paged => match self.page_count {
+                Some(pc) if pc > 0 && page >= pc => Ok(Next::End),
+                Some(pc) if pc > 0 && n == 0 => Err(format!("page {page} of {pc} is empty")),
+                Some(pc) if pc > 0 => Ok(Next::Page),
+                _ => Ok(full),
+            },
+            Shape::Bare => Ok(full),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct Pagination {
     #[serde(default)]
@@ -426,6 +463,42 @@ mod tests {
         assert!(err.to_string().contains("data"), "{err}");
         assert!(serde_json::from_str::<PageBody<User>>(r#""text""#).is_err());
         assert!(serde_json::from_str::<PageBody<User>>(r#"[{"key": "a"}"#).is_err());
+    }
+
+    #[test]
+    fn a_page_says_what_follows_it() {
+        let next = |json: &str, page: u64, read_with: Option<&str>| {
+            let mut body = parse(json);
+            let n = std::mem::take(&mut body.data).len();
+            body.next(n, page, 2, read_with)
+        };
+        let more = r#"{"data": [], "pagination": {"cursor": "c2", "hasMore": true}}"#;
+        assert_eq!(next(more, 1, Some("c1")), Ok(Next::Cursor("c2".into())));
+        assert!(next(more, 2, Some("c2")).unwrap_err().contains("c2"));
+        for no_cursor in [
+            r#"{"data": [], "pagination": {"hasMore": true}}"#,
+            r#"{"data": [], "pagination": {"cursor": "", "hasMore": true}}"#,
+        ] {
+            assert!(next(no_cursor, 1, None).unwrap_err().contains("no cursor"));
+        }
+        let last = r#"{"data": [{"key": "a"}], "pagination": {"cursor": "c3", "hasMore": false}}"#;
+        assert_eq!(next(last, 3, Some("c2")), Ok(Next::End));
+
+        let paged = |n: usize| {
+            let items = vec![r#"{"key": "a"}"#; n].join(",");
+            format!(r#"{{"data": [{items}], "page_count": 3}}"#)
+        };
+        assert_eq!(next(&paged(2), 1, None), Ok(Next::Page));
+        assert_eq!(next(&paged(1), 3, None), Ok(Next::End));
+        assert!(next(&paged(0), 2, None)
+            .unwrap_err()
+            .contains("page 2 of 3"));
+
+        assert_eq!(
+            next(r#"[{"key": "a"}, {"key": "b"}]"#, 1, None),
+            Ok(Next::Page)
+        );
+        assert_eq!(next(r#"[{"key": "a"}]"#, 2, None), Ok(Next::End));
     }
 
     #[test]
