@@ -295,7 +295,7 @@ impl<'a> EvaluationRequest<'a> {
         Ok(EvaluationRequest {
             subject: parse_entity(top.get("subject"), "subject", true)?,
             action: parse_action(top.get("action"), "action")?,
-            resource: parse_entity(top.get("resource"), "resource", true)?,
+            resource: parse_resource(top.get("resource"), "resource", true)?,
             context: parse_context(top.get("context"))?,
         })
     }
@@ -381,6 +381,25 @@ fn parse_entity<'a>(
     })
 }
 
+/// Parses a resource: an entity whose `tenant` property, which picks the
+/// tenant to decide in, is absent, null or a non-empty string. Anything
+/// else is refused rather than decided in [`DEFAULT_TENANT`].
+fn parse_resource<'a>(
+    v: Option<&'a Value>,
+    field: &str,
+    need_id: bool,
+) -> Result<Entity<'a>, AuthzenError> {
+    let resource = parse_entity(v, field, need_id)?;
+    match resource.properties.get("tenant") {
+        None | Some(Value::Null) => Ok(resource),
+        Some(Value::String(t)) if !t.is_empty() => Ok(resource),
+        Some(_) => Err(AuthzenError::wrong(
+            format!("{field}.properties.tenant"),
+            "a non-empty string",
+        )),
+    }
+}
+
 fn parse_action<'a>(v: Option<&'a Value>, field: &str) -> Result<Action<'a>, AuthzenError> {
     let obj = present(v, field)?
         .as_object()
@@ -442,6 +461,7 @@ fn permit_query<'a>(
     resource_attributes: Map<String, Value>,
     context: Map<String, Value>,
 ) -> AllowedQuery<'a> {
+    // `parse_resource` has refused a tenant that is not a string.
     let tenant = match resource_attributes.get("tenant") {
         Some(Value::String(t)) if !t.is_empty() => Str(Cow::Owned(t.clone())),
         _ => borrowed(DEFAULT_TENANT),
@@ -642,7 +662,7 @@ fn batch_item<'a>(
     Ok(EvaluationRequest {
         subject: parse_entity(pick("subject"), "subject", true)?,
         action: parse_action(pick("action"), "action")?,
-        resource: parse_entity(pick("resource"), "resource", true)?,
+        resource: parse_resource(pick("resource"), "resource", true)?,
         context: parse_context(pick("context"))?,
     })
 }
@@ -740,7 +760,7 @@ pub fn search_subject(snap: &Snapshot, body: &Value) -> Result<SearchResponse, A
     let top = as_object(body)?;
     let subject = parse_entity(top.get("subject"), "subject", false)?;
     let action = parse_action(top.get("action"), "action")?;
-    let resource = parse_entity(top.get("resource"), "resource", true)?;
+    let resource = parse_resource(top.get("resource"), "resource", true)?;
     let mut context = parse_context(top.get("context"))?;
     let page = Page::parse(top)?;
     if !is_user_type(subject.kind) {
@@ -769,7 +789,7 @@ pub fn search_resource(snap: &Snapshot, body: &Value) -> Result<SearchResponse, 
     let top = as_object(body)?;
     let subject = parse_entity(top.get("subject"), "subject", true)?;
     let action = parse_action(top.get("action"), "action")?;
-    let resource = parse_entity(top.get("resource"), "resource", false)?;
+    let resource = parse_resource(top.get("resource"), "resource", false)?;
     let mut context = parse_context(top.get("context"))?;
     let page = Page::parse(top)?;
     if !is_user_type(subject.kind) {
@@ -797,7 +817,7 @@ pub fn search_resource(snap: &Snapshot, body: &Value) -> Result<SearchResponse, 
 pub fn search_action(snap: &Snapshot, body: &Value) -> Result<SearchResponse, AuthzenError> {
     let top = as_object(body)?;
     let subject = parse_entity(top.get("subject"), "subject", true)?;
-    let resource = parse_entity(top.get("resource"), "resource", true)?;
+    let resource = parse_resource(top.get("resource"), "resource", true)?;
     let mut context = parse_context(top.get("context"))?;
     let page = Page::parse(top)?;
     if !is_user_type(subject.kind) {

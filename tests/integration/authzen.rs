@@ -497,9 +497,44 @@ fn a_named_tenant_is_used_instead_of_default() {
     );
     body["resource"]["properties"]["tenant"] = json!("elsewhere");
     assert_eq!(
-        call(&snap, Op::Evaluation, body).expect("200")["decision"],
+        call(&snap, Op::Evaluation, body.clone()).expect("200")["decision"],
         false
     );
+    // Null is absent; a tenant that is not a non-empty string is refused,
+    // not decided in `default` (where Rick may read), in every operation.
+    body["resource"]["properties"]["tenant"] = Value::Null;
+    assert_eq!(
+        call(&snap, Op::Evaluation, body.clone()).expect("200")["decision"],
+        true
+    );
+    for bad in [
+        json!(5),
+        json!(""),
+        json!(["default"]),
+        json!({"key": "default"}),
+        json!(true),
+    ] {
+        body["resource"]["properties"]["tenant"] = bad.clone();
+        let err = call(&snap, Op::Evaluation, body.clone()).expect_err(&bad.to_string());
+        assert_eq!(err["field"], "resource.properties.tenant", "{bad}");
+        // The pre-1.0 sibling form too.
+        let mut sibling = body.clone();
+        sibling["resource"]["properties"] = json!({});
+        sibling["resource"]["tenant"] = bad.clone();
+        let err = call(&snap, Op::Evaluation, sibling).expect_err(&bad.to_string());
+        assert_eq!(err["field"], "resource.properties.tenant", "{bad}");
+        let batch = json!({"evaluations": [body.clone()]});
+        let answer = call(&snap, Op::Evaluations, batch).expect("200");
+        assert_eq!(answer["evaluations"][0]["decision"], false, "{answer}");
+        assert_eq!(
+            answer["evaluations"][0]["context"]["error"]["field"], "resource.properties.tenant",
+            "{answer}"
+        );
+        let mut search = body.clone();
+        search["subject"].as_object_mut().unwrap().remove("id");
+        let err = call(&snap, Op::SearchSubject, search).expect_err(&bad.to_string());
+        assert_eq!(err["field"], "resource.properties.tenant", "{bad}");
+    }
 }
 
 #[test]
