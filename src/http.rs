@@ -42,7 +42,8 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
     pub max_bulk_items: usize,
     /// A connection with no request in flight that begins none for this
-    /// long is closed (see `idle_watchdog`).
+    /// long, or whose request's body stops arriving for this long, is
+    /// closed (see `idle_watchdog`).
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
     pub max_staleness: Option<Duration>,
@@ -373,11 +374,11 @@ impl App {
         Ok(loaded)
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(&self, req: Request<Incoming>, progress: &Progress) -> Response<Full<Bytes>> {
         let request_id = req.headers().get("x-request-id").cloned();
         let (label, mut resp) = match Route::find(req.method(), req.uri().path()) {
             Ok(route) => {
-                let resp = match self.dispatch(route, req).await {
+                let resp = match self.dispatch(route, req, progress).await {
                     Ok(resp) => resp,
                     Err(e) => error_response(&e),
                 };
@@ -396,6 +397,7 @@ impl App {
         &self,
         route: Route,
         req: Request<Incoming>,
+        progress: &Progress,
     ) -> Result<Response<Full<Bytes>>, ApiError> {
         if !route.public() {
             self.authenticate(&req)?;
@@ -435,7 +437,7 @@ impl App {
                 ))
             }
             _ => {
-                let body = self.read_json_body(req).await?;
+                let body = self.read_json_body(req, progress).await?;
                 let guard = self.snapshot()?;
                 match guard.as_deref() {
                     Some(loaded) => self.decide(route, loaded, &body),
@@ -585,8 +587,13 @@ impl App {
         Ok(resp)
     }
 
-    /// Checks the content type and reads the body within the size cap.
-    async fn read_json_body(&self, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    /// Checks the content type and reads the body within the size cap; the
+    /// connection's watchdog cuts off a body that stops arriving.
+    async fn read_json_body(
+        &self,
+        req: Request<Incoming>,
+        progress: &Progress,
+    ) -> Result<Bytes, ApiError> {
         let is_json = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -600,6 +607,7 @@ impl App {
         if !is_json {
             return Err(ApiError::UnsupportedMediaType);
         }
+        let _reading = BodyRead::begin(progress);
         read_body(req.into_body(), self.settings.max_body_bytes).await
     }
 
@@ -639,21 +647,41 @@ impl App {
     }
 }
 
-/// Requests a connection has begun and finished: its service bumps them,
-/// its [`idle_watchdog`] reads them. Over HTTP/1 both run in the
-/// connection's task, so the atomics are uncontended.
+/// Requests a connection has begun and finished, and the bodies it is
+/// reading: its service bumps them, its [`idle_watchdog`] reads them. Over
+/// HTTP/1 both run in the connection's task, so the atomics are
+/// uncontended.
 #[derive(Default)]
 struct Progress {
     begun: AtomicU64,
     finished: AtomicU64,
+    reading: AtomicU64,
 }
 
 impl Progress {
-    fn counts(&self) -> (u64, u64) {
+    fn counts(&self) -> (u64, u64, u64) {
         (
             self.begun.load(Ordering::Relaxed),
             self.finished.load(Ordering::Relaxed),
+            self.reading.load(Ordering::Relaxed),
         )
+    }
+}
+
+/// A request body being read; no longer once dropped (read, refused, or
+/// the request dropped).
+struct BodyRead<'a>(&'a Progress);
+
+impl BodyRead<'_> {
+    fn begin(progress: &Progress) -> BodyRead<'_> {
+        progress.reading.fetch_add(1, Ordering::Relaxed);
+        BodyRead(progress)
+    }
+}
+
+impl Drop for BodyRead<'_> {
+    fn drop(&mut self) {
+        self.0.reading.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -674,13 +702,15 @@ impl Drop for InFlight {
     }
 }
 
-/// Completes once the connection has had no request in flight and begun no
-/// new one for `limit` to 1.5 × `limit`: a client that connects and sends
-/// its request head too slowly (or not at all), or a keep-alive connection
-/// left idle. A request in flight is never cut off. It looks every half
-/// `limit`, so it costs one timer tick per half period, not per request.
-/// A request counts as finished once its answer is built: a client too slow
-/// to read an answer for `limit` is cut off as well.
+/// Completes once the connection has made no progress for `limit` to 1.5 ×
+/// `limit` while it had no request in flight, or while a request in flight
+/// waited for its body: a client that connects and sends its request head
+/// or body too slowly (or not at all), or a keep-alive connection left
+/// idle. A request whose body has arrived is never cut off, however long
+/// it takes to answer. It looks every half `limit`, so it costs one timer
+/// tick per half period, not per request. A request counts as finished
+/// once its answer is built: a client too slow to read an answer for
+/// `limit` is cut off as well.
 async fn idle_watchdog(progress: &Progress, limit: Duration) {
     let half = limit / 2;
     let mut last = progress.counts();
@@ -688,7 +718,8 @@ async fn idle_watchdog(progress: &Progress, limit: Duration) {
     loop {
         tokio::time::sleep(half).await;
         let now = progress.counts();
-        if now != last || now.0 != now.1 {
+        let (begun, finished, reading) = now;
+        if now != last || (begun != finished && reading == 0) {
             last = now;
             quiet = 0;
             continue;
@@ -703,6 +734,10 @@ async fn idle_watchdog(progress: &Progress, limit: Duration) {
 }
 
 async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    // A declared length over the cap is refused before any of it is read.
+    if hyper::body::Body::size_hint(&body).lower() > limit as u64 {
+        return Err(ApiError::BodyTooLarge(limit));
+    }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::BodyTooLarge(limit)),
@@ -743,7 +778,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
                         let app = app.clone();
                         let in_flight = InFlight::begin(progress.clone());
                         async move {
-                            let resp = app.handle(req).await;
+                            let resp = app.handle(req, &in_flight.0).await;
                             drop(in_flight);
                             Ok::<_, Infallible>(resp)
                         }
@@ -829,6 +864,14 @@ mod tests {
         // Once it is answered, the idle time counts from the answer.
         drop(in_flight);
         closes_in_time(watchdog).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_whose_body_stops_coming_is_cut_off() {
+        let progress = Arc::new(Progress::default());
+        let _in_flight = InFlight::begin(progress.clone());
+        let _reading = BodyRead::begin(&progress);
+        closes_in_time(idle_watchdog(&progress, LIMIT)).await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -505,6 +505,51 @@ async fn slow_clients_are_cut_off() {
     );
 }
 
+/// A body that stops arriving is cut off like a slow head; a declared
+/// length over the cap is refused before any of the body is read.
+#[tokio::test]
+async fn slow_bodies_are_cut_off_and_long_ones_refused_at_once() {
+    let s = TestServer::start_with(
+        Some(document(env())),
+        HttpSettings {
+            header_read_timeout: Duration::from_millis(300),
+            // Raw requests below; a key would be answered before any body.
+            api_key: None,
+            ..settings()
+        },
+    )
+    .await;
+    let addr = s.addr;
+    let talk = move |head: &'static [u8]| {
+        tokio::task::spawn_blocking(move || {
+            let mut conn = std::net::TcpStream::connect(addr).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            conn.write_all(head).unwrap();
+            let started = std::time::Instant::now();
+            let mut buf = Vec::new();
+            let _ = conn.read_to_end(&mut buf);
+            (
+                started.elapsed(),
+                String::from_utf8_lossy(&buf).into_owned(),
+            )
+        })
+    };
+    let (took, answer) = talk(
+        b"POST /allowed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    assert!(took < Duration::from_secs(4), "still open after {took:?}");
+    assert!(answer.is_empty(), "{answer}");
+    let (_, answer) = talk(
+        b"POST /allowed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2000000\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("body_too_large"), "{answer}");
+}
+
 #[tokio::test]
 async fn not_ready_until_a_snapshot_is_loaded() {
     let s = TestServer::start_with(None, settings()).await;
