@@ -376,6 +376,7 @@ impl App {
 
     async fn handle(&self, req: Request<Incoming>, progress: &Progress) -> Response<Full<Bytes>> {
         let request_id = req.headers().get("x-request-id").cloned();
+        let head = req.method() == Method::HEAD;
         let (label, mut resp) = match Route::find(req.method(), req.uri().path()) {
             Ok(route) => {
                 let resp = match self.dispatch(route, req, progress).await {
@@ -389,6 +390,15 @@ impl App {
         self.metrics.http(label, resp.status().as_u16());
         if let Some(id) = request_id {
             resp.headers_mut().insert("x-request-id", id);
+        }
+        if head {
+            // The headers of the GET answer and no body: hyper leaves the
+            // body out over HTTP/1 but would send it over HTTP/2, where a
+            // body on a HEAD answer is a protocol error.
+            let len = std::mem::take(resp.body_mut()).collect().await;
+            let len = len.map_or(0, |b| b.to_bytes().len());
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         }
         resp
     }

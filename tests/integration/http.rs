@@ -675,6 +675,21 @@ async fn request_ids_are_echoed_and_http2_is_served() {
         .unwrap();
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert_eq!(resp.json::<Value>().await.unwrap()["allow"], true);
+
+    // HEAD: the GET answer's headers and no body, over either protocol (a
+    // body on an HTTP/2 HEAD answer resets the stream).
+    let get = s.client.get(s.url("/livez")).send().await.unwrap();
+    let length = get.headers()["content-length"].clone();
+    for client in [&s.client, &h2] {
+        for (path, status) in [("/livez", 200), ("/nothing", 404)] {
+            let resp = client.head(s.url(path)).send().await.unwrap();
+            assert_eq!(resp.status(), status, "{path}");
+            if path == "/livez" {
+                assert_eq!(resp.headers()["content-length"], length);
+            }
+            assert!(resp.bytes().await.unwrap().is_empty());
+        }
+    }
 }
 
 /// Two snapshots that answer a pair of checks oppositely: any response
