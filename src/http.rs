@@ -426,11 +426,13 @@ impl App {
                 Ok(resp)
             }
             Route::AuthzenConfiguration => {
-                let host = req
-                    .headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .unwrap_or("localhost:7766");
+                // HTTP/2 names the server in the URI (`:authority`), HTTP/1.1
+                // in `Host`; a value that is no authority is not echoed.
+                let authority = req.uri().authority().cloned().or_else(|| {
+                    let host = req.headers().get(header::HOST)?.to_str().ok()?;
+                    host.parse::<http::uri::Authority>().ok()
+                });
+                let host = authority.as_ref().map_or("localhost:7766", |a| a.as_str());
                 let https = req
                     .headers()
                     .get("x-forwarded-proto")

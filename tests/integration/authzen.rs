@@ -1130,6 +1130,26 @@ mod over_http {
         let (status, meta) = server.get("/.well-known/authzen-configuration").await;
         assert_eq!(status, 200, "{meta}");
         assert_eq!(meta["policy_decision_point"], server.base_url);
+        // Over HTTP/2 the server is named by `:authority`, not `Host`.
+        let h2 = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap();
+        let url = format!("{}/.well-known/authzen-configuration", server.base_url);
+        let resp = h2.get(&url).send().await.unwrap();
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        let meta2: Value = resp.json().await.unwrap();
+        assert_eq!(meta2["policy_decision_point"], server.base_url);
+        // A Host that is no authority is not echoed back.
+        let odd = server
+            .client
+            .get(&url)
+            .header("Host", "evil.example\"x")
+            .send()
+            .await
+            .unwrap();
+        let odd: Value = odd.json().await.unwrap();
+        assert!(!odd.to_string().contains("evil"), "{odd}");
         let search = meta["search_subject_endpoint"]
             .as_str()
             .expect("search supported");
