@@ -717,8 +717,11 @@ fn encode_token(next: usize) -> String {
     format!("{TOKEN_PREFIX}{next:x}")
 }
 
+/// The position a token names, for tokens in the form [`encode_token`]
+/// writes only: `p1.+1` or `p1.007` parse as numbers but were never issued.
 fn decode_token(token: &str) -> Option<usize> {
-    usize::from_str_radix(token.strip_prefix(TOKEN_PREFIX)?, 16).ok()
+    let next = usize::from_str_radix(token.strip_prefix(TOKEN_PREFIX)?, 16).ok()?;
+    (encode_token(next) == token).then_some(next)
 }
 
 /// Walks `candidates` (unique: the snapshot interns them) from `page.start`,
@@ -925,6 +928,9 @@ mod tests {
         }
         assert_eq!(decode_token("12"), None);
         assert_eq!(decode_token("p1.zz"), None);
+        for never_issued in ["p1.+1", "p1.007", "p1.A", "p1."] {
+            assert_eq!(decode_token(never_issued), None, "{never_issued}");
+        }
         let top = json!({"page": {"token": "", "limit": 5}});
         assert_eq!(
             Page::parse(top.as_object().unwrap()),
