@@ -262,7 +262,10 @@ fn decode(bytes: &[u8]) -> Result<Backup, DecodeError> {
     }
     let synced = u64::from_le_bytes(field(12, 8).try_into().unwrap_or_default());
     let length = u64::from_le_bytes(field(20, 8).try_into().unwrap_or_default());
-    let expected = HEADER_LEN as u64 + length;
+    // The length is read before the checksum can vouch for it.
+    let Some(expected) = length.checked_add(HEADER_LEN as u64) else {
+        return Err(DecodeError::Corrupt(format!("a length of {length} bytes")));
+    };
     if found < expected {
         return Err(DecodeError::Truncated { found, expected });
     }
@@ -407,6 +410,11 @@ mod tests {
         let mut long = good.clone();
         long.push(0);
         assert!(matches!(check(&long), BackupError::Corrupt { .. }));
+        // A length that overflows once the header is added (it is read
+        // before the checksum can vouch for it).
+        let mut huge = good.clone();
+        huge[20..28].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(check(&huge), BackupError::Corrupt { .. }));
         let mut v1 = good.clone();
         v1[8] = 1;
         assert!(matches!(
