@@ -17,6 +17,7 @@
 //! A file that is short, long, of another version or fails its checksum is
 //! refused as a whole: a backup is trusted completely or not at all.
 
+use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -26,6 +27,9 @@ use std::time::{Duration, SystemTime};
 use crate::snapshot::Staged;
 
 pub const BACKUP_FILE: &str = "pdp-snapshot.bin";
+/// Beside the backup: the last time a sync found the backup's document
+/// again, so the backup need not be rewritten to say it is still current.
+pub const CONFIRMED_FILE: &str = "pdp-snapshot.confirmed";
 const MAGIC: &[u8; 8] = b"PDPSNAP\n";
 /// Bump on any change to the layout above or to `Staged`'s encoding.
 /// Version 1 held the parsed `DataDocument`; version 2 held each attribute
@@ -194,6 +198,50 @@ impl<W: Write> Write for HashingWriter<'_, W> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Confirmation {
+    content_hash: String,
+    confirmed_at: u64,
+}
+
+/// Records that a sync at `at` found the document whose content hash is
+/// `content_hash` (the backup's) again. Written to a temp file and renamed,
+/// so a reader sees the old record or the new one.
+pub fn confirm(dir: &Path, content_hash: &str, at: SystemTime) -> io::Result<()> {
+    let record = Confirmation {
+        content_hash: content_hash.to_owned(),
+        confirmed_at: at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    let tmp = dir.join(format!(".{CONFIRMED_FILE}.{}.tmp", std::process::id()));
+    let written = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| {
+            serde_json::to_writer(&mut f, &record)?;
+            f.sync_all()
+        })
+        .and_then(|()| fs::rename(&tmp, dir.join(CONFIRMED_FILE)));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// When a sync last confirmed the document with `content_hash`, if the
+/// record in `dir` is about that document; a record about another one (an
+/// older backup's) says nothing.
+pub fn confirmed_at(dir: &Path, content_hash: &str) -> Option<SystemTime> {
+    let text = fs::read(dir.join(CONFIRMED_FILE)).ok()?;
+    let record: Confirmation = serde_json::from_slice(&text).ok()?;
+    (record.content_hash == content_hash)
+        .then(|| SystemTime::UNIX_EPOCH + Duration::from_secs(record.confirmed_at))
 }
 
 /// The backup in `dir`, if the file there is a complete, current, intact
@@ -382,6 +430,23 @@ mod tests {
             read_backup(dir.path()),
             Err(BackupError::Missing(_))
         ));
+    }
+
+    #[test]
+    fn a_confirmation_counts_for_its_own_document_only() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(confirmed_at(dir.path(), "h1"), None);
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        confirm(dir.path(), "h1", at).unwrap();
+        assert_eq!(confirmed_at(dir.path(), "h1"), Some(at));
+        assert_eq!(confirmed_at(dir.path(), "h2"), None);
+        let later = at + Duration::from_secs(60);
+        confirm(dir.path(), "h1", later).unwrap();
+        assert_eq!(confirmed_at(dir.path(), "h1"), Some(later));
+        fs::write(dir.path().join(CONFIRMED_FILE), b"{not json").unwrap();
+        assert_eq!(confirmed_at(dir.path(), "h1"), None);
+        // Only the record is left: no temp files.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -343,14 +343,14 @@ impl Syncer {
         let backed_up = self.backed_up.clone();
         // Hashing, building and writing a million-assignment environment
         // takes CPU-seconds; keep it off the runtime's worker threads.
-        let (outcome, hash, backup_result) = tokio::task::spawn_blocking(move || {
+        let (outcome, hash, backup_result, confirmed) = tokio::task::spawn_blocking(move || {
             let hash = staged.content_hash();
             // The backup is written before the build, which consumes the
             // staged document; a document the build refuses is not kept,
             // because the backup would then be refused at the next start.
-            let pending = match backup_dir {
+            let pending = match &backup_dir {
                 Some(dir) if backed_up.as_deref() != Some(hash.as_str()) => {
-                    Some(backup::prepare(&dir, &staged))
+                    Some(backup::prepare(dir, &staged))
                 }
                 _ => None,
             };
@@ -360,6 +360,15 @@ impl Syncer {
             let unchanged = store.load().is_some_and(|l| {
                 l.meta.content_hash == hash && l.meta.source == Source::ControlPlane
             });
+            // A backup already holding this document is confirmed instead
+            // of rewritten, so a restart in an outage counts it fresh as of
+            // this sync (PDP_MAX_STALENESS), not as of the one that wrote it.
+            let confirmed = match (&backup_dir, &pending) {
+                (Some(dir), None) if backed_up.as_deref() == Some(hash.as_str()) => {
+                    Some(backup::confirm(dir, &hash, SystemTime::now()))
+                }
+                _ => None,
+            };
             let outcome = if unchanged {
                 store.mark_fresh();
                 SyncOutcome::Unchanged
@@ -381,7 +390,7 @@ impl Syncer {
                 SyncOutcome::Swapped
             };
             let backup_result = pending.map(|p| p.and_then(backup::Pending::commit));
-            Ok::<_, SyncError>((outcome, hash, backup_result))
+            Ok::<_, SyncError>((outcome, hash, backup_result, confirmed))
         })
         .await
         .map_err(|e| SyncError::Internal(e.to_string()))??;
@@ -400,6 +409,12 @@ impl Syncer {
             }
             None => {}
         }
+        if let Some(Err(e)) = confirmed {
+            tracing::warn!(error = %e, "cannot record that the backup is still current");
+            if let Some(m) = &self.metrics {
+                m.backup_failures.inc();
+            }
+        }
         Ok(outcome)
     }
 }
@@ -414,6 +429,10 @@ pub fn restore_backup(store: &Store, dir: &std::path::Path) -> Result<bool, Back
         Err(BackupError::Missing(_)) => return Ok(false),
         Err(e) => return Err(e),
     };
+    // Fresh as of the last sync that wrote or confirmed it, not as of now:
+    // under PDP_MAX_STALENESS an old backup must not pass for a current one.
+    let fresh_at = backup::confirmed_at(dir, &backup.content_hash)
+        .map_or(backup.synced_at, |c| c.max(backup.synced_at));
     let snapshot =
         Snapshot::from_staged(backup.staged).map_err(|e| BackupError::Invalid(e.to_string()))?;
     store.swap(Loaded {
@@ -424,9 +443,7 @@ pub fn restore_backup(store: &Store, dir: &std::path::Path) -> Result<bool, Back
             loaded_at: SystemTime::now(),
         },
     });
-    // Fresh as of the sync that wrote it, not as of now: under
-    // PDP_MAX_STALENESS an old backup must not pass for a current one.
-    store.mark_fresh_at(backup.synced_at);
+    store.mark_fresh_at(fresh_at);
     Ok(true)
 }
 

@@ -587,6 +587,43 @@ async fn a_change_in_the_control_plane_is_served_after_the_next_interval() {
     run.stop().await.unwrap();
 }
 
+/// A sync that finds the backup's document again records it, so a restart
+/// in an outage counts the backup fresh as of that sync, not as of the one
+/// that wrote it (PDP_MAX_STALENESS would otherwise refuse it too early).
+#[tokio::test]
+async fn an_unchanged_sync_confirms_the_backup() {
+    let doc = environment(50);
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeControlPlane::start(&doc, Shape::Bare).await;
+    let run = Running::start(
+        SyncConfig {
+            backup_dir: Some(dir.path().to_owned()),
+            ..config(&fake)
+        },
+        Arc::new(Store::new()),
+    );
+    run.serves(&doc, "the first sync").await;
+    let written = read_backup(dir.path()).unwrap().synced_at;
+    // Backup times are whole seconds.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let status = run.sync_now().await;
+    assert_eq!(status.syncs_failed, 0);
+    run.stop().await.unwrap();
+    assert_eq!(
+        read_backup(dir.path()).unwrap().synced_at,
+        written,
+        "not rewritten"
+    );
+
+    let store = Store::new();
+    assert!(restore_backup(&store, dir.path()).unwrap());
+    let age = store.freshness_age();
+    assert!(
+        age < Duration::from_secs(2),
+        "fresh as of the written backup: {age:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_restart_with_the_control_plane_down_serves_the_backup() {
     let doc = environment(250);
