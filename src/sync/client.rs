@@ -187,6 +187,13 @@ impl Client {
         let body = self.get_once("/v2/api-key/scope", &[]).await?;
         let read: ScopeRead =
             serde_json::from_slice(&body).map_err(|e| RequestError::Malformed(e.to_string()))?;
+        // Every key has an organization (the field is required): a body
+        // without one is no scope at all, not an organization key.
+        if read.organization_id.as_deref().is_none_or(str::is_empty) {
+            return Err(RequestError::Malformed(
+                "the key's scope names no organization_id".into(),
+            ));
+        }
         Ok(Scope::from_read(read))
     }
 

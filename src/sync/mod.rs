@@ -255,8 +255,12 @@ impl Syncer {
                         got => Err(FatalKeyError::WrongKeyKind { got }),
                     }
                 }
+                // Only a 401 says the key is bad (contract §4.1); a 403 may
+                // come from a proxy in front of the control plane, and is
+                // retried like an outage so a PDP with a backup keeps
+                // serving.
                 Err(RequestError::Status {
-                    status: status @ (401 | 403),
+                    status: status @ 401,
                     ..
                 }) => {
                     return Err(FatalKeyError::InvalidKey {

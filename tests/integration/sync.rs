@@ -303,6 +303,28 @@ async fn project_and_organization_keys_are_refused_with_the_reason() {
         .all(|r| r.path == "/v2/api-key/scope"));
 }
 
+/// Only a 401 says the key is bad (contract §4.1). A 403 (which a proxy in
+/// front of the control plane may send) or a scope that names no
+/// organization (`{}` from a misbehaving hop) is retried like an outage,
+/// so a fleet with backups keeps serving instead of exiting.
+#[tokio::test]
+async fn a_403_or_an_empty_scope_is_retried_not_fatal() {
+    let doc = environment(20);
+    for fault in [Fault::Status(403), Fault::TruncatedJson] {
+        let fake = FakeControlPlane::start(&doc, Shape::Bare).await;
+        fake.fail_times("scope", fault, 3);
+        let run = Running::start(config(&fake), Arc::new(Store::new()));
+        run.serves(&doc, "the sync after the faults").await;
+        let scopes = fake
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/v2/api-key/scope")
+            .count();
+        assert_eq!(scopes, 4, "{fault:?}");
+        run.stop().await.unwrap();
+    }
+}
+
 /// The real binary, as an operator runs it: a wrong key kind is exit 64
 /// with the reason, not a PDP that serves nothing forever.
 #[tokio::test]

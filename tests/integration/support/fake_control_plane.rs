@@ -410,6 +410,20 @@ fn route(s: &mut State, req: &Request<Incoming>) -> Reply {
     }
 
     if path == "/v2/api-key/scope" {
+        // Faults on the list name "scope": a status, or a body with no ids.
+        if let Some(at) = s
+            .faults
+            .iter()
+            .position(|(l, _, left)| *l == "scope" && *left != Some(0))
+        {
+            if let Some(n) = &mut s.faults[at].2 {
+                *n -= 1;
+            }
+            return Reply::Now(match s.faults[at].1 {
+                Fault::Status(code) => json(code, r#"{"detail": "injected failure"}"#),
+                _ => json(200, "{}"),
+            });
+        }
         let body = serde_json::json!({
             "organization_id": ORG_ID,
             "project_id": scope.0,
