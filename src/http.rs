@@ -90,6 +90,8 @@ pub enum ApiError {
     BadKey,
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
+    #[error("Content-Encoding {0} is not supported; send the body uncompressed")]
+    UnsupportedEncoding(String),
     #[error("request body is larger than {0} bytes")]
     BodyTooLarge(usize),
     #[error("{count} items in one request; the limit is {limit}")]
@@ -113,7 +115,9 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::MissingAuth => StatusCode::UNAUTHORIZED,
             ApiError::BadKey => StatusCode::FORBIDDEN,
-            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UnsupportedMediaType | ApiError::UnsupportedEncoding(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             ApiError::BodyTooLarge(_) | ApiError::TooManyItems { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -133,6 +137,7 @@ impl ApiError {
             ApiError::MissingAuth => "missing_authorization",
             ApiError::BadKey => "invalid_api_key",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::UnsupportedEncoding(_) => "unsupported_encoding",
             ApiError::BodyTooLarge(_) => "body_too_large",
             ApiError::TooManyItems { .. } => "too_many_items",
             ApiError::BadJson(_) => "invalid_json",
@@ -618,6 +623,13 @@ impl App {
             });
         if !is_json {
             return Err(ApiError::UnsupportedMediaType);
+        }
+        // A compressed body would otherwise fail as "not UTF-8" or as JSON.
+        if let Some(coding) = req.headers().get(header::CONTENT_ENCODING) {
+            let coding = String::from_utf8_lossy(coding.as_bytes());
+            if !coding.trim().eq_ignore_ascii_case("identity") {
+                return Err(ApiError::UnsupportedEncoding(coding.into_owned()));
+            }
         }
         let _reading = BodyRead::begin(progress);
         read_body(req.into_body(), self.settings.max_body_bytes).await

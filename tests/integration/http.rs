@@ -364,6 +364,25 @@ async fn bad_input_gets_a_clear_4xx() {
     assert_eq!(st, 415);
     let (st, _) = raw("/allowed", None, b"{}".to_vec()).await;
     assert_eq!(st, 415);
+    // A compressed body is refused as such, not as bytes that are not UTF-8.
+    for (coding, expect) in [("gzip", 415), ("br", 415), ("identity", 200)] {
+        let resp = s
+            .client
+            .post(s.url("/allowed"))
+            .bearer_auth(KEY)
+            .header("Content-Type", "application/json")
+            .header("Content-Encoding", coding)
+            .body(r#"{"user": "alice", "action": "read", "resource": {"type": "document", "tenant": "acme"}}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), expect, "{coding}");
+        let body: Value = resp.json().await.unwrap();
+        if expect == 415 {
+            assert_eq!(body["error"], "unsupported_encoding", "{body}");
+            assert!(body["detail"].as_str().unwrap().contains(coding), "{body}");
+        }
+    }
     let (st, _) = raw(
         "/allowed",
         Some("application/json; charset=utf-8"),
