@@ -504,24 +504,30 @@ async fn slow_clients_are_cut_off() {
         },
     )
     .await;
-    let addr = s.addr;
-    let closed = tokio::task::spawn_blocking(move || {
+    let (took, _) = send_raw(s.addr, b"POST /allowed HTTP/1.1\r\nHost: x\r\n").await;
+    assert!(
+        took < Duration::from_secs(4),
+        "the server closed the connection: {took:?}"
+    );
+}
+
+/// Writes `bytes` on a new connection to `addr` and reads until the server
+/// closes it (5 s at most): how long that took, and what came back.
+async fn send_raw(addr: std::net::SocketAddr, bytes: &'static [u8]) -> (Duration, String) {
+    tokio::task::spawn_blocking(move || {
         let mut conn = std::net::TcpStream::connect(addr).unwrap();
         conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        conn.write_all(b"POST /allowed HTTP/1.1\r\nHost: x\r\n")
-            .unwrap();
+        conn.write_all(bytes).unwrap();
         let started = std::time::Instant::now();
         let mut buf = Vec::new();
         let _ = conn.read_to_end(&mut buf);
-        (started.elapsed(), buf)
+        (
+            started.elapsed(),
+            String::from_utf8_lossy(&buf).into_owned(),
+        )
     })
     .await
-    .unwrap();
-    assert!(
-        closed.0 < Duration::from_secs(4),
-        "the server closed the connection: {:?}",
-        closed.0
-    );
+    .unwrap()
 }
 
 /// A body that stops arriving is cut off like a slow head; a declared
@@ -538,33 +544,18 @@ async fn slow_bodies_are_cut_off_and_long_ones_refused_at_once() {
         },
     )
     .await;
-    let addr = s.addr;
-    let talk = move |head: &'static [u8]| {
-        tokio::task::spawn_blocking(move || {
-            let mut conn = std::net::TcpStream::connect(addr).unwrap();
-            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            conn.write_all(head).unwrap();
-            let started = std::time::Instant::now();
-            let mut buf = Vec::new();
-            let _ = conn.read_to_end(&mut buf);
-            (
-                started.elapsed(),
-                String::from_utf8_lossy(&buf).into_owned(),
-            )
-        })
-    };
-    let (took, answer) = talk(
+    let (took, answer) = send_raw(
+        s.addr,
         b"POST /allowed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
     )
-    .await
-    .unwrap();
+    .await;
     assert!(took < Duration::from_secs(4), "still open after {took:?}");
     assert!(answer.is_empty(), "{answer}");
-    let (_, answer) = talk(
+    let (_, answer) = send_raw(
+        s.addr,
         b"POST /allowed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2000000\r\nConnection: close\r\n\r\n",
     )
-    .await
-    .unwrap();
+    .await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("body_too_large"), "{answer}");
 }
