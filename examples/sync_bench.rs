@@ -273,7 +273,9 @@ async fn measure(users: usize, assignments: usize) {
     };
     let store = Arc::new(Store::new());
     let state = Arc::new(SyncState::new());
-    let syncer = Syncer::new(config, state.clone(), None).expect("client");
+    let metrics =
+        Arc::new(pdp::sync::SyncMetrics::register(&prometheus::Registry::new()).expect("registry"));
+    let syncer = Syncer::new(config, state.clone(), metrics).expect("client");
     let trigger = Arc::new(Notify::new());
     let (stop, stop_rx) = watch::channel(false);
 

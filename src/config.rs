@@ -5,7 +5,7 @@
 //! exits 64 on any. Tests pass their own variables as a map instead of
 //! touching the process environment.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -161,16 +161,28 @@ impl Config {
             .map(|k| (k.name, k.default.to_owned()))
             .collect();
         let mut errors = Vec::new();
+        // Keys the file or the environment set, even to an empty value.
+        let mut given = BTreeSet::new();
         if let Some(path) = file {
             match std::fs::read_to_string(path) {
-                Ok(text) => merge_toml(&text, path, &mut raw, &mut errors),
+                Ok(text) => merge_toml(&text, path, &mut raw, &mut given, &mut errors),
                 Err(e) => errors.push(format!("{}: {e}", path.display())),
             }
         }
         for k in KEYS {
             if let Some(v) = env.get(&format!("PDP_{}", k.name.to_uppercase())) {
                 raw.insert(k.name, v.clone());
+                given.insert(k.name);
             }
+        }
+        // A key that is given but empty (an empty Kubernetes secret) is a
+        // mistake, not a request for the embedded example data.
+        if given.contains("api_key") && raw.get("api_key").is_some_and(|k| k.trim().is_empty()) {
+            errors.push(
+                "PDP_API_KEY / `api_key` is set but empty; give the environment API key, \
+                 or unset it to serve the embedded example"
+                    .to_owned(),
+            );
         }
         let config = Parser {
             raw: &raw,
@@ -198,6 +210,7 @@ fn merge_toml(
     text: &str,
     path: &Path,
     raw: &mut BTreeMap<&'static str, String>,
+    given: &mut BTreeSet<&'static str>,
     errors: &mut Vec<String>,
 ) {
     let table: toml::Table = match text.parse() {
@@ -227,6 +240,7 @@ fn merge_toml(
             }
         };
         raw.insert(k.name, text);
+        given.insert(k.name);
     }
 }
 
@@ -456,6 +470,23 @@ mod tests {
             );
         }
         assert_eq!(errors.len(), 7, "{errors:?}");
+    }
+
+    #[test]
+    fn an_api_key_set_but_empty_is_an_error_not_the_example() {
+        for blank in ["", "  "] {
+            let errors = Config::load(None, &env(&[("PDP_API_KEY", blank)])).unwrap_err();
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(errors[0].starts_with("PDP_API_KEY"), "{errors:?}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pdp.toml");
+        std::fs::write(&file, "api_key = \"\"\n").unwrap();
+        let errors = Config::load(Some(&file), &env(&[])).unwrap_err();
+        assert!(errors[0].contains("set but empty"), "{errors:?}");
+        // A key in the environment overrides an empty one in the file.
+        let c = Config::load(Some(&file), &env(&[("PDP_API_KEY", "k")])).unwrap();
+        assert_eq!(c.mode(), Mode::ControlPlane);
     }
 
     #[test]

@@ -32,7 +32,8 @@ use tracing::{debug, info, warn};
 use crate::authzen;
 use crate::decide::{self, AllowedQuery};
 use crate::metrics::{Endpoint, Metrics};
-use crate::store::{Loaded, Store};
+use crate::store::{Loaded, Source, Store};
+use crate::sync::SyncState;
 
 /// What the HTTP layer needs from the configuration.
 #[derive(Debug, Clone)]
@@ -70,8 +71,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Woken by `POST /sync` (a sync, or a reload of the data file).
     pub refresh: Arc<Notify>,
-    /// Extra `/health` details (the sync task's status), if any.
-    pub health_details: Option<Box<dyn Fn() -> serde_json::Value + Send + Sync>>,
+    /// The sync task's status, shown by `/health` when syncing.
+    pub sync_state: Option<Arc<SyncState>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -657,9 +658,18 @@ impl App {
             None => json!({"status": "not_ready", "snapshot": null,
                            "detail": "no policy snapshot has been loaded yet"}),
         };
+        if loaded
+            .as_ref()
+            .is_some_and(|l| l.meta.source == Source::Embedded)
+        {
+            body["detail"] = json!(
+                "serving the embedded example environment, not your policy: \
+                 set PDP_API_KEY or PDP_DATA_FILE"
+            );
+        }
         if detailed {
-            if let Some(details) = &self.health_details {
-                body["sync"] = details();
+            if let Some(state) = &self.sync_state {
+                body["sync"] = serde_json::to_value(state.status()).unwrap_or_default();
             }
         }
         let status = if fresh {

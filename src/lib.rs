@@ -40,7 +40,6 @@ pub mod sync;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
 
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -50,8 +49,8 @@ use crate::config::{Config, Mode};
 use crate::http::{App, HttpSettings};
 use crate::metrics::Metrics;
 use crate::model::DataDocument;
-use crate::snapshot::{Snapshot, Staged};
-use crate::store::{Loaded, SnapshotMeta, Source, Store};
+use crate::snapshot::Staged;
+use crate::store::{Source, Store};
 
 /// The example environment served when nothing else is configured.
 pub const EMBEDDED_DATA: &str = include_str!("../config/example-data.json");
@@ -122,41 +121,14 @@ pub fn read_staged(path: &Path) -> Result<Staged, LoadError> {
     })
 }
 
-/// Validates a staged document and swaps it in as the serving snapshot.
-pub fn install(store: &Store, staged: Staged, source: Source) -> Result<(), LoadError> {
-    let started = Instant::now();
-    let content_hash = staged.content_hash();
-    let snapshot = Snapshot::from_staged(staged).map_err(|e| LoadError::Invalid {
-        origin: format!("{source:?}"),
-        source: e,
-    })?;
-    let counts = snapshot.counts().clone();
-    store.swap(Loaded {
-        snapshot,
-        meta: SnapshotMeta {
-            source,
-            content_hash,
-            loaded_at: SystemTime::now(),
-        },
-    });
-    info!(
-        users = counts.users,
-        tenants = counts.tenants,
-        tenant_role_assignments = counts.tenant_role_assignments,
-        instance_role_assignments = counts.instance_role_assignments,
-        resource_instances = counts.resource_instances,
-        relationship_tuples = counts.relationship_tuples,
-        dropped_facts = counts.dropped_facts,
-        took_ms = started.elapsed().as_millis() as u64,
-        "snapshot loaded"
-    );
-    if counts.dropped_facts > 0 {
-        warn!(
-            dropped = counts.dropped_facts,
-            "facts referring to unknown schema were dropped"
-        );
-    }
-    Ok(())
+/// Builds `staged` and puts it in service (see [`Store::install`]); a
+/// document the build refuses is an error naming where it came from.
+fn install(store: &Store, staged: Staged, source: Source) -> Result<(), LoadError> {
+    let origin = format!("{source:?}");
+    store
+        .install(staged, source)
+        .map(drop)
+        .map_err(|source| LoadError::Invalid { origin, source })
 }
 
 fn load_file(store: &Store, path: &Path) -> Result<(), LoadError> {
@@ -178,7 +150,7 @@ pub async fn run(
     let refresh = Arc::new(Notify::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut sync_task = None;
-    let mut health_details: Option<Box<dyn Fn() -> serde_json::Value + Send + Sync>> = None;
+    let mut sync_state = None;
 
     match config.mode() {
         Mode::Embedded => {
@@ -188,6 +160,10 @@ pub async fn run(
                     source,
                 })?;
             install(&store, staged, Source::Embedded)?;
+            warn!(
+                "neither PDP_API_KEY nor PDP_DATA_FILE is set: serving the embedded EXAMPLE \
+                 environment (config/example-data.json), not your policy"
+            );
         }
         Mode::File(path) => {
             load_file(&store, &path)?;
@@ -223,10 +199,8 @@ pub async fn run(
             }
             let state = Arc::new(sync::SyncState::new());
             let sync_metrics = Arc::new(sync::SyncMetrics::register(metrics.registry())?);
-            let syncer = sync::Syncer::new(sync_config, state.clone(), Some(sync_metrics))?;
-            health_details = Some(Box::new(move || {
-                serde_json::to_value(state.status()).unwrap_or_default()
-            }));
+            let syncer = sync::Syncer::new(sync_config, state.clone(), sync_metrics)?;
+            sync_state = Some(state);
             sync_task = Some(tokio::spawn(syncer.run(
                 store.clone(),
                 refresh.clone(),
@@ -258,7 +232,7 @@ pub async fn run(
         },
         metrics,
         refresh,
-        health_details,
+        sync_state,
     });
     let serving = http::serve(app, listener, shutdown);
     tokio::pin!(serving);

@@ -1,9 +1,12 @@
 //! The current snapshot, swapped whole and read without locks.
 //!
-//! Readers call [`Store::load`] once per request and decide against that one
-//! value, so an answer never mixes two snapshots; a writer builds the next
-//! snapshot off to the side and [`Store::swap`]s it in. Nothing here waits:
-//! `arc-swap` makes the load a few atomic operations.
+//! Readers call [`Store::current`] once per request and decide against that
+//! one value, so an answer never mixes two snapshots. Every snapshot enters
+//! through [`Store::install`], whatever its source (the embedded example, a
+//! data file, the backup, a control-plane sync): it validates and builds the
+//! staged document off to the side, logs what it holds and what it dropped,
+//! and swaps it in. Nothing here waits: `arc-swap` makes the load a few
+//! atomic operations.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +16,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwapOption;
 use serde::Serialize;
 
-use crate::snapshot::Snapshot;
+use tracing::{info, warn};
+
+use crate::snapshot::{BuildError, Counts, Snapshot, Staged};
 
 /// Where a snapshot came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -23,6 +28,40 @@ pub enum Source {
     Embedded,
     Backup(PathBuf),
     ControlPlane,
+}
+
+impl Source {
+    /// The source as one word, for logs.
+    fn kind(&self) -> &'static str {
+        match self {
+            Source::File(_) => "file",
+            Source::Embedded => "embedded example",
+            Source::Backup(_) => "backup",
+            Source::ControlPlane => "control plane",
+        }
+    }
+}
+
+/// Where a staged document comes from and how current it is known to be.
+#[derive(Debug, Clone)]
+pub struct Provenance {
+    pub source: Source,
+    /// The document's [`Staged::content_hash`], when the caller has already
+    /// computed it (a sync compares it first; a backup stores it).
+    pub content_hash: Option<String>,
+    /// When the data was last known current; now if `None`. A restored
+    /// backup is as fresh as the last sync that wrote or confirmed it.
+    pub fresh_at: Option<SystemTime>,
+}
+
+impl From<Source> for Provenance {
+    fn from(source: Source) -> Self {
+        Provenance {
+            source,
+            content_hash: None,
+            fresh_at: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -83,6 +122,58 @@ impl Store {
         self.current.load()
     }
 
+    /// Validates and builds `staged` and puts it in service: the one way a
+    /// snapshot enters the store. A document the build refuses changes
+    /// nothing. Runs for CPU-seconds on a large environment, so async
+    /// callers run it on a blocking thread.
+    pub fn install(
+        &self,
+        staged: Staged,
+        provenance: impl Into<Provenance>,
+    ) -> Result<Counts, BuildError> {
+        let Provenance {
+            source,
+            content_hash,
+            fresh_at,
+        } = provenance.into();
+        let started = Instant::now();
+        let content_hash = content_hash.unwrap_or_else(|| staged.content_hash());
+        let snapshot = Snapshot::from_staged(staged)?;
+        let counts = snapshot.counts().clone();
+        let kind = source.kind();
+        self.swap(Loaded {
+            snapshot,
+            meta: SnapshotMeta {
+                source,
+                content_hash,
+                loaded_at: SystemTime::now(),
+            },
+        });
+        if let Some(at) = fresh_at {
+            self.mark_fresh_at(at);
+        }
+        info!(
+            source = kind,
+            users = counts.users,
+            tenants = counts.tenants,
+            tenant_role_assignments = counts.tenant_role_assignments,
+            instance_role_assignments = counts.instance_role_assignments,
+            resource_instances = counts.resource_instances,
+            relationship_tuples = counts.relationship_tuples,
+            dropped_facts = counts.dropped_facts,
+            took_ms = started.elapsed().as_millis() as u64,
+            "snapshot installed"
+        );
+        if counts.dropped_facts > 0 {
+            warn!(
+                source = kind,
+                dropped = counts.dropped_facts,
+                "facts referring to unknown schema were dropped"
+            );
+        }
+        Ok(counts)
+    }
+
     /// Swaps `next` in, then frees the snapshot it replaced.
     ///
     /// A request that is deciding during the swap still holds the old
@@ -92,7 +183,7 @@ impl Store {
     /// waits for those requests, which hold it for one decision, and frees
     /// it itself. A holder that keeps it past two seconds frees it
     /// instead.
-    pub fn swap(&self, next: Loaded) {
+    fn swap(&self, next: Loaded) {
         let old = self.current.swap(Some(Arc::new(next)));
         self.swaps.fetch_add(1, Ordering::Relaxed);
         self.mark_fresh();
@@ -106,9 +197,8 @@ impl Store {
         self.confirmed_ms.store(now_ms(), Ordering::Relaxed);
     }
 
-    /// Records when the serving snapshot was last known current, e.g. the
-    /// time of the sync that wrote a backup being restored.
-    pub fn mark_fresh_at(&self, at: SystemTime) {
+    /// Records when the serving snapshot was last known current.
+    fn mark_fresh_at(&self, at: SystemTime) {
         let ms = at
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)

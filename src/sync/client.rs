@@ -127,7 +127,7 @@ pub struct Client {
     base: String,
     auth: String,
     limiter: Limiter,
-    metrics: Option<Arc<SyncMetrics>>,
+    metrics: Arc<SyncMetrics>,
     state: Arc<SyncState>,
     backoff_min: Duration,
     backoff_max: Duration,
@@ -140,7 +140,7 @@ impl Client {
     pub fn new(
         config: &SyncConfig,
         state: Arc<SyncState>,
-        metrics: Option<Arc<SyncMetrics>>,
+        metrics: Arc<SyncMetrics>,
     ) -> reqwest::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
@@ -250,11 +250,10 @@ impl Client {
     async fn get_once(&self, path: &str, query: &[(&str, String)]) -> Result<Bytes, RequestError> {
         let class = Class::of_path(path);
         let waited = self.limiter.acquire(class).await;
-        if let Some(m) = &self.metrics {
-            m.limiter_wait
-                .with_label_values(&[class.label()])
-                .inc_by(waited.as_secs_f64());
-        }
+        self.metrics
+            .limiter_wait
+            .with_label_values(&[class.label()])
+            .inc_by(waited.as_secs_f64());
         self.sent.fetch_add(1, Ordering::Relaxed);
         let result = self.send(path, query).await;
         let status_label = match &result {
@@ -263,16 +262,16 @@ impl Client {
             Err(RequestError::RateLimited(_)) => "429".to_owned(),
             Err(e) => e.cause().to_owned(),
         };
-        if let Some(m) = &self.metrics {
-            m.requests
-                .with_label_values(&[class.label(), &status_label])
-                .inc();
-        }
+        self.metrics
+            .requests
+            .with_label_values(&[class.label(), &status_label])
+            .inc();
         if let Err(RequestError::RateLimited(after)) = &result {
             self.limiter.retry_after(class, *after);
-            if let Some(m) = &self.metrics {
-                m.rate_limited.with_label_values(&[class.label()]).inc();
-            }
+            self.metrics
+                .rate_limited
+                .with_label_values(&[class.label()])
+                .inc();
         }
         result
     }

@@ -27,8 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{watch, Notify};
 
-use crate::snapshot::Snapshot;
-use crate::store::{Loaded, SnapshotMeta, Source, Store};
+use crate::store::{Provenance, Source, Store};
 
 pub use backup::{read_backup, write_backup, Backup, BackupError, BACKUP_FILE};
 pub use client::{KeyKind, RequestError};
@@ -172,7 +171,7 @@ pub struct Syncer {
     config: SyncConfig,
     client: Client,
     state: Arc<SyncState>,
-    metrics: Option<Arc<SyncMetrics>>,
+    metrics: Arc<SyncMetrics>,
     /// Hash of the document last written to the backup, so an unchanged
     /// environment is not rewritten every interval.
     backed_up: Option<String>,
@@ -183,7 +182,7 @@ impl Syncer {
     pub fn new(
         config: SyncConfig,
         state: Arc<SyncState>,
-        metrics: Option<Arc<SyncMetrics>>,
+        metrics: Arc<SyncMetrics>,
     ) -> Result<Self, reqwest::Error> {
         let client = Client::new(&config, state.clone(), metrics.clone())?;
         Ok(Self {
@@ -287,34 +286,26 @@ impl Syncer {
     ) -> Result<SyncOutcome, SyncError> {
         let started = Instant::now();
         self.state.attempt_started();
-        if let Some(m) = &self.metrics {
-            m.attempts.inc();
-        }
+        self.metrics.attempts.inc();
         let requests_before = self.client.requests_sent();
         self.client.take_last_failure();
         let result = self.fetch_and_swap(scope, store).await;
         let requests = self.client.requests_sent() - requests_before;
         let took = started.elapsed();
-        if let Some(m) = &self.metrics {
-            m.duration.observe(took.as_secs_f64());
-        }
+        self.metrics.duration.observe(took.as_secs_f64());
         match &result {
             Ok(outcome) => {
                 tracing::info!(?outcome, requests, took = ?took, "sync finished");
                 self.state.succeeded(*outcome, requests, took);
-                if let Some(m) = &self.metrics {
-                    m.last_success.set(unix_secs(SystemTime::now()));
-                    if *outcome == SyncOutcome::Swapped {
-                        m.swaps.inc();
-                    }
+                self.metrics.last_success.set(unix_secs(SystemTime::now()));
+                if *outcome == SyncOutcome::Swapped {
+                    self.metrics.swaps.inc();
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, cause = e.cause(), requests, "sync failed; the previous snapshot keeps serving");
                 self.state.failed(e, requests, took);
-                if let Some(m) = &self.metrics {
-                    m.failures.with_label_values(&[e.cause()]).inc();
-                }
+                self.metrics.failures.with_label_values(&[e.cause()]).inc();
             }
         }
         result
@@ -377,20 +368,15 @@ impl Syncer {
                 store.mark_fresh();
                 SyncOutcome::Unchanged
             } else {
-                let built = Snapshot::from_staged(staged);
-                let snapshot = match built {
-                    Ok(snapshot) => snapshot,
-                    // Dropping the pending backup removes its file.
-                    Err(e) => return Err(SyncError::Build(e.to_string())),
+                let provenance = Provenance {
+                    source: Source::ControlPlane,
+                    content_hash: Some(hash.clone()),
+                    fresh_at: None,
                 };
-                store.swap(Loaded {
-                    snapshot,
-                    meta: SnapshotMeta {
-                        source: Source::ControlPlane,
-                        content_hash: hash.clone(),
-                        loaded_at: SystemTime::now(),
-                    },
-                });
+                // Dropping the pending backup removes its file.
+                if let Err(e) = store.install(staged, provenance) {
+                    return Err(SyncError::Build(e.to_string()));
+                }
                 SyncOutcome::Swapped
             };
             let backup_result = pending.map(|p| p.and_then(backup::Pending::commit));
@@ -407,17 +393,13 @@ impl Syncer {
             // not be written only matters at the next cold start.
             Some(Err(e)) => {
                 tracing::error!(error = %e, "cannot write the offline backup");
-                if let Some(m) = &self.metrics {
-                    m.backup_failures.inc();
-                }
+                self.metrics.backup_failures.inc();
             }
             None => {}
         }
         if let Some(Err(e)) = confirmed {
             tracing::warn!(error = %e, "cannot record that the backup is still current");
-            if let Some(m) = &self.metrics {
-                m.backup_failures.inc();
-            }
+            self.metrics.backup_failures.inc();
         }
         Ok(outcome)
     }
@@ -437,17 +419,14 @@ pub fn restore_backup(store: &Store, dir: &std::path::Path) -> Result<bool, Back
     // under PDP_MAX_STALENESS an old backup must not pass for a current one.
     let fresh_at = backup::confirmed_at(dir, &backup.content_hash)
         .map_or(backup.synced_at, |c| c.max(backup.synced_at));
-    let snapshot =
-        Snapshot::from_staged(backup.staged).map_err(|e| BackupError::Invalid(e.to_string()))?;
-    store.swap(Loaded {
-        snapshot,
-        meta: SnapshotMeta {
-            source: Source::Backup(dir.join(BACKUP_FILE)),
-            content_hash: backup.content_hash,
-            loaded_at: SystemTime::now(),
-        },
-    });
-    store.mark_fresh_at(fresh_at);
+    let provenance = Provenance {
+        source: Source::Backup(dir.join(BACKUP_FILE)),
+        content_hash: Some(backup.content_hash),
+        fresh_at: Some(fresh_at),
+    };
+    store
+        .install(backup.staged, provenance)
+        .map_err(|e| BackupError::Invalid(e.to_string()))?;
     Ok(true)
 }
 

@@ -51,6 +51,14 @@ fn bad_configuration_exits_64_naming_every_problem() {
 }
 
 #[test]
+fn an_api_key_set_but_empty_exits_64_naming_it() {
+    let out = pdp().env("PDP_API_KEY", "").output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("PDP_API_KEY"), "{stderr}");
+}
+
+#[test]
 fn a_broken_data_file_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("env.json");
@@ -76,6 +84,19 @@ async fn serves_the_embedded_default_and_drains_on_sigterm() {
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     assert!(wait_ready(&format!("{base}/ready"), Duration::from_secs(10)).await);
+    let ready: serde_json::Value = reqwest::get(format!("{base}/ready"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["snapshot"]["source"]["kind"], "embedded", "{ready}");
+    assert!(
+        ready["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("example")),
+        "/ready says the data is the example: {ready}"
+    );
     let body: serde_json::Value = reqwest::Client::new()
         .post(format!("{base}/allowed"))
         .json(&serde_json::json!({"user": "alice", "action": "read", "resource": {"type": "document", "tenant": "acme"}}))

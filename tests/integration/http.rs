@@ -577,12 +577,9 @@ async fn not_ready_until_a_snapshot_is_loaded() {
         )
         .await;
     assert_eq!(status, 503, "checks fail closed before the first snapshot");
-    pdp::install(
-        &s.store,
-        Staged::from_document(&document(env())),
-        Source::Embedded,
-    )
-    .unwrap();
+    s.store
+        .install(Staged::from_document(&document(env())), Source::Embedded)
+        .unwrap();
     let (status, body) = s.get("/ready").await;
     assert_eq!(status, 200);
     assert_eq!(body["snapshot"]["objects"]["users"], 2);
@@ -732,7 +729,9 @@ async fn swaps_under_load_never_error_or_mix() {
     let swapper = tokio::spawn(async move {
         for i in 0..200 {
             let doc = if i % 2 == 0 { &b } else { &a };
-            pdp::install(&store, Staged::from_document(doc), Source::Embedded).unwrap();
+            store
+                .install(Staged::from_document(doc), Source::Embedded)
+                .unwrap();
             tokio::task::yield_now().await;
         }
     });

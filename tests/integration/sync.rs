@@ -139,7 +139,7 @@ impl Running {
         let metrics = Arc::new(SyncMetrics::register(&registry).expect("fresh registry"));
         let state = Arc::new(SyncState::new());
         let syncer =
-            Syncer::new(config, state.clone(), Some(metrics.clone())).expect("http client builds");
+            Syncer::new(config, state.clone(), metrics.clone()).expect("http client builds");
         let trigger = Arc::new(Notify::new());
         let (shutdown, rx) = watch::channel(false);
         let task = tokio::spawn(syncer.run(store.clone(), trigger.clone(), rx));

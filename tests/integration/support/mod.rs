@@ -60,7 +60,8 @@ impl TestServer {
     pub async fn start_with(doc: Option<DataDocument>, settings: HttpSettings) -> TestServer {
         let store = Arc::new(Store::new());
         if let Some(doc) = doc {
-            pdp::install(&store, Staged::from_document(&doc), Source::Embedded)
+            store
+                .install(Staged::from_document(&doc), Source::Embedded)
                 .expect("the document builds");
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -73,7 +74,7 @@ impl TestServer {
                 Metrics::new(prometheus::Registry::new(), pdp::http::ROUTE_LABELS).unwrap(),
             ),
             refresh: refresh.clone(),
-            health_details: None,
+            sync_state: None,
         });
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(pdp::http::serve(app, listener, async {
