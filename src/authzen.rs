@@ -5,7 +5,9 @@
 //!
 //! The HTTP edge (routes, caller authentication, `X-Request-ID`, content type)
 //! is not here: it hands [`handle`] the operation and the raw body and writes
-//! back either the [`Response`] (200) or [`AuthzenError::to_body`] (400).
+//! back either the [`Response`] (200) or the [`AuthzenError`], which
+//! `crate::http::ApiError` maps to a 400 (413 for an oversized batch) like
+//! every other error.
 //! Search decides every candidate with `decide::check`, so its cost is linear
 //! in the users (subject search), the instances (resource search) or the
 //! actions of the type (action search).
@@ -30,6 +32,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::decide::{self, AllowedQuery, Decision, ResourceInput, Str, UserInput};
+use crate::http::ApiError;
 use crate::snapshot::Snapshot;
 
 /// The tenant an AuthZEN request is decided in unless it names one.
@@ -43,8 +46,8 @@ const USER_SUBJECT_TYPES: [&str; 2] = ["user", "identity"];
 /// from a future format) is refused instead of misread.
 const TOKEN_PREFIX: &str = "p1.";
 
-/// A request the PDP cannot decide. Every variant is the caller's fault and
-/// maps to HTTP 400 with [`AuthzenError::to_body`].
+/// A request the PDP cannot decide. Every variant is the caller's fault; the
+/// answer is `crate::http::ApiError`'s, with the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthzenError {
     #[error("request body is not a JSON object: {0}")]
@@ -79,31 +82,6 @@ impl AuthzenError {
         }
     }
 
-    /// The HTTP status: 413 for an oversized batch (as `/allowed/bulk`),
-    /// 400 for everything else.
-    pub fn status(&self) -> u16 {
-        match self {
-            AuthzenError::TooManyItems { .. } => 413,
-            _ => 400,
-        }
-    }
-
-    /// The JSON body of the error answer, in the shape of the server's other
-    /// errors: `{"error": "invalid_request", "detail": <message>, "field":
-    /// <path>}` (`field` left out when the body as a whole is bad;
-    /// `"error": "too_many_items"` for an oversized batch).
-    pub fn to_body(&self) -> Value {
-        let code = match self {
-            AuthzenError::TooManyItems { .. } => "too_many_items",
-            _ => "invalid_request",
-        };
-        let mut body = json!({ "error": code, "detail": self.to_string() });
-        if let Some(field) = self.field() {
-            body["field"] = Value::String(field.to_owned());
-        }
-        body
-    }
-
     fn missing(field: impl Into<String>) -> Self {
         AuthzenError::Missing {
             field: field.into(),
@@ -130,19 +108,21 @@ pub enum Op {
 }
 
 impl Op {
+    pub const ALL: [Op; 5] = [
+        Op::Evaluation,
+        Op::Evaluations,
+        Op::SearchSubject,
+        Op::SearchResource,
+        Op::SearchAction,
+    ];
+
     /// The operation served at `path` (always `POST`), if any.
     pub fn from_path(path: &str) -> Option<Op> {
-        Some(match path {
-            "/access/v1/evaluation" => Op::Evaluation,
-            "/access/v1/evaluations" => Op::Evaluations,
-            "/access/v1/search/subject" => Op::SearchSubject,
-            "/access/v1/search/resource" => Op::SearchResource,
-            "/access/v1/search/action" => Op::SearchAction,
-            _ => return None,
-        })
+        Op::ALL.into_iter().find(|op| op.path() == path)
     }
 
-    pub fn path(self) -> &'static str {
+    /// The path, as the route table (`crate::http::Route`) serves it.
+    pub const fn path(self) -> &'static str {
         match self {
             Op::Evaluation => "/access/v1/evaluation",
             Op::Evaluations => "/access/v1/evaluations",
@@ -670,7 +650,7 @@ fn batch_item<'a>(
 /// A batch item that could not be parsed: denied, with the 400 it would
 /// have been on its own.
 fn item_error(e: &AuthzenError) -> EvaluationResponse {
-    let mut error = e.to_body();
+    let mut error = ApiError::from(e.clone()).body();
     error["status"] = json!(400);
     EvaluationResponse {
         decision: false,
@@ -888,7 +868,7 @@ mod tests {
         let err = EvaluationRequest::parse(&body).expect_err("empty id");
         assert_eq!(err.field(), Some("subject.id"));
         assert_eq!(
-            err.to_body(),
+            ApiError::from(err).body(),
             json!({"error": "invalid_request", "detail": "`subject.id` is required", "field": "subject.id"})
         );
         let body = json!({
@@ -898,7 +878,7 @@ mod tests {
         let err = EvaluationRequest::parse(&body).expect_err("properties not an object");
         assert_eq!(err.field(), Some("subject.properties"));
         assert_eq!(
-            AuthzenError::NotJson("x".into()).to_body(),
+            ApiError::from(AuthzenError::NotJson("x".into())).body(),
             json!({"error": "invalid_request", "detail": "request body is not a JSON object: x"})
         );
     }

@@ -143,10 +143,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let store = Arc::new(Store::new());
-    let metrics = Arc::new(Metrics::new(
-        prometheus::Registry::new(),
-        http::ROUTE_LABELS,
-    )?);
+    let metrics = Arc::new(Metrics::new(prometheus::Registry::new())?);
     let refresh = Arc::new(Notify::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut sync_task = None;

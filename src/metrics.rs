@@ -12,6 +12,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::http::Route;
 use crate::store::Store;
 
 /// Endpoints that make decisions, as metric labels.
@@ -79,9 +80,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// `routes` are the route labels that [`Metrics::http`] will be given
-    /// indexes into.
-    pub fn new(registry: Registry, routes: &[&str]) -> Result<Metrics, prometheus::Error> {
+    /// Registers every series in `registry`; the HTTP series get one child
+    /// per route of the route table, and one for requests that matched none.
+    pub fn new(registry: Registry) -> Result<Metrics, prometheus::Error> {
         let decisions = IntCounterVec::new(
             Opts::new(
                 "pdp_decisions_total",
@@ -138,7 +139,7 @@ impl Metrics {
                 latency: latency.with_label_values(&[e.label()]),
             })
             .collect();
-        let http = routes
+        let http = Route::labels()
             .iter()
             .map(|route| {
                 STATUSES
@@ -173,8 +174,9 @@ impl Metrics {
         s.latency.observe(took.as_secs_f64());
     }
 
-    /// Counts a response; `route` indexes the labels given to [`Metrics::new`].
-    pub fn http(&self, route: usize, status: u16) {
+    /// Counts a response to a request for `route` (`None`: no route matched).
+    pub fn http(&self, route: Option<Route>, status: u16) {
+        let route = route.map_or(Route::ALL.len(), Route::index);
         let s = STATUSES
             .iter()
             .position(|&x| x == status)

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use pdp::authzen::{self, Limits, Op};
+use pdp::http::ApiError;
 use pdp::model::DataDocument;
 use pdp::snapshot::Snapshot;
 use serde_json::{json, Value};
@@ -223,7 +224,7 @@ pub fn replay(suite: &Suite, mut answer: impl FnMut(Op, &Value) -> String) -> (u
 fn in_process(snap: &Snapshot, op: Op, request: &Value) -> String {
     match authzen::handle(op, snap, request.to_string().as_bytes(), &Limits::default()) {
         Ok(resp) => String::from_utf8(resp.to_json()).expect("utf-8"),
-        Err(e) => e.to_body().to_string(),
+        Err(e) => ApiError::from(e).body().to_string(),
     }
 }
 
@@ -379,7 +380,7 @@ fn judge_fails_what_the_harness_fails() {
 fn call(snap: &Snapshot, op: Op, body: Value) -> Result<Value, Value> {
     match authzen::handle(op, snap, body.to_string().as_bytes(), &Limits::default()) {
         Ok(resp) => Ok(serde_json::from_slice(&resp.to_json()).expect("json")),
-        Err(e) => Err(e.to_body()),
+        Err(e) => Err(ApiError::from(e).body()),
     }
 }
 
@@ -452,7 +453,7 @@ fn missing_or_mistyped_entities_are_400_naming_the_field() {
     for body in [&b""[..], b"  ", b"not json", b"[1]", b"null"] {
         let err = authzen::handle(Op::Evaluation, &snap, body, &Limits::default())
             .expect_err("not an object");
-        assert_eq!(err.to_body()["error"], "invalid_request");
+        assert_eq!(ApiError::from(err).body()["error"], "invalid_request");
     }
 }
 
@@ -620,8 +621,9 @@ fn an_oversized_batch_is_413_like_bulk() {
     let limits = Limits { max_batch_items: 2 };
     let err = authzen::handle(Op::Evaluations, &snap, body.to_string().as_bytes(), &limits)
         .expect_err("over the limit");
+    let err = ApiError::from(err);
     assert_eq!(err.status(), 413);
-    assert_eq!(err.to_body()["error"], "too_many_items");
+    assert_eq!(err.body()["error"], "too_many_items");
     let limits = Limits { max_batch_items: 3 };
     let ok = authzen::handle(Op::Evaluations, &snap, body.to_string().as_bytes(), &limits);
     assert!(ok.is_ok());
@@ -1241,7 +1243,7 @@ mod properties {
             let snap = snapshot("search");
             match authzen::handle(OPS[op], &snap, body.to_string().as_bytes(), &Limits::default()) {
                 Ok(resp) => prop_assert!(serde_json::from_slice::<Value>(&resp.to_json()).is_ok()),
-                Err(e) => prop_assert_eq!(&e.to_body()["error"], "invalid_request"),
+                Err(e) => prop_assert_eq!(&ApiError::from(e).body()["error"], "invalid_request"),
             }
         }
 

@@ -70,9 +70,7 @@ impl TestServer {
         let app = Arc::new(App {
             store: store.clone(),
             settings,
-            metrics: Arc::new(
-                Metrics::new(prometheus::Registry::new(), pdp::http::ROUTE_LABELS).unwrap(),
-            ),
+            metrics: Arc::new(Metrics::new(prometheus::Registry::new()).unwrap()),
             refresh: refresh.clone(),
             sync_state: None,
         });

@@ -1,0 +1,180 @@
+//! Every failure of a request, and the one mapping from it to a response,
+//! for the Permit API and AuthZEN alike: a status, a stable `error` code, a
+//! `detail` naming the problem, and, for AuthZEN, the `field` at fault.
+//! Nothing a client sends maps to a 5xx other than `not_ready`.
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Response, StatusCode};
+use http_body_util::Full;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tracing::warn;
+
+use super::routes::Verb;
+use crate::authzen::AuthzenError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("no route for {0}")]
+    NotFound(String),
+    #[error("method {method} is not allowed on {path}; use {}", allow.allow_header())]
+    MethodNotAllowed {
+        method: Method,
+        path: String,
+        allow: Verb,
+    },
+    #[error("Missing Authorization header")]
+    MissingAuth,
+    #[error("You are not authorized to access this resource, please check your API key.")]
+    BadKey,
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    #[error("Content-Encoding {0} is not supported; send the body uncompressed")]
+    UnsupportedEncoding(String),
+    #[error("request body is larger than {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("{count} items in one request; the limit is {limit}")]
+    TooManyItems { count: usize, limit: usize },
+    #[error("request body is not valid JSON: {0}")]
+    BadJson(String),
+    #[error("request body has the wrong shape: {0}")]
+    WrongShape(String),
+    #[error("not ready: {0}")]
+    NotReady(String),
+    #[error("could not read the request body: {0}")]
+    BodyRead(String),
+    #[error(transparent)]
+    Authzen(#[from] AuthzenError),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MissingAuth => StatusCode::UNAUTHORIZED,
+            ApiError::BadKey => StatusCode::FORBIDDEN,
+            ApiError::UnsupportedMediaType | ApiError::UnsupportedEncoding(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            ApiError::BodyTooLarge(_)
+            | ApiError::TooManyItems { .. }
+            | ApiError::Authzen(AuthzenError::TooManyItems { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BadJson(_) | ApiError::BodyRead(_) | ApiError::Authzen(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::WrongShape(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::MissingAuth => "missing_authorization",
+            ApiError::BadKey => "invalid_api_key",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::UnsupportedEncoding(_) => "unsupported_encoding",
+            ApiError::BodyTooLarge(_) => "body_too_large",
+            ApiError::TooManyItems { .. }
+            | ApiError::Authzen(AuthzenError::TooManyItems { .. }) => "too_many_items",
+            ApiError::BadJson(_) => "invalid_json",
+            ApiError::WrongShape(_) | ApiError::Authzen(_) => "invalid_request",
+            ApiError::NotReady(_) => "not_ready",
+            ApiError::BodyRead(_) => "body_read_error",
+        }
+    }
+
+    /// The JSON body: `{"error": <code>, "detail": <message>}`, plus
+    /// `"field"` when an AuthZEN request names the field at fault.
+    pub fn body(&self) -> Value {
+        let mut body = json!({"error": self.code(), "detail": self.to_string()});
+        if let ApiError::Authzen(e) = self {
+            if let Some(field) = e.field() {
+                body["field"] = Value::String(field.to_owned());
+            }
+        }
+        body
+    }
+
+    pub fn to_response(&self) -> Response<Full<Bytes>> {
+        let mut resp = json_response(self.status(), &self.body());
+        if let ApiError::MethodNotAllowed { allow, .. } = self {
+            resp.headers_mut().insert(
+                header::ALLOW,
+                HeaderValue::from_static(allow.allow_header()),
+            );
+        }
+        resp
+    }
+}
+
+/// Decodes a JSON body: syntax errors (and bytes that are not UTF-8) are
+/// 400, shape errors 422.
+///
+/// The body is checked as UTF-8 once, then parsed as `str`: serde_json then
+/// borrows every string as it is instead of validating each one
+/// (docs/performance.md).
+pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| ApiError::BadJson(format!("the body is not UTF-8: {e}")))?;
+    serde_json::from_str(text).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::WrongShape(e.to_string()),
+        _ => ApiError::BadJson(e.to_string()),
+    })
+}
+
+pub(super) fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec(value) {
+        Ok(body) => {
+            let mut resp = json_bytes(Bytes::from(body));
+            *resp.status_mut() = status;
+            resp
+        }
+        Err(e) => {
+            warn!(error = %e, "failed to encode a response");
+            let mut resp = Response::new(Full::new(Bytes::from_static(
+                b"{\"error\":\"internal\",\"detail\":\"internal error\"}",
+            )));
+            *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            resp
+        }
+    }
+}
+
+/// A 200 with a body that is already JSON.
+pub(super) fn json_bytes(body: Bytes) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authzen_errors_map_like_the_rest_and_name_their_field() {
+        let e = ApiError::from(AuthzenError::Missing {
+            field: "subject.id".into(),
+        });
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            e.body(),
+            json!({"error": "invalid_request", "detail": "`subject.id` is required", "field": "subject.id"})
+        );
+        let e = ApiError::from(AuthzenError::TooManyItems { count: 3, limit: 2 });
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(e.body()["error"], "too_many_items");
+        let e = ApiError::from(AuthzenError::NotJson("x".into()));
+        assert_eq!(
+            e.body(),
+            json!({"error": "invalid_request", "detail": "request body is not a JSON object: x"})
+        );
+    }
+}

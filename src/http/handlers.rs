@@ -1,0 +1,480 @@
+//! The handlers: authenticate, read and decode the body, decide against one
+//! snapshot, encode. [`App::handle`] is generic over the request body, so
+//! tests can call it without a socket.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Body;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::sync::Notify;
+
+use super::error::{decode, json_bytes, json_response, ApiError};
+use super::routes::Route;
+use super::transport::{BodyRead, Progress};
+use crate::authzen;
+use crate::decide::{self, AllowedQuery};
+use crate::metrics::Metrics;
+use crate::store::{Loaded, Source, Store};
+use crate::sync::SyncState;
+
+/// What the HTTP layer needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub api_key: Option<String>,
+    pub debug: bool,
+    pub max_body_bytes: usize,
+    pub max_bulk_items: usize,
+    /// A connection with no request in flight that begins none for this
+    /// long, or whose request's body stops arriving for this long, is
+    /// closed (see `idle_watchdog`).
+    pub header_read_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub max_staleness: Option<Duration>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            api_key: None,
+            debug: false,
+            max_body_bytes: 1 << 20,
+            max_bulk_items: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(20),
+            max_staleness: None,
+        }
+    }
+}
+
+/// Shared state of the server: cheap to clone behind an `Arc`.
+pub struct App {
+    pub store: Arc<Store>,
+    pub settings: HttpSettings,
+    pub metrics: Arc<Metrics>,
+    /// Woken by `POST /sync` (a sync, or a reload of the data file).
+    pub refresh: Arc<Notify>,
+    /// The sync task's status, shown by `/health` when syncing.
+    pub sync_state: Option<Arc<SyncState>>,
+}
+
+/// Decodes a query, answers it with `f`, and encodes the answer.
+fn answer<'b, Q: Deserialize<'b>, R: Serialize>(
+    body: &'b [u8],
+    f: impl FnOnce(&Q) -> R,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let q: Q = decode(body)?;
+    Ok(json_response(StatusCode::OK, &f(&q)))
+}
+
+const ALLOW_BODY: &[u8] = b"{\"allow\":true,\"result\":true}";
+const DENY_BODY: &[u8] = b"{\"allow\":false,\"result\":false}";
+
+impl App {
+    /// Bearer-key check (contract §1.2), in constant time.
+    fn authenticate<B>(&self, req: &Request<B>) -> Result<(), ApiError> {
+        let Some(expected) = &self.settings.api_key else {
+            return Ok(());
+        };
+        let value = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .ok_or(ApiError::MissingAuth)?
+            .as_bytes();
+        if value.len() < 7 || !value[..7].eq_ignore_ascii_case(b"bearer ") {
+            return Err(ApiError::BadKey);
+        }
+        if bool::from(value[7..].ct_eq(expected.as_bytes())) {
+            Ok(())
+        } else {
+            Err(ApiError::BadKey)
+        }
+    }
+
+    /// The snapshot to decide against, or why there is none to trust.
+    fn snapshot(&self) -> Result<arc_swap::Guard<Option<Arc<Loaded>>>, ApiError> {
+        let loaded = self.store.current();
+        if loaded.is_none() {
+            return Err(ApiError::NotReady(
+                "no policy snapshot has been loaded yet".into(),
+            ));
+        }
+        if let Some(max) = self.settings.max_staleness {
+            let age = self.store.freshness_age();
+            if age > max {
+                return Err(ApiError::NotReady(format!(
+                    "the policy snapshot was last confirmed {}s ago, over the {}s limit (PDP_MAX_STALENESS)",
+                    age.as_secs(),
+                    max.as_secs()
+                )));
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// Answers one request. Generic over the body, so a test can call it
+    /// with a `Full<Bytes>` and no socket.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.serve_request(req, &Progress::default()).await
+    }
+
+    /// [`App::handle`], reporting to the connection's watchdog while the
+    /// body is read.
+    pub(super) async fn serve_request<B>(
+        &self,
+        req: Request<B>,
+        progress: &Progress,
+    ) -> Response<Full<Bytes>>
+    where
+        B: Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let request_id = req.headers().get("x-request-id").cloned();
+        let head = req.method() == Method::HEAD;
+        let (label, mut resp) = match Route::find(req.method(), req.uri().path()) {
+            Ok(route) => {
+                let resp = match self.dispatch(route, req, progress).await {
+                    Ok(resp) => resp,
+                    Err(e) => e.to_response(),
+                };
+                (Some(route), resp)
+            }
+            Err(e) => (None, e.to_response()),
+        };
+        self.metrics.http(label, resp.status().as_u16());
+        if let Some(id) = request_id {
+            resp.headers_mut().insert("x-request-id", id);
+        }
+        if head {
+            // The headers of the GET answer and no body: hyper leaves the
+            // body out over HTTP/1 but would send it over HTTP/2, where a
+            // body on a HEAD answer is a protocol error.
+            let len = std::mem::take(resp.body_mut()).collect().await;
+            let len = len.map_or(0, |b| b.to_bytes().len());
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        resp
+    }
+
+    async fn dispatch<B>(
+        &self,
+        route: Route,
+        req: Request<B>,
+        progress: &Progress,
+    ) -> Result<Response<Full<Bytes>>, ApiError>
+    where
+        B: Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let spec = route.spec();
+        if spec.needs_key {
+            self.authenticate(&req)?;
+        }
+        let Some(endpoint) = spec.decisions else {
+            return Ok(self.serve(route, &req));
+        };
+        let body = self.read_json_body(req, progress).await?;
+        let guard = self.snapshot()?;
+        let Some(loaded) = guard.as_deref() else {
+            return Err(ApiError::NotReady(
+                "no policy snapshot has been loaded yet".into(),
+            ));
+        };
+        let started = Instant::now();
+        let (resp, allowed, denied) = self.decide(route, loaded, &body)?;
+        self.metrics
+            .decisions(endpoint, allowed, denied, started.elapsed());
+        Ok(resp)
+    }
+
+    /// The routes that read no body and make no decision.
+    fn serve<B>(&self, route: Route, req: &Request<B>) -> Response<Full<Bytes>> {
+        match route {
+            Route::Health => self.health(true),
+            Route::Ready => self.health(false),
+            Route::Live => json_response(StatusCode::OK, &json!({"status": "ok"})),
+            Route::Metrics => {
+                let mut resp =
+                    Response::new(Full::new(Bytes::from(self.metrics.render(&self.store))));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                resp
+            }
+            Route::AuthzenConfiguration => {
+                // HTTP/2 names the server in the URI (`:authority`), HTTP/1.1
+                // in `Host`; a value that is no authority is not echoed.
+                let authority = req.uri().authority().cloned().or_else(|| {
+                    let host = req.headers().get(header::HOST)?.to_str().ok()?;
+                    host.parse::<http::uri::Authority>().ok()
+                });
+                let host = authority.as_ref().map_or("localhost:7766", |a| a.as_str());
+                let https = req
+                    .headers()
+                    .get("x-forwarded-proto")
+                    .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
+                let scheme = if https { "https" } else { "http" };
+                let meta = authzen::configuration(&format!("{scheme}://{host}"));
+                json_response(StatusCode::OK, &meta)
+            }
+            Route::Sync => {
+                self.refresh.notify_one();
+                json_response(
+                    StatusCode::ACCEPTED,
+                    &json!({"status": "refresh requested"}),
+                )
+            }
+            Route::Allowed
+            | Route::Bulk
+            | Route::AllTenants
+            | Route::UserPermissions
+            | Route::AuthorizedUsers
+            | Route::UserTenants
+            | Route::Authzen(_) => unreachable_decision(route).to_response(),
+        }
+    }
+
+    /// Decides a deciding route's request: the answer, and how many checks
+    /// it allowed and denied (for the decision metrics).
+    fn decide(
+        &self,
+        route: Route,
+        loaded: &Loaded,
+        body: &[u8],
+    ) -> Result<(Response<Full<Bytes>>, u64, u64), ApiError> {
+        let snap = &loaded.snapshot;
+        let debug = self.settings.debug;
+        match route {
+            Route::Allowed => {
+                let q: AllowedQuery = decode(body)?;
+                let d = decide::check(snap, &q);
+                let resp = if debug {
+                    json_response(StatusCode::OK, &d.to_response(debug))
+                } else {
+                    // The two answers without debug are constants.
+                    json_bytes(Bytes::from_static(if d.allow {
+                        ALLOW_BODY
+                    } else {
+                        DENY_BODY
+                    }))
+                };
+                Ok((resp, d.allow as u64, !d.allow as u64))
+            }
+            Route::Bulk => {
+                let qs: Vec<AllowedQuery> = decode(body)?;
+                if qs.len() > self.settings.max_bulk_items {
+                    return Err(ApiError::TooManyItems {
+                        count: qs.len(),
+                        limit: self.settings.max_bulk_items,
+                    });
+                }
+                let decisions = decide::check_bulk(snap, &qs);
+                let allowed = decisions.iter().filter(|d| d.allow).count() as u64;
+                let resp = if debug {
+                    let allow: Vec<_> = decisions.iter().map(|d| d.to_response(true)).collect();
+                    json_response(StatusCode::OK, &json!({ "allow": allow }))
+                } else {
+                    // Written directly from the two constant answers: no
+                    // intermediate JSON value for a hundred checks.
+                    let mut out = Vec::with_capacity(12 + decisions.len() * (DENY_BODY.len() + 1));
+                    out.extend_from_slice(b"{\"allow\":[");
+                    for (i, d) in decisions.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        out.extend_from_slice(if d.allow { ALLOW_BODY } else { DENY_BODY });
+                    }
+                    out.extend_from_slice(b"]}");
+                    json_bytes(Bytes::from(out))
+                };
+                Ok((resp, allowed, decisions.len() as u64 - allowed))
+            }
+            Route::AllTenants => {
+                let q: AllowedQuery = decode(body)?;
+                let r = decide::allowed_tenants(snap, &q);
+                let n = r.allowed_tenants.len() as u64;
+                Ok((json_response(StatusCode::OK, &r), n, (n == 0) as u64))
+            }
+            Route::UserPermissions => Ok((
+                answer(body, |q: &decide::UserPermissionsQuery| {
+                    decide::user_permissions(snap, q)
+                })?,
+                0,
+                0,
+            )),
+            Route::AuthorizedUsers => Ok((
+                answer(body, |q: &decide::AuthorizedUsersQuery| {
+                    decide::authorized_users(snap, q)
+                })?,
+                0,
+                0,
+            )),
+            Route::UserTenants => Ok((
+                answer(body, |q: &decide::UserTenantsQuery| {
+                    decide::user_tenants(snap, q)
+                })?,
+                0,
+                0,
+            )),
+            Route::Authzen(op) => self.authzen(op, snap, body),
+            Route::Sync
+            | Route::Health
+            | Route::Ready
+            | Route::Live
+            | Route::Metrics
+            | Route::AuthzenConfiguration => Err(unreachable_decision(route)),
+        }
+    }
+
+    fn authzen(
+        &self,
+        op: authzen::Op,
+        snap: &crate::snapshot::Snapshot,
+        body: &[u8],
+    ) -> Result<(Response<Full<Bytes>>, u64, u64), ApiError> {
+        let limits = authzen::Limits {
+            max_batch_items: self.settings.max_bulk_items,
+        };
+        let answer = authzen::handle(op, snap, body, &limits)?;
+        let (allowed, denied) = match &answer {
+            authzen::Response::Evaluation(r) => (r.decision as u64, !r.decision as u64),
+            authzen::Response::Evaluations(r) => {
+                let allowed = r.evaluations.iter().filter(|e| e.decision).count() as u64;
+                (allowed, r.evaluations.len() as u64 - allowed)
+            }
+            authzen::Response::Search(_) => (0, 0),
+        };
+        Ok((json_bytes(Bytes::from(answer.to_json())), allowed, denied))
+    }
+
+    /// Checks the content type and reads the body within the size cap; the
+    /// connection's watchdog cuts off a body that stops arriving.
+    async fn read_json_body<B>(
+        &self,
+        req: Request<B>,
+        progress: &Progress,
+    ) -> Result<Bytes, ApiError>
+    where
+        B: Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| {
+                let v = v.trim();
+                v.eq_ignore_ascii_case("application/json")
+                    || (v.len() > 5 && v[v.len() - 5..].eq_ignore_ascii_case("+json"))
+            });
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        // A compressed body would otherwise fail as "not UTF-8" or as JSON.
+        if let Some(coding) = req.headers().get(header::CONTENT_ENCODING) {
+            let coding = String::from_utf8_lossy(coding.as_bytes());
+            if !coding.trim().eq_ignore_ascii_case("identity") {
+                return Err(ApiError::UnsupportedEncoding(coding.into_owned()));
+            }
+        }
+        let _reading = BodyRead::begin(progress);
+        read_body(req.into_body(), self.settings.max_body_bytes).await
+    }
+
+    fn health(&self, detailed: bool) -> Response<Full<Bytes>> {
+        let loaded = self.store.load();
+        let fresh = self.snapshot().is_ok();
+        let mut body = match &loaded {
+            Some(l) => {
+                let age = SystemTime::now()
+                    .duration_since(l.meta.loaded_at)
+                    .unwrap_or_default();
+                json!({
+                    "status": if fresh { "ok" } else { "stale" },
+                    "snapshot": {
+                        "source": l.meta.source,
+                        "content_hash": l.meta.content_hash,
+                        "age_seconds": age.as_secs(),
+                        "last_confirmed_seconds_ago": self.store.freshness_age().as_secs(),
+                        "objects": l.snapshot.counts(),
+                    },
+                })
+            }
+            None => json!({"status": "not_ready", "snapshot": null,
+                           "detail": "no policy snapshot has been loaded yet"}),
+        };
+        if loaded
+            .as_ref()
+            .is_some_and(|l| l.meta.source == Source::Embedded)
+        {
+            body["detail"] = json!(
+                "serving the embedded example environment, not your policy: \
+                 set PDP_API_KEY or PDP_DATA_FILE"
+            );
+        }
+        if detailed {
+            if let Some(state) = &self.sync_state {
+                body["sync"] = serde_json::to_value(state.status()).unwrap_or_default();
+            }
+        }
+        let status = if fresh {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json_response(status, &body)
+    }
+}
+
+async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, ApiError>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    // A declared length over the cap is refused before any of it is read.
+    if body.size_hint().lower() > limit as u64 {
+        return Err(ApiError::BodyTooLarge(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::BodyTooLarge(limit)),
+        Err(e) => Err(ApiError::BodyRead(e.to_string())),
+    }
+}
+
+/// A route sent to the wrong half of dispatch: the table
+/// ([`Route::spec`]'s `decisions`) and the two matches disagree. Answered
+/// as an unknown route rather than a panic.
+fn unreachable_decision(route: Route) -> ApiError {
+    ApiError::NotFound(route.spec().path.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::{Decision, Reason};
+    #[test]
+    fn constant_answers_match_the_encoded_ones() {
+        for (allow, body) in [(true, ALLOW_BODY), (false, DENY_BODY)] {
+            let d = Decision {
+                allow,
+                sources: 0,
+                reason: Reason::Allow,
+            };
+            assert_eq!(serde_json::to_vec(&d.to_response(false)).unwrap(), body);
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! The route table: each endpoint's path, method, whether it needs the
+//! caller's key, its metrics label and the decision series it counts in,
+//! declared once in [`Route::spec`]. Dispatch, authentication and metrics
+//! all read it, and every `match` on [`Route`] is exhaustive, so a new route
+//! does not compile until each of them handles it.
+
+use http::Method;
+
+use super::ApiError;
+use crate::authzen::Op;
+use crate::metrics::Endpoint;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Allowed,
+    Bulk,
+    AllTenants,
+    UserPermissions,
+    AuthorizedUsers,
+    UserTenants,
+    Sync,
+    Health,
+    Ready,
+    Live,
+    Metrics,
+    /// The AuthZEN API; each operation declares its own path.
+    Authzen(Op),
+    AuthzenConfiguration,
+}
+
+/// `GET` routes answer `HEAD` too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Get,
+    Post,
+}
+
+impl Verb {
+    fn allows(self, method: &Method) -> bool {
+        match self {
+            Verb::Get => method == Method::GET || method == Method::HEAD,
+            Verb::Post => method == Method::POST,
+        }
+    }
+
+    /// The `Allow` header of a 405.
+    pub fn allow_header(self) -> &'static str {
+        match self {
+            Verb::Get => "GET",
+            Verb::Post => "POST",
+        }
+    }
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    /// The path, which is also the route's metrics label.
+    pub path: &'static str,
+    /// Another path for the same route.
+    pub alias: Option<&'static str>,
+    /// Paths under `path/` are this route too.
+    pub subpaths: bool,
+    pub verb: Verb,
+    /// Whether a caller must present the API key (when one is set).
+    pub needs_key: bool,
+    /// The decision series the route counts in, for routes that decide.
+    pub decisions: Option<Endpoint>,
+}
+
+const fn spec(path: &'static str, verb: Verb, needs_key: bool) -> Spec {
+    Spec {
+        path,
+        alias: None,
+        subpaths: false,
+        verb,
+        needs_key,
+        decisions: None,
+    }
+}
+
+const fn deciding(path: &'static str, endpoint: Endpoint) -> Spec {
+    Spec {
+        decisions: Some(endpoint),
+        ..spec(path, Verb::Post, true)
+    }
+}
+
+impl Route {
+    /// Every route, in the order requests are matched; `/allowed` first.
+    pub const ALL: [Route; 17] = [
+        Route::Allowed,
+        Route::Bulk,
+        Route::AllTenants,
+        Route::UserPermissions,
+        Route::AuthorizedUsers,
+        Route::UserTenants,
+        Route::Sync,
+        Route::Health,
+        Route::Ready,
+        Route::Live,
+        Route::Metrics,
+        Route::Authzen(Op::Evaluation),
+        Route::Authzen(Op::Evaluations),
+        Route::Authzen(Op::SearchSubject),
+        Route::Authzen(Op::SearchResource),
+        Route::Authzen(Op::SearchAction),
+        Route::AuthzenConfiguration,
+    ];
+
+    /// The metrics label of requests that matched no route.
+    pub const UNMATCHED: &'static str = "unmatched";
+
+    /// The table. Probes, metrics and the AuthZEN metadata (which a PEP
+    /// reads before it has credentials) need no key.
+    pub const fn spec(self) -> Spec {
+        use Endpoint as E;
+        match self {
+            Route::Allowed => deciding("/allowed", E::Allowed),
+            Route::Bulk => deciding("/allowed/bulk", E::Bulk),
+            Route::AllTenants => deciding("/allowed/all-tenants", E::AllTenants),
+            Route::UserPermissions => deciding("/user-permissions", E::UserPermissions),
+            Route::AuthorizedUsers => deciding("/authorized_users", E::AuthorizedUsers),
+            Route::UserTenants => deciding("/user-tenants", E::UserTenants),
+            Route::Sync => spec("/sync", Verb::Post, true),
+            Route::Health => Spec {
+                alias: Some("/healthy"),
+                ..spec("/health", Verb::Get, false)
+            },
+            Route::Ready => spec("/ready", Verb::Get, false),
+            Route::Live => spec("/livez", Verb::Get, false),
+            Route::Metrics => spec("/metrics", Verb::Get, false),
+            Route::Authzen(op) => deciding(
+                op.path(),
+                match op {
+                    Op::Evaluation => E::AuthzenEvaluation,
+                    Op::Evaluations => E::AuthzenEvaluations,
+                    Op::SearchSubject | Op::SearchResource | Op::SearchAction => E::AuthzenSearch,
+                },
+            ),
+            // Also the per-tenant form `/.well-known/authzen-configuration/<tenant>`.
+            Route::AuthzenConfiguration => Spec {
+                subpaths: true,
+                ..spec("/.well-known/authzen-configuration", Verb::Get, false)
+            },
+        }
+    }
+
+    /// Whether this route serves `path`.
+    fn serves(self, path: &str) -> bool {
+        let s = self.spec();
+        path == s.path
+            || s.alias == Some(path)
+            || (s.subpaths
+                && path
+                    .strip_prefix(s.path)
+                    .is_some_and(|rest| rest.starts_with('/')))
+    }
+
+    /// The route for a request, or the 404 or 405 it gets.
+    pub fn find(method: &Method, path: &str) -> Result<Route, ApiError> {
+        let Some(route) = Route::ALL.into_iter().find(|r| r.serves(path)) else {
+            return Err(ApiError::NotFound(path.to_owned()));
+        };
+        let verb = route.spec().verb;
+        if !verb.allows(method) {
+            return Err(ApiError::MethodNotAllowed {
+                method: method.clone(),
+                path: path.to_owned(),
+                allow: verb,
+            });
+        }
+        Ok(route)
+    }
+
+    /// The route's index into [`Route::ALL`] and [`Route::labels`].
+    pub const fn index(self) -> usize {
+        match self {
+            Route::Allowed => 0,
+            Route::Bulk => 1,
+            Route::AllTenants => 2,
+            Route::UserPermissions => 3,
+            Route::AuthorizedUsers => 4,
+            Route::UserTenants => 5,
+            Route::Sync => 6,
+            Route::Health => 7,
+            Route::Ready => 8,
+            Route::Live => 9,
+            Route::Metrics => 10,
+            Route::Authzen(op) => 11 + op as usize,
+            Route::AuthzenConfiguration => 16,
+        }
+    }
+
+    /// Metrics labels, indexed by [`Route::index`], then [`Route::UNMATCHED`].
+    pub fn labels() -> Vec<&'static str> {
+        Route::ALL
+            .iter()
+            .map(|r| r.spec().path)
+            .chain([Route::UNMATCHED])
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_listed_once_in_its_own_place() {
+        for (i, route) in Route::ALL.into_iter().enumerate() {
+            assert_eq!(route.index(), i, "{route:?}");
+        }
+        let labels = Route::labels();
+        assert_eq!(labels.len(), Route::ALL.len() + 1);
+        assert_eq!(labels[Route::Metrics.index()], "/metrics");
+        assert_eq!(labels.last(), Some(&"unmatched"));
+    }
+
+    #[test]
+    fn paths_aliases_subpaths_and_methods() {
+        let post = Method::POST;
+        let get = Method::GET;
+        for route in Route::ALL {
+            let s = route.spec();
+            let method = match s.verb {
+                Verb::Get => &get,
+                Verb::Post => &post,
+            };
+            assert_eq!(Route::find(method, s.path).unwrap(), route);
+        }
+        assert_eq!(Route::find(&get, "/healthy").unwrap(), Route::Health);
+        assert_eq!(Route::find(&Method::HEAD, "/ready").unwrap(), Route::Ready);
+        assert_eq!(
+            Route::find(&get, "/.well-known/authzen-configuration/acme").unwrap(),
+            Route::AuthzenConfiguration
+        );
+        assert!(matches!(
+            Route::find(&get, "/.well-known/authzen-configurationx"),
+            Err(ApiError::NotFound(_))
+        ));
+        assert!(matches!(
+            Route::find(&get, "/allowed"),
+            Err(ApiError::MethodNotAllowed {
+                allow: Verb::Post,
+                ..
+            })
+        ));
+        assert!(matches!(
+            Route::find(&post, "/allowed/"),
+            Err(ApiError::NotFound(_))
+        ));
+    }
+}
