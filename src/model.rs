@@ -1,5 +1,5 @@
 //! The data document: one whole environment, exactly as the control plane's
-//! list endpoints return its objects (contract README, "The data document").
+//! list endpoints return its objects (docs/data-document.md).
 //!
 //! These are plain input types. Nothing here is indexed or validated beyond
 //! JSON shape; [`crate::snapshot::Snapshot::build`] is the one place that turns

@@ -77,7 +77,7 @@ const ALLOW_BODY: &[u8] = b"{\"allow\":true,\"result\":true}";
 const DENY_BODY: &[u8] = b"{\"allow\":false,\"result\":false}";
 
 impl App {
-    /// Bearer-key check (contract §1.2), in constant time.
+    /// Bearer-key check (docs/contract.md, Authentication), in constant time.
     fn authenticate<B>(&self, req: &Request<B>) -> Result<(), ApiError> {
         let Some(expected) = &self.settings.api_key else {
             return Ok(());

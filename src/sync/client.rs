@@ -32,7 +32,7 @@ impl KeyKind {
     }
 }
 
-/// `APIKeyScopeRead` (contract §4.1).
+/// `APIKeyScopeRead` (docs/contract.md, Key scope).
 #[derive(Debug, Clone, Deserialize)]
 pub struct ScopeRead {
     #[serde(default)]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
-/// The control plane's rate-limit classes (contract §4.6).
+/// The control plane's rate-limit classes (docs/contract.md, Rate limits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
     /// `/v2/facts/*`: 3,000/min published.

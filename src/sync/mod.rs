@@ -1,6 +1,6 @@
-//! Background sync from the Permit control plane (contract §4, README
-//! decisions 2 and 3): resolve the API key's scope once, then read the whole
-//! environment page by page, build a snapshot off to the side and swap it in,
+//! Background sync from the Permit control plane through its public v2 API
+//! (docs/contract.md, List endpoints and Paging): resolve the API key's
+//! scope once, then read the whole environment page by page, build a snapshot off to the side and swap it in,
 //! write the offline backup, and repeat every interval or on demand.
 //!
 //! A sync is all-or-nothing: the document is assembled in memory and only a
@@ -254,8 +254,8 @@ impl Syncer {
                         got => Err(FatalKeyError::WrongKeyKind { got }),
                     }
                 }
-                // Only a 401 says the key is bad (contract §4.1); a 403 may
-                // come from a proxy in front of the control plane, and is
+                // Only a 401 says the key is bad (docs/contract.md, Key
+                // scope); a 403 may come from a proxy in front of the control plane, and is
                 // retried like an outage so a PDP with a backup keeps
                 // serving.
                 Err(RequestError::Status {

@@ -1,5 +1,5 @@
-//! Reading whole lists page by page, in every shape the API uses (contract
-//! README decision 3): a bare array (ends at a short page), `{data,
+//! Reading whole lists page by page, in every shape the API uses
+//! (docs/contract.md, Paging): a bare array (ends at a short page), `{data,
 //! total_count, page_count}`, and `{data, pagination: {cursor, hasMore}}`.
 //!
 //! The API has no snapshot isolation, so a list that changes while it is
@@ -89,8 +89,8 @@ impl Lister<'_> {
         staged: &mut Staged,
     ) -> Result<(), SyncError> {
         let mark = staged.mark();
-        // An expired cursor restarts the listing once per sync (decision 3),
-        // from nothing: what the first attempt staged is undone.
+        // An expired cursor restarts the listing once per sync
+        // (docs/contract.md, Paging), from nothing: what the first attempt staged is undone.
         let mut restarts_left = 1;
         'listing: loop {
             staged.rollback(&mark);

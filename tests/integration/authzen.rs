@@ -1,7 +1,7 @@
 //! OpenID AuthZEN 1.0: every interop vector of `tests/fixtures/authzen/vectors`
 //! replayed and judged exactly as the upstream harnesses judge
-//! (`shared/authzen/README.md` §3), plus the structural rules of §7 and the
-//! eight decisions of the certification scenario.
+//! (docs/contract.md, Harness judging), plus the structural rules and the
+//! eight decisions of the certification scenario (docs/contract.md, Certification scenario).
 
 use std::path::{Path, PathBuf};
 
@@ -374,7 +374,7 @@ fn judge_fails_what_the_harness_fails() {
 }
 
 // ---------------------------------------------------------------------------
-// Structural rules (README §7), in-process. The HTTP-only ones
+// Structural rules (docs/contract.md, Certification scenario), in-process. The HTTP-only ones
 // (X-Request-ID, authentication, content type) are in the server tests.
 
 fn call(snap: &Snapshot, op: Op, body: Value) -> Result<Value, Value> {
@@ -853,7 +853,7 @@ fn discovery_names_every_endpoint_under_the_base_url() {
 }
 
 // ---------------------------------------------------------------------------
-// Certification scenario (README §7): the eight checked decisions and the
+// Certification scenario (docs/contract.md, Certification scenario): the eight checked decisions and the
 // search checks, against `certification.json`.
 
 fn cert(snap: &Snapshot, subject: Value, action: Value, resource: Value) -> bool {

@@ -352,7 +352,7 @@ fn extends_cycles_and_unknown_parents_are_refused_naming_the_roles() {
 // §4: ReBAC
 // ---------------------------------------------------------------------------
 
-/// Permit's documented example (`rebac-api-calls.mdx`): folder editors are
+/// Permit's documented example (docs/contract.md, Decision model): folder editors are
 /// editors of the files in the folder.
 fn folder_file_doc() -> Value {
     json!({

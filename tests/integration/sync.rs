@@ -303,7 +303,7 @@ async fn project_and_organization_keys_are_refused_with_the_reason() {
         .all(|r| r.path == "/v2/api-key/scope"));
 }
 
-/// Only a 401 says the key is bad (contract §4.1). A 403 (which a proxy in
+/// Only a 401 says the key is bad (docs/contract.md, Key scope). A 403 (which a proxy in
 /// front of the control plane may send) or a scope that names no
 /// organization (`{}` from a misbehaving hop) is retried like an outage,
 /// so a fleet with backups keeps serving instead of exiting.

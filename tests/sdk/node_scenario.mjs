@@ -5,7 +5,7 @@
 // using `permitio` would see. Every expected value is derived by hand from
 // tests/fixtures/sdk.json (grant table in tests/sdk/README.md), never by asking
 // the PDP. The Node enforcer has no authorizedUsers/filterObjects, and its
-// checkAllTenants cannot work against any PDP (contract §2.2), so neither is here.
+// checkAllTenants cannot work against any PDP (docs/contract.md, SDKs), so neither is here.
 //
 // Usage: node node_scenario.mjs <pdp-url> <api-key>   (or PDP_URL / PDP_API_KEY)
 // Prints one line per assertion and ends with `sdk-node: N passed, M failed`;
@@ -154,7 +154,7 @@ async function checks(permit) {
 
 async function tenantDefaults() {
   // With useDefaultTenantIfEmpty off the SDK sends no tenant, and a query
-  // without a tenant is denied (contract §2.3, semantics §2).
+  // without a tenant is denied (docs/contract.md, Queries; docs/semantics.md §2).
   const strict = client({ multiTenancy: { useDefaultTenantIfEmpty: false } });
   const cases = [
     ["alice", "read", "document", false, "no tenant sent: denied"],
@@ -232,7 +232,7 @@ async function userPermissions(permit) {
 }
 
 async function wrongKey() {
-  // The PDP must refuse a key other than its own with 403 (contract §1.2);
+  // The PDP must refuse a key other than its own with 403 (docs/contract.md, Authentication);
   // the SDK turns any non-2xx into PermitConnectionError carrying the status.
   const bad = recording(new Permit({ token: "not-the-pdp-key", pdp: url, log }));
   const calls = [

@@ -181,7 +181,7 @@ async def checks(t: Tally, permit: Permit) -> None:
 
 async def tenant_defaults(t: Tally, url: str, key: str) -> None:
     # With use_default_tenant_if_empty off the SDK sends no tenant at all, and
-    # a query without a tenant is denied (contract §2.3, semantics §2).
+    # a query without a tenant is denied (docs/contract.md, Queries; docs/semantics.md §2).
     strict = Permit(token=key, pdp=url, multi_tenancy={"use_default_tenant_if_empty": False})
     for user, action, resource, expected, why in [
         ("alice", "read", "document", False, "no tenant sent: denied"),
@@ -378,7 +378,7 @@ async def authorized(t: Tally, permit: Permit) -> None:
 
 
 async def wrong_key(t: Tally, url: str, key: str) -> None:
-    # The PDP must refuse a key other than its own with 403 (contract §1.2);
+    # The PDP must refuse a key other than its own with 403 (docs/contract.md, Authentication);
     # the SDK turns that into PermitConnectionError carrying the status.
     bad = Permit(token="not-the-pdp-key", pdp=url)
     for name, call in [
