@@ -1,7 +1,8 @@
 //! Background sync from the Permit control plane through its public v2 API
 //! (docs/contract.md, List endpoints and Paging): resolve the API key's
-//! scope once, then read the whole environment page by page, build a snapshot off to the side and swap it in,
-//! write the offline backup, and repeat every interval or on demand.
+//! scope once, then read the whole environment page by page, build a
+//! snapshot off to the side and swap it in, write the offline backup, and
+//! repeat every interval or on demand.
 //!
 //! A sync is all-or-nothing: the document is assembled in memory and only a
 //! complete, validated one reaches the store, so a failure at any point leaves
