@@ -772,3 +772,86 @@ async fn swaps_under_load_never_error_or_mix() {
         );
     }
 }
+
+/// The handler answers without a socket, from a request with any body type:
+/// the same answers, errors and metrics as over the wire.
+#[tokio::test]
+async fn the_handler_answers_without_a_socket() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use pdp::http::App;
+    use pdp::metrics::Metrics;
+    use pdp::store::Store;
+
+    let store = std::sync::Arc::new(Store::new());
+    store
+        .install(Staged::from_document(&document(env())), Source::Embedded)
+        .unwrap();
+    let app = App {
+        store,
+        settings: settings(),
+        metrics: std::sync::Arc::new(Metrics::new(prometheus::Registry::new()).unwrap()),
+        refresh: Default::default(),
+        sync_state: None,
+    };
+    let call = |method: &str, path: &str, key: Option<&str>, body: &str| {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json");
+        if let Some(key) = key {
+            req = req.header("authorization", format!("Bearer {key}"));
+        }
+        req.body(Full::new(Bytes::from(body.to_owned()))).unwrap()
+    };
+    let answer = |resp: http::Response<Full<Bytes>>| async move {
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice::<Value>(&body).unwrap())
+    };
+    let allowed = q(
+        json!("alice"),
+        "write",
+        json!({"type": "document", "tenant": "acme"}),
+    );
+    let (status, body) = answer(
+        app.handle(call("POST", "/allowed", Some(KEY), &allowed.to_string()))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"allow": true, "result": true}))
+    );
+    let (status, body) = answer(
+        app.handle(call("POST", "/allowed", None, &allowed.to_string()))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, &body["error"]),
+        (401, &json!("missing_authorization"))
+    );
+    let (status, body) = answer(app.handle(call("GET", "/allowed", Some(KEY), "")).await).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (405, &json!("method_not_allowed"))
+    );
+    let (status, body) = answer(
+        app.handle(call("POST", "/access/v1/evaluation", Some(KEY), "{}"))
+            .await,
+    )
+    .await;
+    assert_eq!((status, &body["field"]), (400, &json!("subject")));
+    let (status, _) = answer(app.handle(call("GET", "/livez", None, "")).await).await;
+    assert_eq!(status, 200);
+    let metrics = String::from_utf8(app.metrics.render(&app.store)).unwrap();
+    assert!(
+        metrics.contains(r#"pdp_http_requests_total{route="/allowed",status="200"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"pdp_decisions_total{endpoint="allowed",outcome="allow"} 1"#),
+        "{metrics}"
+    );
+}
