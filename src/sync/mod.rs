@@ -195,10 +195,6 @@ impl Syncer {
         })
     }
 
-    pub fn state(&self) -> Arc<SyncState> {
-        self.state.clone()
-    }
-
     /// Resolve the key, then sync until `shutdown` turns true. Returns an
     /// error only for a key that can never work; everything else is
     /// retried, logged and counted.
