@@ -234,14 +234,6 @@ pub struct Relation {
     pub subject_resource: Option<String>,
 }
 
-impl Relation {
-    pub fn subject_type(&self) -> Option<&str> {
-        self.subject_resource
-            .as_deref()
-            .or(self.resource.as_deref())
-    }
-}
-
 /// A tenant-level role (`RoleRead`): permissions are `"type:action"`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
