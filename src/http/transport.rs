@@ -107,7 +107,7 @@ async fn idle_watchdog(progress: &Progress, limit: Duration) {
 pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     // HTTP/1 gets no timer: hyper's own header read timeout allocates, arms
     // and drops a runtime timer for every request head (the timer wheel's
-    // lock each way), ~1 us of CPU per request here. Each connection's
+    // lock each way; its cost is in docs/performance.md). Each connection's
     // `idle_watchdog` enforces the limit with one timer tick per half period.
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().keep_alive(true);
