@@ -35,6 +35,11 @@
 # (sync = POST /sync | sighup = kill -HUP), PDP_BIN (target/release/pdp),
 # LOAD_WORK (target/load), LOAD_PDP_PORT (18766), LOAD_BASELINE_PORT (18767),
 # SKIP_BUILD=1, QUERIES (20000).
+#
+# AB_BIN=path/to/another/pdp compares two builds instead: that binary takes
+# the baseline's place (same data, same key, its own port), "base" in the
+# output means it, and the run ends after the /allowed and bulk rounds with
+# each build's CPU time per request side by side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -151,9 +156,15 @@ if ! READY_FILE_MS=$(wait_ready "$PDP_PID"); then
 fi
 log "PDP ready from the data file in ${READY_FILE_MS} ms"
 
-"$BASELINE_BIN" "$BASE_PORT" >"$WORK/baseline.log" 2>&1 &
+if [[ -n "${AB_BIN:-}" ]]; then
+  log "A/B: $PDP_BIN (pdp) against $AB_BIN (base), both on $ENV_FILE"
+  env MIMALLOC_PURGE_DELAY=0 PDP_HOST=127.0.0.1 PDP_PORT="$BASE_PORT" PDP_API_KEY="$KEY" \
+    PDP_CONTROL_PLANE="$NO_CONTROL_PLANE" PDP_DATA_FILE="$ENV_FILE" "$AB_BIN" >"$WORK/ab.log" 2>&1 &
+else
+  "$BASELINE_BIN" "$BASE_PORT" >"$WORK/baseline.log" 2>&1 &
+fi
 BASE_PID=$!
-for ((i = 0; i < 500; i++)); do
+for ((i = 0; i < 12000; i++)); do
   [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$BASE_URL/ready") == 200 ]] && break
   sleep 0.01
 done
@@ -269,6 +280,18 @@ run_wrk paced-base "$BASE_URL/allowed" "$DATA/allowed.jsonl" "$PACED_C" "$BASE_P
 # ---- bulk and user-permissions -----------------------------------------------
 # Against the ceiling for bulk: bare hyper reading the same 100-check bodies.
 rounds bulk /allowed/bulk "$DATA/bulk.jsonl" 16
+if [[ -n "${AB_BIN:-}" ]]; then
+  echo
+  echo "== A/B: $PDP_BIN (pdp) vs $AB_BIN (base), preset $PRESET seed $SEED, wrk -t$THREADS -d$DURATION, medians of $ROUNDS alternating rounds =="
+  printf '%-22s %12s %12s %12s %12s %10s  %s\n' "run" "pdp req/s" "base req/s" "pdp CPU us" "base CPU us" "CPU ratio" "req/s ratio rounds"
+  for k in $CONNS bulk; do
+    printf '%-22s %12s %12s %12s %12s %10s  %s\n' "$([[ $k == bulk ]] && echo "/allowed/bulk c=16" || echo "/allowed c=$k")" \
+      "${R[pdp-$k.rps]:-n/a}" "${R[base-$k.rps]:-n/a}" "${R[pdp-$k.cpu]:-n/a}" "${R[base-$k.cpu]:-n/a}" \
+      "$(awk -v a="${R[pdp-$k.cpu]:-0}" -v b="${R[base-$k.cpu]:-0}" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }')" \
+      "${R[ratio-$k.all]:-n/a}"
+  done
+  exit 0
+fi
 # The SDK's filter_objects shape: one user and action on 100 files a request.
 run_wrk bulk-filter "$PDP_URL/allowed/bulk" "$DATA/bulk_filter.jsonl" 16 "$PDP_PID"
 run_wrk user-perms "$PDP_URL/user-permissions" "$DATA/user_permissions.jsonl" 16 "$PDP_PID"
