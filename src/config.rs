@@ -259,8 +259,12 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "h" => n * 3600.0,
         _ => return None,
     };
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).ok()
 }
+
+/// The longest duration any setting takes: past it a value is a typo, and
+/// adding one to an `Instant` could overflow.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 struct Parser<'a> {
     raw: &'a BTreeMap<&'static str, String>,
@@ -298,7 +302,8 @@ impl Parser<'_> {
 
     fn duration(&mut self, key: &str) -> Option<Duration> {
         match parse_duration(self.get(key)) {
-            Some(d) => Some(d),
+            Some(d) if d <= MAX_DURATION => Some(d),
+            Some(_) => self.fail(key, "a duration of at most 365 days (8760h)"),
             None => self.fail(key, "a duration like 500ms, 10s, 5m"),
         }
     }
@@ -520,5 +525,29 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("-1s"), None);
         assert_eq!(parse_duration("3 weeks"), None);
+        assert_eq!(
+            parse_duration("100000000000000000000000"),
+            None,
+            "not a panic"
+        );
+        assert_eq!(parse_duration("30000000000000000h"), None, "not a panic");
+    }
+
+    #[test]
+    fn durations_past_a_year_are_refused_not_a_panic() {
+        let errors = Config::load(
+            None,
+            &env(&[
+                ("PDP_SYNC_INTERVAL", "100000000000000000000000"),
+                ("PDP_SHUTDOWN_GRACE", "1e23"),
+                ("PDP_SYNC_DEADLINE", "3000000000000000h"),
+                ("PDP_MAX_STALENESS", "366d"),
+                ("PDP_HEADER_READ_TIMEOUT", "8761h"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(errors.len(), 5, "{errors:?}");
+        let c = Config::load(None, &env(&[("PDP_SYNC_DEADLINE", "8760h")])).unwrap();
+        assert_eq!(c.sync_deadline, MAX_DURATION);
     }
 }

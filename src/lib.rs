@@ -198,7 +198,8 @@ pub async fn run(
             let sync_metrics = Arc::new(sync::SyncMetrics::register(metrics.registry())?);
             let syncer = sync::Syncer::new(sync_config, state.clone(), sync_metrics)?;
             sync_state = Some(state);
-            sync_task = Some(tokio::spawn(syncer.run(
+            sync_task = Some(tokio::spawn(sync::supervise(
+                syncer,
                 store.clone(),
                 refresh.clone(),
                 stop_rx.clone(),
@@ -249,7 +250,7 @@ pub async fn run(
                     Ok(())
                 }
                 Err(e) => {
-                    error!(error = %e, "the sync task failed; the last snapshot keeps serving");
+                    error!(error = %e, "the sync supervisor failed; the last snapshot keeps serving");
                     serving.await;
                     Ok(())
                 }

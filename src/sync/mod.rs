@@ -402,6 +402,67 @@ impl Syncer {
     }
 }
 
+/// Runs `syncer` until shutdown, and restarts it if it panics: a sync task
+/// that died would leave the process serving an ever older snapshot with a
+/// live `/livez`. A restart is counted as a failure with cause `panic`.
+pub async fn supervise(
+    syncer: Syncer,
+    store: Arc<Store>,
+    trigger: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), FatalKeyError> {
+    let (config, state, metrics) = (
+        syncer.config.clone(),
+        syncer.state.clone(),
+        syncer.metrics.clone(),
+    );
+    let mut next = Some(syncer);
+    let mut restarts = 0u32;
+    loop {
+        let syncer = match next.take() {
+            Some(s) => s,
+            None => match Syncer::new(config.clone(), state.clone(), metrics.clone()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot rebuild the sync client");
+                    restarts += 1;
+                    if wait_or_stop(
+                        backoff(config.backoff_min, config.backoff_max, restarts),
+                        &mut shutdown,
+                    )
+                    .await
+                    {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            },
+        };
+        let task = tokio::spawn(syncer.run(store.clone(), trigger.clone(), shutdown.clone()));
+        match task.await {
+            Ok(result) => return result,
+            Err(e) if e.is_panic() => {
+                restarts += 1;
+                metrics.failures.with_label_values(&["panic"]).inc();
+                let wait = backoff(config.backoff_min, config.backoff_max, restarts);
+                tracing::error!(error = %e, restart_in = ?wait, "the sync task panicked; restarting it, the last snapshot keeps serving");
+                if wait_or_stop(wait, &mut shutdown).await {
+                    return Ok(());
+                }
+            }
+            Err(_) => return Ok(()),
+        }
+    }
+}
+
+/// Sleeps `wait`; true if shutdown came first.
+async fn wait_or_stop(wait: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => false,
+        _ = stopped(shutdown) => true,
+    }
+}
+
 /// Load the offline backup from `dir` into `store` (source `Backup`). Called
 /// at start, before the first sync, so the PDP is ready without the control
 /// plane. A missing backup is `Ok(false)`; a corrupt one is an error the
