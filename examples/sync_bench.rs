@@ -261,7 +261,7 @@ async fn measure(users: usize, assignments: usize) {
     let backups = tempfile::tempdir().expect("tempdir");
     let config = SyncConfig {
         control_plane: url,
-        api_key: ENV_KEY.to_owned(),
+        api_key: pdp::config::ApiKey::new(ENV_KEY),
         interval: Duration::from_secs(3600),
         request_timeout: Duration::from_secs(30),
         sync_deadline: Duration::from_secs(1800),

@@ -6,9 +6,13 @@
 //! touching the process environment.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq;
 
 /// One setting: its key, default and meaning (the table in the README and
 /// the comments in `config/pdp.toml` say the same).
@@ -100,6 +104,52 @@ const KEYS: &[Key] = &[
     },
 ];
 
+/// The environment API key. Its `Debug` is redacted and its memory wiped on
+/// drop (`secrecy`), and a presented key is compared with it through
+/// fixed-length digests in constant time, so the comparison reveals neither
+/// its bytes nor its length.
+#[derive(Clone)]
+pub struct ApiKey {
+    secret: SecretString,
+    digest: [u8; 32],
+}
+
+impl ApiKey {
+    pub fn new(key: impl Into<String>) -> ApiKey {
+        let key: String = key.into();
+        let digest = *blake3::hash(key.as_bytes()).as_bytes();
+        ApiKey {
+            secret: SecretString::from(key),
+            digest,
+        }
+    }
+
+    /// The key itself, to send to the control plane.
+    pub fn expose(&self) -> &str {
+        self.secret.expose_secret()
+    }
+
+    /// Whether `presented` is this key.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        blake3::hash(presented)
+            .as_bytes()
+            .ct_eq(&self.digest)
+            .into()
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey([REDACTED])")
+    }
+}
+
+impl PartialEq for ApiKey {
+    fn eq(&self, other: &ApiKey) -> bool {
+        self.matches(other.expose().as_bytes())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -111,7 +161,7 @@ pub struct Config {
     pub host: IpAddr,
     pub port: u16,
     /// The key callers must present, and the environment key used to sync.
-    pub api_key: Option<String>,
+    pub api_key: Option<ApiKey>,
     pub debug: bool,
     /// Serve this data document instead of syncing from the control plane.
     pub data_file: Option<PathBuf>,
@@ -262,6 +312,15 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(secs).ok()
 }
 
+fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
 /// The longest duration any setting takes: past it a value is a typo, and
 /// adding one to an `Instant` could overflow.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -358,8 +417,20 @@ impl Parser<'_> {
             .trim()
             .trim_end_matches('/')
             .to_owned();
-        if !(control_plane.starts_with("http://") || control_plane.starts_with("https://")) {
-            self.fail::<()>("control_plane", "an http:// or https:// URL");
+        match reqwest::Url::parse(&control_plane) {
+            Ok(url) if url.scheme() == "https" && url.host().is_some() => {}
+            // The key travels in a header: in clear only to this machine
+            // (as tests and a local proxy do).
+            Ok(url) if url.scheme() == "http" && is_loopback(&url) => {}
+            Ok(url) if url.scheme() == "http" => {
+                self.fail::<()>(
+                    "control_plane",
+                    "an https:// URL (http:// only to a loopback address: the API key is sent with every request)",
+                );
+            }
+            _ => {
+                self.fail::<()>("control_plane", "an https:// URL");
+            }
         }
         let sync_interval = self.positive_duration("sync_interval");
         let sync_request_timeout = self.positive_duration("sync_request_timeout");
@@ -372,7 +443,17 @@ impl Parser<'_> {
         let rate_limit_schema =
             self.value("rate_limit_schema", "requests per minute (0 = unlimited)");
         let text = |v: &str| (!v.trim().is_empty()).then(|| v.trim().to_owned());
-        let api_key = text(self.get("api_key"));
+        let api_key = text(self.get("api_key")).map(ApiKey::new);
+        if api_key
+            .as_ref()
+            .is_some_and(|k| !k.expose().bytes().all(|b| b.is_ascii_graphic()))
+        {
+            // Not sendable as a bearer token. Not echoed: it is a secret.
+            self.errors.push(
+                "PDP_API_KEY / `api_key`: the key may hold only printable ASCII without spaces"
+                    .to_owned(),
+            );
+        }
         let data_file = text(self.get("data_file")).map(PathBuf::from);
         let backup_dir = text(self.get("backup_dir")).map(PathBuf::from);
         Some(Config {
@@ -492,6 +573,53 @@ mod tests {
         // A key in the environment overrides an empty one in the file.
         let c = Config::load(Some(&file), &env(&[("PDP_API_KEY", "k")])).unwrap();
         assert_eq!(c.mode(), Mode::ControlPlane);
+    }
+
+    #[test]
+    fn the_key_is_never_printed_and_matches_only_itself() {
+        let c = Config::load(None, &env(&[("PDP_API_KEY", "permit_key_s3cr3t")])).unwrap();
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("s3cr3t"), "{printed}");
+        assert!(printed.contains("REDACTED"), "{printed}");
+        let key = c.api_key.unwrap();
+        assert!(key.matches(b"permit_key_s3cr3t"));
+        for other in [
+            "",
+            "permit_key_s3cr3",
+            "permit_key_s3cr3tt",
+            "PERMIT_KEY_S3CR3T",
+        ] {
+            assert!(!key.matches(other.as_bytes()), "{other}");
+        }
+        let errors = Config::load(None, &env(&[("PDP_API_KEY", "two words")])).unwrap_err();
+        assert!(errors[0].contains("printable ASCII"), "{errors:?}");
+        assert!(!errors[0].contains("two words"), "the key is not echoed");
+    }
+
+    #[test]
+    fn the_control_plane_is_https_or_on_this_machine() {
+        for ok in [
+            "https://api.permit.io",
+            "http://127.0.0.1:9",
+            "http://localhost:8080/",
+            "http://[::1]:8080",
+        ] {
+            let c = Config::load(None, &env(&[("PDP_CONTROL_PLANE", ok)]));
+            assert!(c.is_ok(), "{ok}: {c:?}");
+        }
+        for bad in [
+            "http://api.permit.io",
+            "http://10.0.0.1",
+            "ftp://x",
+            "https://",
+            "api.permit.io",
+        ] {
+            let errors = Config::load(None, &env(&[("PDP_CONTROL_PLANE", bad)])).unwrap_err();
+            assert!(
+                errors[0].starts_with("PDP_CONTROL_PLANE"),
+                "{bad}: {errors:?}"
+            );
+        }
     }
 
     #[test]

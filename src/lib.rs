@@ -45,7 +45,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, Mode};
+use crate::config::{ApiKey, Config, Mode};
 use crate::http::{App, HttpSettings};
 use crate::metrics::Metrics;
 use crate::model::DataDocument;
@@ -174,7 +174,7 @@ pub async fn run(
         Mode::ControlPlane => {
             let sync_config = sync::SyncConfig {
                 control_plane: config.control_plane.clone(),
-                api_key: config.api_key.clone().unwrap_or_default(),
+                api_key: config.api_key.clone().unwrap_or_else(|| ApiKey::new("")),
                 interval: config.sync_interval,
                 request_timeout: config.sync_request_timeout,
                 sync_deadline: config.sync_deadline,

@@ -12,13 +12,13 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
 use super::error::{decode, json_bytes, json_response, ApiError};
 use super::routes::Route;
 use super::transport::{BodyRead, Progress};
 use crate::authzen;
+use crate::config::ApiKey;
 use crate::decide::{self, AllowedQuery};
 use crate::metrics::Metrics;
 use crate::store::{Loaded, Source, Store};
@@ -27,7 +27,7 @@ use crate::sync::SyncState;
 /// What the HTTP layer needs from the configuration.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
-    pub api_key: Option<String>,
+    pub api_key: Option<ApiKey>,
     pub debug: bool,
     pub max_body_bytes: usize,
     pub max_bulk_items: usize,
@@ -90,7 +90,7 @@ impl App {
         if value.len() < 7 || !value[..7].eq_ignore_ascii_case(b"bearer ") {
             return Err(ApiError::BadKey);
         }
-        if bool::from(value[7..].ct_eq(expected.as_bytes())) {
+        if expected.matches(&value[7..]) {
             Ok(())
         } else {
             Err(ApiError::BadKey)

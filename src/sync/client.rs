@@ -125,7 +125,8 @@ impl RequestError {
 pub struct Client {
     http: reqwest::Client,
     base: String,
-    auth: String,
+    /// `Bearer <key>`, marked sensitive so no debug output shows it.
+    auth: http::HeaderValue,
     limiter: Limiter,
     metrics: Arc<SyncMetrics>,
     state: Arc<SyncState>,
@@ -142,7 +143,15 @@ impl Client {
         state: Arc<SyncState>,
         metrics: Arc<SyncMetrics>,
     ) -> reqwest::Result<Self> {
+        // A key that is no valid header value cannot authenticate: it is
+        // sent as given and refused by the control plane (401: exit 64).
+        let mut auth = http::HeaderValue::from_str(&format!("Bearer {}", config.api_key.expose()))
+            .unwrap_or_else(|_| http::HeaderValue::from_static("Bearer invalid"));
+        auth.set_sensitive(true);
         let http = reqwest::Client::builder()
+            // The key goes in a header; a redirect must not carry it to
+            // another host.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("pdp/", env!("CARGO_PKG_VERSION"), " (sync)"))
@@ -150,7 +159,7 @@ impl Client {
         Ok(Self {
             http,
             base: config.control_plane.trim_end_matches('/').to_owned(),
-            auth: format!("Bearer {}", config.api_key),
+            auth,
             limiter: Limiter::new(
                 config.overall_per_min,
                 config.facts_per_min,

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{watch, Notify};
 
+use crate::config::ApiKey;
 use crate::store::{Provenance, Source, Store};
 
 pub use backup::{read_backup, write_backup, Backup, BackupError, BACKUP_FILE};
@@ -45,7 +46,7 @@ pub struct SyncConfig {
     /// Base URL, without a trailing `/v2`.
     pub control_plane: String,
     /// The environment API key, sent as `Authorization: Bearer`.
-    pub api_key: String,
+    pub api_key: ApiKey,
     /// Time between the end of one successful sync and the start of the
     /// next, before jitter (±10 %).
     pub interval: Duration,
@@ -74,7 +75,7 @@ impl Default for SyncConfig {
     fn default() -> Self {
         Self {
             control_plane: "https://api.permit.io".to_owned(),
-            api_key: String::new(),
+            api_key: ApiKey::new(""),
             interval: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
             sync_deadline: Duration::from_secs(30 * 60),
@@ -204,7 +205,7 @@ impl Syncer {
         trigger: Arc<Notify>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), FatalKeyError> {
-        if self.config.api_key.is_empty() {
+        if self.config.api_key.expose().is_empty() {
             return Err(FatalKeyError::MissingKey);
         }
         let scope = tokio::select! {

@@ -106,7 +106,7 @@ fn allowed(store: &Store, user: &str, action: &str) -> Option<bool> {
 fn config(fake: &FakeControlPlane) -> SyncConfig {
     SyncConfig {
         control_plane: fake.url(),
-        api_key: ENV_KEY.to_owned(),
+        api_key: pdp::config::ApiKey::new(ENV_KEY),
         // Long: tests trigger syncs, as POST /sync does, unless they test
         // the interval itself.
         interval: Duration::from_secs(60),
@@ -262,7 +262,7 @@ async fn project_and_organization_keys_are_refused_with_the_reason() {
     ] {
         let run = Running::start(
             SyncConfig {
-                api_key: key.to_owned(),
+                api_key: pdp::config::ApiKey::new(key),
                 ..config(&fake)
             },
             Arc::new(Store::new()),
@@ -285,7 +285,7 @@ async fn project_and_organization_keys_are_refused_with_the_reason() {
     }
     let run = Running::start(
         SyncConfig {
-            api_key: "permit_key_revoked".to_owned(),
+            api_key: pdp::config::ApiKey::new("permit_key_revoked"),
             ..config(&fake)
         },
         Arc::new(Store::new()),
@@ -872,4 +872,56 @@ async fn the_binary_syncs_refreshes_on_demand_and_restarts_from_its_backup() {
         answers,
         (Some(false), Some(true), Some("backup".to_owned()))
     );
+}
+
+/// A control plane that answers with a redirect does not get the key sent
+/// on: the redirect is not followed, so the host it names sees nothing.
+#[tokio::test]
+async fn redirects_are_not_followed_with_the_key() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let elsewhere_addr = elsewhere.local_addr().unwrap();
+    let reached = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = reached.clone();
+    let sink = tokio::spawn(async move {
+        loop {
+            let (_, _) = elsewhere.accept().await.unwrap();
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let redirector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let control_plane = format!("http://{}", redirector.local_addr().unwrap());
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let asked_count = asked.clone();
+    let redirecting = tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = redirector.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await;
+            asked_count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let answer = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{elsewhere_addr}/v2/api-key/scope\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = conn.write_all(answer.as_bytes()).await;
+        }
+    });
+    let fake = FakeControlPlane::start(&environment(1), Shape::Bare).await;
+    let run = Running::start(
+        SyncConfig {
+            control_plane,
+            ..config(&fake)
+        },
+        Arc::new(Store::new()),
+    );
+    eventually(
+        "the redirecting control plane is asked",
+        Duration::from_secs(5),
+        || asked.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+    )
+    .await;
+    assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert!(run.store.load().is_none());
+    let _ = run.shutdown.send(true);
+    sink.abort();
+    redirecting.abort();
 }

@@ -41,7 +41,7 @@ pub fn read_fixture(path: impl AsRef<Path>) -> DataDocument {
 
 pub fn settings() -> HttpSettings {
     HttpSettings {
-        api_key: Some(KEY.to_owned()),
+        api_key: Some(pdp::config::ApiKey::new(KEY)),
         ..HttpSettings::default()
     }
 }
