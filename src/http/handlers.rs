@@ -201,8 +201,13 @@ impl App {
     /// The routes that read no body and make no decision.
     fn serve<B>(&self, route: Route, req: &Request<B>) -> Response<Full<Bytes>> {
         match route {
-            Route::Health => self.health(true),
-            Route::Ready => self.health(false),
+            Route::Health | Route::Ready => {
+                // Probes carry no key: they get the status alone. The detail
+                // (sources, paths, counts, sync errors that can name users
+                // and the project) is for callers with the key.
+                let detail = self.authenticate(req).is_ok();
+                self.health(route == Route::Health, detail)
+            }
             Route::Live => json_response(StatusCode::OK, &json!({"status": "ok"})),
             Route::Metrics => {
                 let mut resp =
@@ -394,9 +399,22 @@ impl App {
         read_body(req.into_body(), self.settings.max_body_bytes).await
     }
 
-    fn health(&self, detailed: bool) -> Response<Full<Bytes>> {
+    fn health(&self, with_sync: bool, detail: bool) -> Response<Full<Bytes>> {
         let loaded = self.store.load();
         let fresh = self.snapshot().is_ok();
+        let status = if fresh {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        if !detail {
+            let word = match (&loaded, fresh) {
+                (None, _) => "not_ready",
+                (Some(_), true) => "ok",
+                (Some(_), false) => "stale",
+            };
+            return json_response(status, &json!({ "status": word }));
+        }
         let mut body = match &loaded {
             Some(l) => {
                 let age = SystemTime::now()
@@ -425,16 +443,11 @@ impl App {
                  set PDP_API_KEY or PDP_DATA_FILE"
             );
         }
-        if detailed {
+        if with_sync {
             if let Some(state) = &self.sync_state {
                 body["sync"] = serde_json::to_value(state.status()).unwrap_or_default();
             }
         }
-        let status = if fresh {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
         json_response(status, &body)
     }
 }

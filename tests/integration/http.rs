@@ -581,7 +581,20 @@ async fn not_ready_until_a_snapshot_is_loaded() {
         .install(Staged::from_document(&document(env())), Source::Embedded)
         .unwrap();
     let (status, body) = s.get("/ready").await;
-    assert_eq!(status, 200);
+    assert_eq!(
+        (status, body),
+        (200, json!({"status": "ok"})),
+        "no key, no detail"
+    );
+    let resp = s
+        .client
+        .get(s.url("/ready"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: Value = resp.json().await.unwrap();
     assert_eq!(body["snapshot"]["objects"]["users"], 2);
     assert_eq!(body["snapshot"]["source"]["kind"], "embedded");
     assert!(body["snapshot"]["content_hash"].as_str().unwrap().len() == 64);

@@ -811,6 +811,7 @@ async fn the_binary_syncs_refreshes_on_demand_and_restarts_from_its_backup() {
         async move {
             let body: serde_json::Value = client
                 .get(format!("{base}/health"))
+                .bearer_auth(ENV_KEY)
                 .send()
                 .await
                 .unwrap()
