@@ -67,6 +67,10 @@ pub struct SyncConfig {
     /// consecutive failure up to `backoff_max`, with full jitter.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// The least time between a successful sync and one that `POST /sync`
+    /// asks for, so a caller cannot make the PDP re-list the environment
+    /// back to back. After a failure a request waits out the back-off.
+    pub min_trigger_gap: Duration,
     /// Where the offline backup lives; `None` disables it.
     pub backup_dir: Option<PathBuf>,
 }
@@ -88,6 +92,7 @@ impl Default for SyncConfig {
             limit_window: Duration::from_secs(60),
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
+            min_trigger_gap: Duration::from_secs(5),
             backup_dir: None,
         }
     }
@@ -223,17 +228,29 @@ impl Syncer {
                 outcome = self.sync_once(&scope, &store) => outcome,
                 _ = stopped(&mut shutdown) => return Ok(()),
             };
-            let wait = match outcome {
-                Ok(_) => jittered(self.config.interval, 0.1),
-                Err(_) => backoff(
-                    self.config.backoff_min,
-                    self.config.backoff_max,
-                    self.state.consecutive_failures(),
+            let (wait, trigger_gap) = match outcome {
+                Ok(_) => (
+                    jittered(self.config.interval, 0.1),
+                    self.config.min_trigger_gap,
                 ),
+                Err(_) => {
+                    let wait = backoff(
+                        self.config.backoff_min,
+                        self.config.backoff_max,
+                        self.state.consecutive_failures(),
+                    );
+                    (wait, wait)
+                }
+            };
+            // A request that comes sooner than the gap is kept (Notify holds
+            // it) and honoured when the gap is over.
+            let requested = async {
+                tokio::time::sleep(trigger_gap.min(wait)).await;
+                trigger.notified().await;
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = trigger.notified() => tracing::info!("sync requested"),
+                _ = requested => tracing::info!("sync requested"),
                 _ = stopped(&mut shutdown) => return Ok(()),
             }
         }

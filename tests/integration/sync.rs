@@ -119,6 +119,7 @@ fn config(fake: &FakeControlPlane) -> SyncConfig {
         limit_window: Duration::from_secs(60),
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_millis(50),
+        min_trigger_gap: Duration::ZERO,
         backup_dir: None,
     }
 }
@@ -925,4 +926,69 @@ async fn redirects_are_not_followed_with_the_key() {
     let _ = run.shutdown.send(true);
     sink.abort();
     redirecting.abort();
+}
+
+/// How many times the users list was asked for.
+fn user_listings(fake: &FakeControlPlane) -> usize {
+    fake.requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/users"))
+        .count()
+}
+
+/// `POST /sync` cannot make the PDP re-list the environment back to back:
+/// after a failure a request waits out the back-off, and after a success
+/// it waits for the least gap between syncs.
+#[tokio::test]
+async fn sync_requests_wait_out_the_backoff_and_the_least_gap() {
+    let doc = environment(20);
+    let fake = FakeControlPlane::start(&doc, Shape::Bare).await;
+    fake.fail("users", Fault::Status(400));
+    let run = Running::start(
+        SyncConfig {
+            // A back-off of 2 to 4 s after the first failure.
+            backoff_min: Duration::from_secs(4),
+            backoff_max: Duration::from_secs(4),
+            min_trigger_gap: Duration::from_millis(1500),
+            ..config(&fake)
+        },
+        Arc::new(Store::new()),
+    );
+    eventually("the first sync fails", Duration::from_secs(5), || {
+        user_listings(&fake) == 1
+    })
+    .await;
+    for _ in 0..50 {
+        run.trigger.notify_one();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert_eq!(user_listings(&fake), 1, "requests cut the back-off short");
+
+    fake.clear_faults();
+    run.serves(&doc, "the sync after the back-off").await;
+    let after_success = user_listings(&fake);
+    let succeeded = Instant::now();
+    for _ in 0..30 {
+        run.trigger.notify_one();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert_eq!(
+        user_listings(&fake),
+        after_success,
+        "a request inside the gap"
+    );
+    eventually(
+        "the request is honoured after the gap",
+        Duration::from_secs(5),
+        || user_listings(&fake) == after_success + 1,
+    )
+    .await;
+    assert!(succeeded.elapsed() >= Duration::from_millis(1400));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        user_listings(&fake),
+        after_success + 1,
+        "fifty requests, one sync"
+    );
+    let _ = run.shutdown.send(true);
 }
