@@ -146,6 +146,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new(prometheus::Registry::new())?);
     let refresh = Arc::new(Notify::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(refresh_on_hangup(refresh.clone(), stop_rx.clone()));
     let mut sync_task = None;
     let mut sync_state = None;
 
@@ -261,6 +262,28 @@ pub async fn run(
     result
 }
 
+/// Turns SIGHUP into a refresh request, as `POST /sync` is: a reload of the
+/// data file, or a sync.
+async fn refresh_on_hangup(refresh: Arc<Notify>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGHUP; refresh only through POST /sync");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            Some(()) = hangup.recv() => {
+                info!("SIGHUP: refresh requested");
+                refresh.notify_one();
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 /// Re-reads the data file on `POST /sync` or SIGHUP; a bad file is logged
 /// and the serving snapshot kept.
 async fn reload_on_request(
@@ -269,17 +292,9 @@ async fn reload_on_request(
     refresh: Arc<Notify>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            warn!(error = %e, "cannot listen for SIGHUP; reload only through POST /sync");
-            None
-        }
-    };
     loop {
         tokio::select! {
             _ = refresh.notified() => {}
-            Some(_) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {}
             _ = stop.changed() => return,
         }
         let store = store.clone();

@@ -48,7 +48,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Every idle keep-alive client holds a descriptor; the shell's soft
+    // limit (often 1,024) is no limit for a server.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => info!(limit, "open file limit"),
+        Err(e) => warn!(error = %e, "cannot raise the open file limit"),
+    }
     runtime.block_on(async move {
+        // SIGHUP's default action ends the process; from here on it asks for
+        // a reload or a sync instead (`pdp::run`), also while the first
+        // snapshot is still loading.
+        if let Err(e) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            warn!(error = %e, "cannot handle SIGHUP");
+        }
         let addr = SocketAddr::new(config.host, config.port);
         let listener = match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => l,

@@ -151,3 +151,65 @@ async fn a_local_file_never_goes_stale() {
         "the staleness limit is for synced snapshots only"
     );
 }
+
+/// SIGHUP while the first snapshot loads asks for a reload, it does not end
+/// the process; and the open file limit is raised to the hard one.
+#[tokio::test]
+async fn a_hangup_during_the_first_load_is_a_reload_not_an_exit() {
+    use std::io::BufRead;
+    let port = free_port();
+    let mut child = pdp()
+        .env("PDP_PORT", port.to_string())
+        .env("PDP_DATA_FILE", "config/example-data.json")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The data file is read right after this line is written.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("pdp listening") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "no listening line"
+        );
+    }
+    for _ in 0..3 {
+        let sent = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+    let drain = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+        rest
+    });
+    let base = format!("http://127.0.0.1:{port}");
+    assert!(wait_ready(&format!("{base}/ready"), Duration::from_secs(10)).await);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP ended the process"
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect::<Vec<_>>();
+    assert_eq!(
+        files[0], files[1],
+        "soft limit raised to the hard one: {limits}"
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let log = drain.join().unwrap();
+    assert!(log.contains("SIGHUP: refresh requested"), "{log}");
+}
