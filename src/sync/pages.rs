@@ -99,6 +99,9 @@ impl Lister<'_> {
             let mut total: Option<u64> = None;
             let mut page = 1u64;
             let mut cursor: Option<String> = None;
+            // Every cursor followed in this listing: one that comes round
+            // again is a cycle, however long, not a list.
+            let mut cursors = HashSet::new();
             loop {
                 let mut query = vec![("per_page", self.per_page.to_string())];
                 match &cursor {
@@ -152,13 +155,25 @@ impl Lister<'_> {
                     item.stage(staged);
                     read += 1;
                 }
+                if let Some(t) = total.filter(|&t| read > t) {
+                    return Err(inconsistent(format!(
+                        "read {read} items but total_count is {t}"
+                    )));
+                }
                 match body
                     .next(n, page, self.per_page, cursor.as_deref())
                     .map_err(inconsistent)?
                 {
                     Next::End => break,
                     Next::Page => {}
-                    Next::Cursor(c) => cursor = Some(c),
+                    Next::Cursor(c) => {
+                        if !cursors.insert(c.clone()) {
+                            return Err(inconsistent(format!(
+                                "the cursor {c:?} came round again after {page} pages"
+                            )));
+                        }
+                        cursor = Some(c);
+                    }
                 }
                 page += 1;
             }
@@ -325,6 +340,9 @@ impl<T> PageBody<T> {
         match self.shape {
             Shape::Cursor => match (self.has_more, self.cursor.take().filter(|c| !c.is_empty())) {
                 (Some(true), None) => Err("a page says there is more but gives no cursor".into()),
+                (Some(true), Some(_)) if n == 0 => {
+                    Err("a page says there is more but holds no items".into())
+                }
                 (Some(true), Some(c)) if read_with == Some(c.as_str()) => {
                     Err(format!("the cursor {c:?} leads back to its own page"))
                 }
@@ -472,9 +490,13 @@ mod tests {
             let n = std::mem::take(&mut body.data).len();
             body.next(n, page, 2, read_with)
         };
-        let more = r#"{"data": [], "pagination": {"cursor": "c2", "hasMore": true}}"#;
+        let more = r#"{"data": [{"key": "a"}], "pagination": {"cursor": "c2", "hasMore": true}}"#;
         assert_eq!(next(more, 1, Some("c1")), Ok(Next::Cursor("c2".into())));
         assert!(next(more, 2, Some("c2")).unwrap_err().contains("c2"));
+        let empty_more = r#"{"data": [], "pagination": {"cursor": "c2", "hasMore": true}}"#;
+        assert!(next(empty_more, 1, Some("c1"))
+            .unwrap_err()
+            .contains("holds no items"));
         for no_cursor in [
             r#"{"data": [], "pagination": {"hasMore": true}}"#,
             r#"{"data": [], "pagination": {"cursor": "", "hasMore": true}}"#,
