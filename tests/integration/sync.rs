@@ -992,3 +992,62 @@ async fn sync_requests_wait_out_the_backoff_and_the_least_gap() {
     );
     let _ = run.shutdown.send(true);
 }
+
+/// A sync error that names a user, the project and the control plane's
+/// paths is shown to callers with the key, and to nobody else.
+#[tokio::test]
+async fn unauthenticated_health_shows_no_sync_detail() {
+    use crate::binary::free_port;
+    use crate::support::fake_control_plane::PROJECT_ID;
+
+    let fake = FakeControlPlane::start(&environment(250), Shape::Bare).await;
+    // A user repeated on the next page: the error names that user.
+    fake.fail("users", Fault::GrowBetweenPages);
+    let port = free_port();
+    let mut pdp = std::process::Command::new(env!("CARGO_BIN_EXE_pdp"))
+        .env_clear()
+        .env("PDP_API_KEY", ENV_KEY)
+        .env("PDP_CONTROL_PLANE", fake.url())
+        .env("PDP_HOST", "127.0.0.1")
+        .env("PDP_PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("pdp binary runs");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let get = |path: &'static str, key: Option<&'static str>| {
+        let client = client.clone();
+        let url = format!("{base}{path}");
+        async move {
+            let mut req = client.get(url);
+            if let Some(key) = key {
+                req = req.bearer_auth(key);
+            }
+            match req.send().await {
+                Ok(resp) => resp.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            }
+        }
+    };
+    let until = Instant::now() + Duration::from_secs(15);
+    let detail = loop {
+        let body = get("/health", Some(ENV_KEY)).await;
+        if body.contains("appeared on two pages") {
+            break body;
+        }
+        assert!(Instant::now() < until, "no sync error in time: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(detail.contains("user-"), "the error names a user: {detail}");
+    for path in ["/health", "/healthy", "/ready"] {
+        let body = get(path, None).await;
+        assert_eq!(body, r#"{"status":"not_ready"}"#, "{path}");
+        let body = get(path, Some("a-wrong-key")).await;
+        for secret in ["user-", "/v2/facts/", PROJECT_ID, "users"] {
+            assert!(!body.contains(secret), "{path} shows {secret}: {body}");
+        }
+    }
+    let _ = pdp.kill();
+    let _ = pdp.wait();
+}
