@@ -96,7 +96,14 @@ pub enum RequestError {
     RateLimited(Duration),
     #[error("unreadable response body: {0}")]
     Malformed(String),
+    #[error("{what} is larger than {limit} bytes")]
+    TooLarge { what: &'static str, limit: u64 },
 }
+
+/// The largest page body read: a page holds at most 100 objects.
+pub const MAX_PAGE_BYTES: u64 = 32 << 20;
+/// The most of an error body read (its first 200 characters are kept).
+const MAX_ERROR_BYTES: u64 = 4 << 10;
 
 impl RequestError {
     pub fn cause(&self) -> &'static str {
@@ -109,7 +116,7 @@ impl RequestError {
             } => "unauthorized",
             RequestError::Status { .. } => "http_4xx",
             RequestError::RateLimited(_) => "rate_limited",
-            RequestError::Malformed(_) => "malformed",
+            RequestError::Malformed(_) | RequestError::TooLarge { .. } => "malformed",
         }
     }
 
@@ -117,6 +124,8 @@ impl RequestError {
     fn retryable(&self) -> bool {
         match self {
             RequestError::Status { status, .. } => *status >= 500 || *status == 408,
+            // The same request would only be read as far again.
+            RequestError::TooLarge { .. } => false,
             _ => true,
         }
     }
@@ -134,6 +143,9 @@ pub struct Client {
     backoff_max: Duration,
     request_timeout: Duration,
     sent: AtomicU64,
+    /// Body bytes received in the current sync, against `max_sync_bytes`.
+    received: AtomicU64,
+    max_sync_bytes: u64,
     last_failure: std::sync::Mutex<Option<RequestError>>,
 }
 
@@ -172,6 +184,8 @@ impl Client {
             backoff_max: config.backoff_max,
             request_timeout: config.request_timeout,
             sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            max_sync_bytes: config.max_sync_bytes,
             last_failure: Default::default(),
         })
     }
@@ -285,6 +299,46 @@ impl Client {
         result
     }
 
+    /// Reads a body of at most `limit` bytes, and at most what is left of
+    /// the sync's whole budget, without ever holding more: a broken proxy
+    /// or a hostile control plane streaming without end fails the request,
+    /// not the process. An error body past its limit is cut, not refused.
+    async fn read_capped(
+        &self,
+        mut response: reqwest::Response,
+        limit: u64,
+        refuse_over: bool,
+    ) -> Result<Bytes, RequestError> {
+        let too_large = |what, limit| RequestError::TooLarge { what, limit };
+        if refuse_over && response.content_length().is_some_and(|n| n > limit) {
+            return Err(too_large("a page", limit));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.classify(e))? {
+            let total = self
+                .received
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed)
+                + chunk.len() as u64;
+            if total > self.max_sync_bytes {
+                return Err(too_large("the whole environment", self.max_sync_bytes));
+            }
+            if (body.len() + chunk.len()) as u64 > limit {
+                if refuse_over {
+                    return Err(too_large("a page", limit));
+                }
+                body.extend_from_slice(&chunk[..(limit as usize).saturating_sub(body.len())]);
+                break;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(body))
+    }
+
+    /// Starts a sync's budget of bytes received.
+    pub fn begin_sync(&self) {
+        self.received.store(0, Ordering::Relaxed);
+    }
+
     fn classify(&self, e: reqwest::Error) -> RequestError {
         classify_with(e, self.request_timeout)
     }
@@ -312,7 +366,14 @@ impl Client {
                 .unwrap_or(Duration::from_secs(1));
             return Err(RequestError::RateLimited(after));
         }
-        let body = response.bytes().await.map_err(|e| self.classify(e))?;
+        let limit = if status.is_success() {
+            MAX_PAGE_BYTES
+        } else {
+            MAX_ERROR_BYTES
+        };
+        let body = self
+            .read_capped(response, limit, status.is_success())
+            .await?;
         if !status.is_success() {
             let mut text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
             text.retain(|c| !c.is_control());

@@ -71,6 +71,9 @@ pub struct SyncConfig {
     /// asks for, so a caller cannot make the PDP re-list the environment
     /// back to back. After a failure a request waits out the back-off.
     pub min_trigger_gap: Duration,
+    /// The most body bytes one sync reads, all pages together; past it the
+    /// sync fails as malformed (each page is capped at `MAX_PAGE_BYTES`).
+    pub max_sync_bytes: u64,
     /// Where the offline backup lives; `None` disables it.
     pub backup_dir: Option<PathBuf>,
 }
@@ -93,6 +96,7 @@ impl Default for SyncConfig {
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             min_trigger_gap: Duration::from_secs(5),
+            max_sync_bytes: 4 << 30,
             backup_dir: None,
         }
     }
@@ -151,6 +155,7 @@ impl SyncError {
                 RequestError::Status {
                     status: 401 | 403, ..
                 } => "unauthorized",
+                RequestError::TooLarge { .. } => "malformed",
                 _ => "rejected",
             },
             SyncError::Inconsistent { .. } => "inconsistent",
@@ -304,6 +309,7 @@ impl Syncer {
         self.metrics.attempts.inc();
         let requests_before = self.client.requests_sent();
         self.client.take_last_failure();
+        self.client.begin_sync();
         let result = self.fetch_and_swap(scope, store).await;
         let requests = self.client.requests_sent() - requests_before;
         let took = started.elapsed();

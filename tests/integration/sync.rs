@@ -120,6 +120,7 @@ fn config(fake: &FakeControlPlane) -> SyncConfig {
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_millis(50),
         min_trigger_gap: Duration::ZERO,
+        max_sync_bytes: 1 << 30,
         backup_dir: None,
     }
 }
@@ -1050,4 +1051,94 @@ async fn unauthenticated_health_shows_no_sync_detail() {
     }
     let _ = pdp.kill();
     let _ = pdp.wait();
+}
+
+/// A control plane that streams a list without end: the sync reads one
+/// page's worth, fails as malformed within seconds, and the snapshot that
+/// was serving keeps serving.
+#[tokio::test]
+async fn an_endless_page_fails_the_sync_not_the_process() {
+    use crate::support::fake_control_plane::{ENV_ID, ORG_ID, PROJECT_ID};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let streamed = Arc::new(AtomicU64::new(0));
+    let counter = streamed.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut head = vec![0u8; 8192];
+                let n = conn.read(&mut head).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&head[..n]).into_owned();
+                if head.contains("/v2/api-key/scope") {
+                    let body = json!({"organization_id": ORG_ID, "project_id": PROJECT_ID,
+                                      "environment_id": ENV_ID})
+                    .to_string();
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                    return;
+                }
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    .await;
+                // Up to 1 GiB, one MiB a chunk, until the reader hangs up.
+                let chunk = vec![b' '; 1 << 20];
+                for _ in 0..1024 {
+                    let framed =
+                        [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+                    if conn.write_all(&framed).await.is_err() {
+                        return;
+                    }
+                    counter.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    let doc = environment(5);
+    let store = Arc::new(Store::new());
+    store
+        .install(Staged::from_document(&doc), Source::Embedded)
+        .unwrap();
+    let fake = FakeControlPlane::start(&doc, Shape::Bare).await;
+    let started = Instant::now();
+    let run = Running::start(
+        SyncConfig {
+            control_plane: url,
+            request_timeout: Duration::from_secs(30),
+            sync_deadline: Duration::from_secs(30),
+            ..config(&fake)
+        },
+        store,
+    );
+    eventually("the sync fails", Duration::from_secs(20), || {
+        run.state.status().syncs_failed > 0
+    })
+    .await;
+    let status = run.state.status();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(status.last_error_cause, Some("malformed"), "{status:?}");
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("larger than")),
+        "{status:?}"
+    );
+    // Read no further than one page's cap, give or take what was in flight.
+    let sent = streamed.load(Ordering::SeqCst);
+    assert!(sent < 128 << 20, "{sent} bytes were read");
+    assert_eq!(
+        allowed(&run.store, "user-1", "read"),
+        Some(true),
+        "still serving"
+    );
+    run.stop().await.unwrap();
+    server.abort();
 }
