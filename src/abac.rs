@@ -305,12 +305,9 @@ fn apply<A: Attributes>(op: Op, a: &Value, operand: &Operand, attrs: &A) -> bool
 /// JSON equality where numbers compare by value (`1 == 1.0`).
 pub fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
+        (Value::Number(x), Value::Number(y)) => match (integer(x), integer(y)) {
             (Some(x), Some(y)) => x == y,
-            _ => match (x.as_u64(), y.as_u64()) {
-                (Some(x), Some(y)) => x == y,
-                _ => x.as_f64() == y.as_f64(),
-            },
+            _ => x.as_f64() == y.as_f64(),
         },
         (Value::Array(x), Value::Array(y)) => {
             x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_eq(a, b))
@@ -324,10 +321,22 @@ pub fn json_eq(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// Order of two numbers or two strings; `None` across types.
+/// A JSON integer, exactly: as floats, integers past 2^53 that differ
+/// compare equal.
+fn integer(n: &serde_json::Number) -> Option<i128> {
+    n.as_i64()
+        .map(i128::from)
+        .or_else(|| n.as_u64().map(i128::from))
+}
+
+/// Order of two numbers or two strings; `None` across types. Two integers
+/// compare exactly; any other pair of numbers as floats.
 fn order(a: &Value, b: &Value) -> Option<Ordering> {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64()?.partial_cmp(&y.as_f64()?),
+        (Value::Number(x), Value::Number(y)) => match (integer(x), integer(y)) {
+            (Some(x), Some(y)) => Some(x.cmp(&y)),
+            _ => x.as_f64()?.partial_cmp(&y.as_f64()?),
+        },
         (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
         _ => None,
     }
@@ -411,6 +420,7 @@ mod tests {
     fn operators() {
         let a = json!({
             "user": {"dept": "eng", "age": 30, "tags": ["a", "b"], "flag": true,
+                     "id": 9007199254740993u64, "big": 18446744073709551615u64,
                      "addr": {"city": "Paris"}, "items": [{"k": 1}, {"k": 2}]},
             "resource": {"owner": "eng", "score": 1.0, "empty": []},
         });
@@ -436,6 +446,10 @@ mod tests {
             (json!({"user.tags": {"array_intersect": ["z", "b"]}}), true),
             (json!({"user.dept": {"in": ["ops", "eng"]}}), true),
             (json!({"user.age": {"between": [18, 30]}}), true),
+            // Integers past 2^53 compare exactly, not as the same float.
+            (json!({"user.id": {"greater-than": 9007199254740992u64}}), true),
+            (json!({"user.id": {"equals": 9007199254740992u64}}), false),
+            (json!({"user.big": {"greater-than": 9223372036854775807i64}}), true),
             (json!({"user.age": {"between": [31, 40]}}), false),
             (json!({"user.addr.city": {"equals": "Paris"}}), true),
             (
