@@ -1,0 +1,156 @@
+//! The query types: each deserializes from exactly the JSON body of its
+//! endpoint, borrowing strings from the request body where it can, and as
+//! leniently as Permit's PDP reads it (docs/contract.md, Lenient input).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::model::nullable;
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Str<'a>(pub Cow<'a, str>);
+
+impl std::ops::Deref for Str<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Str<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V(PhantomData))
+    }
+}
+
+/// `null`, absent or `""` → `None`.
+fn opt_str<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<Option<Str<'a>>, D::Error> {
+    Ok(Option::<Str<'a>>::deserialize(d)?.filter(|s| !s.is_empty()))
+}
+
+/// The `user` of a query: an object with a `key`, or (decision 7) a bare key.
+#[derive(Debug, Clone, Default)]
+pub struct UserInput<'a> {
+    pub key: Str<'a>,
+    pub attributes: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct UserObject<'a> {
+    #[serde(borrow)]
+    key: Str<'a>,
+    #[serde(default, deserialize_with = "nullable")]
+    attributes: Map<String, Value>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for UserInput<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = UserInput<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a user object with a `key`, or a user key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(UserInput {
+                    key: Str(Cow::Borrowed(v)),
+                    attributes: Map::new(),
+                })
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(UserInput {
+                    key: Str(Cow::Owned(v.to_owned())),
+                    attributes: Map::new(),
+                })
+            }
+            fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<Self::Value, M::Error> {
+                let u = UserObject::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(UserInput {
+                    key: u.key,
+                    attributes: u.attributes,
+                })
+            }
+        }
+        d.deserialize_any(V(PhantomData))
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ResourceInput<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: Str<'a>,
+    #[serde(default, borrow, deserialize_with = "opt_str")]
+    pub key: Option<Str<'a>>,
+    #[serde(default, borrow, deserialize_with = "opt_str")]
+    pub tenant: Option<Str<'a>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub attributes: Map<String, Value>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub context: Map<String, Value>,
+}
+
+/// The body of `POST /allowed` (and of `/allowed/all-tenants`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AllowedQuery<'a> {
+    #[serde(borrow)]
+    pub user: UserInput<'a>,
+    #[serde(borrow)]
+    pub action: Str<'a>,
+    #[serde(borrow)]
+    pub resource: ResourceInput<'a>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub context: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UserPermissionsQuery<'a> {
+    #[serde(borrow)]
+    pub user: UserInput<'a>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub tenants: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub resources: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub resource_types: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub context: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AuthorizedUsersQuery<'a> {
+    #[serde(borrow)]
+    pub action: Str<'a>,
+    #[serde(borrow)]
+    pub resource: ResourceInput<'a>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub context: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UserTenantsQuery<'a> {
+    #[serde(borrow)]
+    pub user: UserInput<'a>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub context: Map<String, Value>,
+}
