@@ -447,9 +447,15 @@ mod tests {
             (json!({"user.dept": {"in": ["ops", "eng"]}}), true),
             (json!({"user.age": {"between": [18, 30]}}), true),
             // Integers past 2^53 compare exactly, not as the same float.
-            (json!({"user.id": {"greater-than": 9007199254740992u64}}), true),
+            (
+                json!({"user.id": {"greater-than": 9007199254740992u64}}),
+                true,
+            ),
             (json!({"user.id": {"equals": 9007199254740992u64}}), false),
-            (json!({"user.big": {"greater-than": 9223372036854775807i64}}), true),
+            (
+                json!({"user.big": {"greater-than": 9223372036854775807i64}}),
+                true,
+            ),
             (json!({"user.age": {"between": [31, 40]}}), false),
             (json!({"user.addr.city": {"equals": "Paris"}}), true),
             (

@@ -33,6 +33,7 @@ use crate::model::{self, ConditionSetType, DataDocument};
 use chunked::Chunked;
 pub(crate) use intern::{BitSet, Csr, Interner, NONE};
 pub use staged::Staged;
+use staged::{AssignmentFact, TupleFact, UserRoleFact};
 pub(crate) use values::Values;
 
 /// One staged object's attributes, compact: names interned once per
@@ -665,7 +666,7 @@ impl Builder {
             let id = intern_user(&mut users, &mut user_info, key);
             user_info[id as usize] = u.info;
         }
-        for [user, role, tenant] in std::mem::take(&mut doc.user_roles) {
+        for UserRoleFact { user, role, tenant } in std::mem::take(&mut doc.user_roles) {
             let Some(id) = users.get(doc.name(user)) else {
                 continue;
             };
@@ -710,7 +711,12 @@ impl Builder {
             Some((types.get(ty)?, key))
         }
         let mut tuples = Vec::with_capacity(doc.tuples.len());
-        for [subject, relation, object] in std::mem::take(&mut doc.tuples) {
+        for TupleFact {
+            subject,
+            relation,
+            object,
+        } in std::mem::take(&mut doc.tuples)
+        {
             match (
                 parse_inst(&types, doc.name(subject)),
                 parse_inst(&types, doc.name(object)),
@@ -728,7 +734,13 @@ impl Builder {
         // assignments are read and their chunks freed, instead of being
         // reserved whole beside all of them.
         let mut inst_pairs: Chunked<(u32, (u32, u32))> = Chunked::default();
-        for [user, role, tenant, inst] in std::mem::take(&mut doc.assignments) {
+        for AssignmentFact {
+            user,
+            role,
+            tenant,
+            instance: inst,
+        } in std::mem::take(&mut doc.assignments)
+        {
             if user == NONE {
                 self.dropped += 1;
                 continue;

@@ -48,13 +48,58 @@ pub struct Staged {
     pub(super) values: Values,
     pub(super) tenants: Chunked<StagedTenant>,
     pub(super) users: Chunked<StagedUser>,
-    /// A user's own tenant roles: (user, role, tenant).
-    pub(super) user_roles: Chunked<[u32; 3]>,
+    /// A user's own tenant roles, listed with the user.
+    pub(super) user_roles: Chunked<UserRoleFact>,
     pub(super) instances: Chunked<StagedInstance>,
-    /// (subject `"type:key"`, relation, object `"type:key"`).
-    pub(super) tuples: Chunked<[u32; 3]>,
-    /// (user, role, tenant, resource instance `"type:key"`).
-    pub(super) assignments: Chunked<[u32; 4]>,
+    pub(super) tuples: Chunked<TupleFact>,
+    pub(super) assignments: Chunked<AssignmentFact>,
+}
+
+// The facts: ids into `Staged::keys`, `NONE` where absent. A struct encodes
+// in bincode exactly as the array of its fields did, so the backup and the
+// content hash are as before.
+
+/// A tenant role listed on a user object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct UserRoleFact {
+    pub user: u32,
+    pub role: u32,
+    pub tenant: u32,
+}
+
+/// A relationship tuple; subject and object are `"type:key"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct TupleFact {
+    pub subject: u32,
+    pub relation: u32,
+    pub object: u32,
+}
+
+/// A role assignment; `instance` is `"type:key"` for a resource role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct AssignmentFact {
+    pub user: u32,
+    pub role: u32,
+    pub tenant: u32,
+    pub instance: u32,
+}
+
+impl UserRoleFact {
+    fn ids(&self) -> [u32; 3] {
+        [self.user, self.role, self.tenant]
+    }
+}
+
+impl TupleFact {
+    fn ids(&self) -> [u32; 3] {
+        [self.subject, self.relation, self.object]
+    }
+}
+
+impl AssignmentFact {
+    fn ids(&self) -> [u32; 4] {
+        [self.user, self.role, self.tenant, self.instance]
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -162,7 +207,11 @@ impl Staged {
         for r in &u.roles {
             let role = self.key(&r.role);
             let tenant = self.opt_key(r.tenant.as_deref());
-            self.user_roles.push([key, role, tenant]);
+            self.user_roles.push(UserRoleFact {
+                user: key,
+                role,
+                tenant,
+            });
         }
         let attrs = attrs_from(&mut self.attr_names, &mut self.values, u.attributes);
         let info = UserInfo {
@@ -175,12 +224,12 @@ impl Staged {
     }
 
     pub fn push_assignment(&mut self, ra: RoleAssignment) {
-        let fact = [
-            self.key(&ra.user),
-            self.key(&ra.role),
-            self.opt_key(ra.tenant.as_deref()),
-            self.opt_key(ra.resource_instance.as_deref()),
-        ];
+        let fact = AssignmentFact {
+            user: self.key(&ra.user),
+            role: self.key(&ra.role),
+            tenant: self.opt_key(ra.tenant.as_deref()),
+            instance: self.opt_key(ra.resource_instance.as_deref()),
+        };
         self.assignments.push(fact);
     }
 
@@ -198,11 +247,11 @@ impl Staged {
     }
 
     pub fn push_tuple(&mut self, t: RelationshipTuple) {
-        let fact = [
-            self.key(&t.subject),
-            self.key(&t.relation),
-            self.key(&t.object),
-        ];
+        let fact = TupleFact {
+            subject: self.key(&t.subject),
+            relation: self.key(&t.relation),
+            object: self.key(&t.object),
+        };
         self.tuples.push(fact);
     }
 
@@ -320,13 +369,16 @@ impl Staged {
         };
         self.tenants.iter().all(|t| key(t.key) && attrs(&t.attrs))
             && self.users.iter().all(|u| key(u.key) && info(&u.info))
-            && self.user_roles.iter().flatten().all(|&id| key(id))
+            && self.user_roles.iter().all(|f| f.ids().into_iter().all(key))
             && self
                 .instances
                 .iter()
                 .all(|i| key(i.key) && key(i.resource) && key(i.tenant) && attrs(&i.attrs))
-            && self.tuples.iter().flatten().all(|&id| key(id))
-            && self.assignments.iter().flatten().all(|&id| key(id))
+            && self.tuples.iter().all(|f| f.ids().into_iter().all(key))
+            && self
+                .assignments
+                .iter()
+                .all(|f| f.ids().into_iter().all(key))
     }
 
     /// Points one fact at a string that does not exist, for tests of what
@@ -335,7 +387,7 @@ impl Staged {
     pub(crate) fn break_an_id(&mut self) {
         let past_end = self.keys.len() as u32;
         if let Some(a) = self.assignments.get_mut(0) {
-            a[1] = past_end;
+            a.role = past_end;
         }
     }
 
@@ -505,7 +557,7 @@ mod tests {
         assert_eq!(streamed.content_hash(), staged.content_hash());
         assert_eq!(streamed.users.len(), 1);
         assert_eq!(streamed.user_roles.len(), 2);
-        assert_eq!(streamed.user_roles.iter().nth(1).unwrap()[2], NONE);
+        assert_eq!(streamed.user_roles.iter().nth(1).unwrap().tenant, NONE);
         let user = streamed.users.iter().next().unwrap();
         assert_eq!(user.info.email, NONE);
         let attrs = user.info.attrs.as_ref().unwrap();
@@ -515,7 +567,11 @@ mod tests {
             .map(|(n, _)| streamed.attr_names.name(*n))
             .collect();
         assert_eq!(names, ["a", "b"], "sorted by interned id");
-        let [ra_user, _, _, inst] = *streamed.assignments.iter().next().unwrap();
+        let AssignmentFact {
+            user: ra_user,
+            instance: inst,
+            ..
+        } = *streamed.assignments.iter().next().unwrap();
         assert_eq!((streamed.name(ra_user), inst), ("u1", NONE));
     }
 
