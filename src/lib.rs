@@ -136,17 +136,21 @@ fn load_file(store: &Store, path: &Path) -> Result<(), LoadError> {
     install(store, staged, Source::File(path.to_owned()))
 }
 
-/// Runs the PDP on `listener` until `shutdown` completes.
+/// Runs the PDP on `listener` until `shutdown` completes. Each signal of
+/// `hangups` (SIGHUP) asks for a refresh, as `POST /sync` does.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
+    hangups: Option<tokio::signal::unix::Signal>,
 ) -> Result<(), RunError> {
     let store = Arc::new(Store::new());
     let metrics = Arc::new(Metrics::new(prometheus::Registry::new())?);
     let refresh = Arc::new(Notify::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(refresh_on_hangup(refresh.clone(), stop_rx.clone()));
+    if let Some(hangups) = hangups {
+        tokio::spawn(refresh_on_hangup(hangups, refresh.clone(), stop_rx.clone()));
+    }
     let mut sync_task = None;
     let mut sync_state = None;
 
@@ -264,15 +268,11 @@ pub async fn run(
 
 /// Turns SIGHUP into a refresh request, as `POST /sync` is: a reload of the
 /// data file, or a sync.
-async fn refresh_on_hangup(refresh: Arc<Notify>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(error = %e, "cannot listen for SIGHUP; refresh only through POST /sync");
-            return;
-        }
-    };
+async fn refresh_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    refresh: Arc<Notify>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             Some(()) = hangup.recv() => {

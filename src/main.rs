@@ -57,10 +57,14 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         // SIGHUP's default action ends the process; from here on it asks for
         // a reload or a sync instead (`pdp::run`), also while the first
-        // snapshot is still loading.
-        if let Err(e) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            warn!(error = %e, "cannot handle SIGHUP");
-        }
+        // snapshot is still loading: one that comes then is acted on after.
+        let hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(error = %e, "cannot handle SIGHUP; refresh only through POST /sync");
+                None
+            }
+        };
         let addr = SocketAddr::new(config.host, config.port);
         let listener = match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => l,
@@ -75,7 +79,7 @@ fn main() -> ExitCode {
             mode = ?config.mode(),
             "pdp listening; try: curl -s -H 'Content-Type: application/json' -d '{{\"user\":\"alice\",\"action\":\"read\",\"resource\":{{\"type\":\"document\",\"tenant\":\"acme\"}}}}' http://{local}/allowed"
         );
-        match pdp::run(config, listener, shutdown_signal()).await {
+        match pdp::run(config, listener, shutdown_signal(), hangups).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e @ pdp::RunError::Key(_)) => {
                 error!(error = %e, "cannot sync with this API key");
