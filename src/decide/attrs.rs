@@ -6,22 +6,21 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value};
 
-use super::walk::tenant_roles;
 use super::AllowedQuery;
 use crate::abac::{self, Attributes, Entity};
-use crate::snapshot::{ResourceSet, Snapshot, UserSet};
+use crate::snapshot::{InstanceId, ResourceSet, Snapshot, TenantId, TypeId, UserId, UserSet};
 
 /// Attributes visible to conditions, layered as in §5.1 without merging maps.
 pub(super) struct AttrCtx<'a> {
     snap: &'a Snapshot,
-    user: Option<u32>,
+    user: Option<UserId>,
     user_key: &'a str,
     user_input: &'a Map<String, Value>,
-    tenant: Option<u32>,
+    tenant: Option<TenantId>,
     tenant_key: &'a str,
-    ty: u32,
+    ty: TypeId,
     res_key: Option<&'a str>,
-    inst: Option<u32>,
+    inst: Option<InstanceId>,
     res_input: &'a Map<String, Value>,
     ctx_top: &'a Map<String, Value>,
     ctx_res: &'a Map<String, Value>,
@@ -31,11 +30,11 @@ impl<'a> AttrCtx<'a> {
     pub(super) fn new(
         snap: &'a Snapshot,
         q: &'a AllowedQuery,
-        user: Option<u32>,
-        tenant: Option<u32>,
+        user: Option<UserId>,
+        tenant: Option<TenantId>,
         tenant_key: &'a str,
-        ty: u32,
-        inst: Option<u32>,
+        ty: TypeId,
+        inst: Option<InstanceId>,
     ) -> Self {
         let res_key = q.resource.key.as_deref();
         AttrCtx {
@@ -56,7 +55,7 @@ impl<'a> AttrCtx<'a> {
 
     fn user_has_role_in_tenant(&self) -> bool {
         match (self.user, self.tenant) {
-            (Some(u), Some(t)) => tenant_roles(self.snap, u, t).next().is_some(),
+            (Some(u), Some(t)) => self.snap.tenant_roles(u, t).next().is_some(),
             _ => false,
         }
     }
@@ -80,32 +79,28 @@ impl Attributes for AttrCtx<'_> {
                 if let Some(v) = self.user_input.get(name) {
                     return Some(Cow::Borrowed(v));
                 }
-                let stored = self.user.map(|u| snap.user_attrs.row(u));
-                if let Some(v) = snap.attr(stored.unwrap_or_default(), name) {
+                if let Some(v) = self.user.and_then(|u| snap.user_attr(u, name)) {
                     return Some(Cow::Borrowed(v));
                 }
-                let info = self.user.map(|u| &snap.profiles[u as usize]);
                 match name {
                     "key" => owned(self.user_key),
-                    "email" => snap.values.opt(info?.email).map(Cow::Borrowed),
-                    "first_name" => snap.values.opt(info?.first_name).map(Cow::Borrowed),
-                    "last_name" => snap.values.opt(info?.last_name).map(Cow::Borrowed),
+                    "email" | "first_name" | "last_name" => self
+                        .user
+                        .and_then(|u| snap.user_profile(u, name))
+                        .map(Cow::Borrowed),
                     "roles" => {
-                        let roles: Vec<u32> = match (self.user, self.tenant) {
-                            (Some(u), Some(t)) => tenant_roles(snap, u, t).collect(),
-                            _ => Vec::new(),
+                        let roles = match (self.user, self.tenant) {
+                            (Some(u), Some(t)) => Some(snap.tenant_roles(u, t)),
+                            _ => None,
                         };
                         Some(Cow::Owned(sorted_strings(
-                            roles.iter().map(|&r| snap.roles.name(r)),
+                            roles.into_iter().flatten().map(|r| snap.role_key(r)),
                         )))
                     }
                     "tenants" => {
-                        let row = self
-                            .user
-                            .map(|u| snap.user_roles.row(u))
-                            .unwrap_or_default();
+                        let rows = self.user.map(|u| snap.user_tenant_roles(u));
                         Some(Cow::Owned(sorted_strings(
-                            row.iter().map(|&(t, _)| snap.tenants.name(t)),
+                            rows.into_iter().flatten().map(|(t, _)| snap.tenant_key(t)),
                         )))
                     }
                     _ => None,
@@ -115,12 +110,11 @@ impl Attributes for AttrCtx<'_> {
                 if let Some(v) = self.res_input.get(name) {
                     return Some(Cow::Borrowed(v));
                 }
-                let stored = self.inst.map(|i| snap.inst_attrs.row(i));
-                if let Some(v) = snap.attr(stored.unwrap_or_default(), name) {
+                if let Some(v) = self.inst.and_then(|i| snap.instance_attr(i, name)) {
                     return Some(Cow::Borrowed(v));
                 }
                 match name {
-                    "type" => owned(snap.types.name(self.ty)),
+                    "type" => owned(snap.type_key(self.ty)),
                     "key" => self.res_key.and_then(owned),
                     "tenant" => owned(self.tenant_key),
                     _ => None,
@@ -128,8 +122,7 @@ impl Attributes for AttrCtx<'_> {
             }
             Entity::Tenant => {
                 if self.user_has_role_in_tenant() {
-                    let stored = self.tenant.map(|t| snap.tenant_attrs.row(t));
-                    if let Some(v) = snap.attr(stored.unwrap_or_default(), name) {
+                    if let Some(v) = self.tenant.and_then(|t| snap.tenant_attr(t, name)) {
                         return Some(Cow::Borrowed(v));
                     }
                 }
@@ -145,9 +138,9 @@ impl Attributes for AttrCtx<'_> {
 }
 
 pub(super) fn user_set_matches(snap: &Snapshot, us: u32, ctx: &AttrCtx) -> bool {
-    match &snap.user_sets[us as usize] {
+    match snap.user_set(us) {
         UserSet::Role(Some(role)) => match (ctx.user, ctx.tenant) {
-            (Some(u), Some(t)) => tenant_roles(snap, u, t).any(|r| r == *role),
+            (Some(u), Some(t)) => snap.tenant_roles(u, t).any(|r| r == *role),
             _ => false,
         },
         UserSet::Role(None) => false,
@@ -156,7 +149,7 @@ pub(super) fn user_set_matches(snap: &Snapshot, us: u32, ctx: &AttrCtx) -> bool 
 }
 
 pub(super) fn resource_set_matches(snap: &Snapshot, rs: u32, ctx: &AttrCtx) -> bool {
-    match &snap.resource_sets[rs as usize] {
+    match snap.resource_set(rs) {
         ResourceSet::Type(t) => *t == ctx.ty,
         ResourceSet::Cond(t, c) => *t == ctx.ty && abac::eval(c, ctx),
         ResourceSet::Never => false,

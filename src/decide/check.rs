@@ -3,9 +3,9 @@
 //! ([`Ids::first_rows`]), then decides RBAC, ReBAC and ABAC (§2-§5).
 
 use super::attrs::{resource_set_matches, user_set_matches, AttrCtx};
-use super::walk::{has_role, tenant_roles};
+use super::walk::has_role;
 use super::{deny, AllowedQuery, Decision, Reason, ABAC, RBAC, REBAC};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{ActionId, InstanceId, Snapshot, TenantId, TypeId, UserId};
 
 /// `POST /allowed`: RBAC ∪ ReBAC ∪ ABAC (§2).
 pub fn check(snap: &Snapshot, q: &AllowedQuery) -> Decision {
@@ -21,11 +21,8 @@ pub fn check(snap: &Snapshot, q: &AllowedQuery) -> Decision {
 /// the small tables (types, tenants, actions) and the key hashes; the user
 /// table; the instance table; the first entry of each row a decision starts
 /// from; the decisions. Each pass's steps are short and independent of one
-/// another, so many misses are in flight at once. On the load benchmark's
-/// bulk bodies over `large` (1M assignments), a tight loop took ~1.0 µs per
-/// check: 0.63-0.69 times the one-at-a-time loop it replaced, and 0.87
-/// times `check` since `check` too hashes both keys first and reads its
-/// rows up front.
+/// another, so many misses are in flight at once (the measurements are in
+/// docs/performance.md).
 pub fn check_bulk(snap: &Snapshot, qs: &[AllowedQuery]) -> Vec<Decision> {
     let mut ids: Vec<Ids> = qs
         .iter()
@@ -61,18 +58,16 @@ struct KeyHashes {
 /// The snapshot ids a check starts from, each looked up once.
 #[derive(Debug, Clone, Copy)]
 struct Ids {
-    user: Option<u32>,
-    tenant: Option<u32>,
-    ty: Option<u32>,
-    inst: Option<u32>,
-    action: Option<u32>,
+    user: Option<UserId>,
+    tenant: Option<TenantId>,
+    ty: Option<TypeId>,
+    inst: Option<InstanceId>,
+    action: Option<ActionId>,
 }
 
 impl Ids {
     /// Both keys are hashed before either large table is probed, so the
-    /// two probes' cache misses overlap: 0.88-0.93 times the time of
-    /// looking each up in turn, per check over `large` (a tight loop over
-    /// the load benchmark's 20,000 `/allowed` bodies, three runs).
+    /// two probes' cache misses overlap (docs/performance.md).
     fn of(snap: &Snapshot, q: &AllowedQuery, tenant: Option<&str>) -> Ids {
         let mut ids = Ids::small(snap, q, tenant);
         let hashes = ids.key_hashes(snap, q);
@@ -85,77 +80,51 @@ impl Ids {
     /// instance key, for `find_user` and `find_instance`.
     fn key_hashes(&self, snap: &Snapshot, q: &AllowedQuery) -> KeyHashes {
         KeyHashes {
-            user: snap.users.hash_in(0, &q.user.key),
+            user: snap.user_hash(&q.user.key),
             inst: match (self.ty, q.resource.key.as_deref()) {
-                (Some(t), Some(k)) => snap.instances.hash_in(t, k),
+                (Some(t), Some(k)) => snap.instance_hash(t, k),
                 _ => 0,
             },
         }
     }
 
     fn find_user(&mut self, snap: &Snapshot, q: &AllowedQuery, h: &KeyHashes) {
-        self.user = snap.users.get_hashed(h.user, 0, &q.user.key);
+        self.user = snap.user_hashed(h.user, &q.user.key);
     }
 
     fn find_instance(&mut self, snap: &Snapshot, q: &AllowedQuery, h: &KeyHashes) {
         if let (Some(t), Some(k)) = (self.ty, q.resource.key.as_deref()) {
-            self.inst = snap.instances.get_hashed(h.inst, t, k);
+            self.inst = snap.instance_hashed(h.inst, t, k);
         }
     }
 
     /// The ids from the small tables (types, tenants, a type's actions),
     /// which stay in cache; the user and instance are left to look up.
     fn small(snap: &Snapshot, q: &AllowedQuery, tenant: Option<&str>) -> Ids {
-        let ty = snap.types.get(&q.resource.kind);
+        let ty = snap.type_id(&q.resource.kind);
         Ids {
             user: None,
-            tenant: tenant.and_then(|t| snap.tenants.get(t)),
+            tenant: tenant.and_then(|t| snap.tenant_id(t)),
             ty,
             inst: None,
-            action: ty.and_then(|t| snap.type_info[t as usize].actions.get(&q.action)),
+            action: ty.and_then(|t| snap.action_id(t, &q.action)),
         }
     }
 
-    /// Reads the first entry of each row a decision starts from: the user's
-    /// tenant roles and instance roles, the instance's incoming tuples and,
-    /// when the action has conditions, the user's and the instance's
-    /// attributes. The value means nothing; the reads bring the rows into
-    /// cache.
+    /// Brings the rows this check will read into cache
+    /// ([`Snapshot::prefetch_rows`]).
     fn first_rows(&self, snap: &Snapshot) -> u32 {
-        let first = |row: &[(u32, u32)]| row.first().map_or(0, |&(a, _)| a);
-        let mut x = 0;
-        if let Some(u) = self.user {
-            x ^= first(snap.user_roles.row(u)) ^ first(snap.user_inst_roles.row(u));
-        }
-        if let Some(inst) = self.inst {
-            x ^= first(snap.tuples_in.row(inst));
-        }
-        let conditions = match (self.ty, self.action) {
-            (Some(t), Some(a)) => !snap.type_info[t as usize].abac[a as usize].is_empty(),
-            _ => false,
-        };
-        if conditions {
-            if let Some(u) = self.user {
-                x ^= first(snap.user_attrs.row(u));
-            }
-            if let Some(inst) = self.inst {
-                x ^= first(snap.inst_attrs.row(inst));
-            }
-        }
-        x
+        snap.prefetch_rows(self.user, self.inst, self.ty.zip(self.action))
     }
 }
 
 /// The instance a query names on type `ty`, if the snapshot has it.
-pub(super) fn instance_of(snap: &Snapshot, ty: u32, q: &AllowedQuery) -> Option<u32> {
-    snap.instance(ty, q.resource.key.as_deref()?)
+pub(super) fn instance_of(snap: &Snapshot, ty: TypeId, q: &AllowedQuery) -> Option<InstanceId> {
+    snap.instance_id(ty, q.resource.key.as_deref()?)
 }
 
 pub(super) fn check_in(snap: &Snapshot, q: &AllowedQuery, tenant: Option<&str>) -> Decision {
     let ids = Ids::of(snap, q, tenant);
-    // The rows' misses start together here instead of one after another as
-    // the models come to read them: 0.80-0.85 times the time per check over
-    // `large` (a tight loop over the 20,000 `/allowed` bodies, three runs).
     std::hint::black_box(ids.first_rows(snap));
     check_with(snap, q, tenant, ids)
 }
@@ -179,28 +148,28 @@ fn check_with(snap: &Snapshot, q: &AllowedQuery, tenant: Option<&str>, ids: Ids)
             _ => Reason::NoSuchAction,
         });
     };
-    let info = &snap.type_info[ty as usize];
     let mut sources = 0;
 
     // RBAC (§3).
     if let (Some(u), Some(t)) = (user, tenant) {
-        let grants = &info.tenant_grants[action as usize];
-        if tenant_roles(snap, u, t).any(|r| grants.contains(r)) {
+        let grants = snap.tenant_grants(ty, action);
+        if snap.tenant_roles(u, t).any(|r| grants.contains(r)) {
             sources |= RBAC;
         }
     }
     // ReBAC (§4).
     if let (Some(u), Some(inst)) = (user, inst) {
-        if has_role(snap, u, inst, ty, &info.role_grants[action as usize]) {
+        if has_role(snap, u, inst, ty, snap.resource_roles_granting(ty, action)) {
             sources |= REBAC;
         }
     }
     // ABAC (§5).
-    let rules = &info.abac[action as usize];
-    if !rules.is_empty() {
+    let mut rules = snap.abac_rules(ty, action);
+    if rules.len() > 0 {
         let ctx = AttrCtx::new(snap, q, user, tenant, tenant_key, ty, inst);
-        if rules.iter().any(|&(us, rs)| {
-            user_set_matches(snap, us, &ctx) && resource_set_matches(snap, rs, &ctx)
+        if rules.any(|rule| {
+            user_set_matches(snap, rule.user_set, &ctx)
+                && resource_set_matches(snap, rule.resource_set, &ctx)
         }) {
             sources |= ABAC;
         }

@@ -14,7 +14,9 @@ use super::walk::{all_instance_roles, has_role, push_derivation_sources, WalkSta
 use super::{
     AllowedQuery, AuthorizedUsersQuery, ResourceInput, Str, UserPermissionsQuery, UserTenantsQuery,
 };
-use crate::snapshot::{BitSet, ResourceSet, Snapshot, NONE};
+use crate::snapshot::{
+    ActionId, InstanceId, ResourceRoleId, ResourceSet, RoleId, Snapshot, TenantId, TypeId, UserId,
+};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TenantInfo {
@@ -22,10 +24,10 @@ pub struct TenantInfo {
     pub attributes: Map<String, Value>,
 }
 
-fn tenant_info(snap: &Snapshot, t: u32) -> TenantInfo {
+fn tenant_info(snap: &Snapshot, t: TenantId) -> TenantInfo {
     TenantInfo {
-        key: snap.tenants.name(t).to_owned(),
-        attributes: snap.attrs_map(snap.tenant_attrs.row(t)),
+        key: snap.tenant_key(t).to_owned(),
+        attributes: snap.tenant_attrs_map(t),
     }
 }
 
@@ -42,26 +44,26 @@ pub struct AllTenantsResponse {
 }
 
 /// The user's tenants (with a tenant role), sorted by key.
-fn user_tenant_ids(snap: &Snapshot, u: u32) -> Vec<u32> {
-    let mut ts: Vec<u32> = snap.user_roles.row(u).iter().map(|&(t, _)| t).collect();
+fn user_tenant_ids(snap: &Snapshot, u: UserId) -> Vec<TenantId> {
+    let mut ts: Vec<TenantId> = snap.user_tenant_roles(u).map(|(t, _)| t).collect();
     ts.dedup();
-    ts.sort_unstable_by(|&a, &b| snap.tenants.name(a).cmp(snap.tenants.name(b)));
+    ts.sort_unstable_by(|&a, &b| snap.tenant_key(a).cmp(snap.tenant_key(b)));
     ts
 }
 
 /// `POST /allowed/all-tenants`.
 pub fn allowed_tenants(snap: &Snapshot, q: &AllowedQuery) -> AllTenantsResponse {
-    let candidates = match snap.users.get(&q.user.key) {
+    let candidates = match snap.user_id(&q.user.key) {
         Some(u) => user_tenant_ids(snap, u),
         None => {
-            let mut all: Vec<u32> = (0..snap.tenants.len() as u32).collect();
-            all.sort_unstable_by(|&a, &b| snap.tenants.name(a).cmp(snap.tenants.name(b)));
+            let mut all: Vec<TenantId> = snap.all_tenants().collect();
+            all.sort_unstable_by(|&a, &b| snap.tenant_key(a).cmp(snap.tenant_key(b)));
             all
         }
     };
     let allowed_tenants = candidates
         .into_iter()
-        .filter(|&t| check_in(snap, q, Some(snap.tenants.name(t))).allow)
+        .filter(|&t| check_in(snap, q, Some(snap.tenant_key(t))).allow)
         .map(|t| AllowedTenant {
             allow: true,
             result: true,
@@ -75,7 +77,7 @@ pub type UserTenantsResponse = Vec<TenantInfo>;
 
 /// `POST /user-tenants`.
 pub fn user_tenants(snap: &Snapshot, q: &UserTenantsQuery) -> UserTenantsResponse {
-    match snap.users.get(&q.user.key) {
+    match snap.user_id(&q.user.key) {
         Some(u) => user_tenant_ids(snap, u)
             .into_iter()
             .map(|t| tenant_info(snap, t))
@@ -118,32 +120,30 @@ fn listed(filter: &[String], plain: &str, prefixed: &str) -> bool {
 /// `POST /user-permissions`.
 pub fn user_permissions(snap: &Snapshot, q: &UserPermissionsQuery) -> UserPermissionsResponse {
     let mut out = UserPermissionsResponse::new();
-    let user = snap.users.get(&q.user.key);
+    let user = snap.user_id(&q.user.key);
     // Instance tenants for the tenant filter: entry key → tenant key.
     let mut inst_tenant_of: BTreeMap<String, Option<String>> = BTreeMap::new();
 
     if let Some(u) = user {
-        let row = snap.user_roles.row(u);
         for t in user_tenant_ids(snap, u) {
             let mut entry = tenant_entry(snap, t);
-            for (_, r) in row.iter().filter(|&&(tn, _)| tn == t) {
-                entry.roles.insert(snap.roles.name(*r).to_owned());
-                for &(ty, a) in &snap.role_perms[*r as usize] {
+            for r in snap.tenant_roles(u, t) {
+                entry.roles.insert(snap.role_key(r).to_owned());
+                for (ty, a) in snap.role_permissions(r) {
                     entry.permissions.insert(perm_name(snap, ty, a));
                 }
             }
-            out.insert(format!("__tenant:{}", snap.tenants.name(t)), entry);
+            out.insert(format!("__tenant:{}", snap.tenant_key(t)), entry);
         }
         for (inst, roles) in all_instance_roles(snap, u) {
-            let ty = snap.instances.scope(inst);
-            let info = &snap.type_info[ty as usize];
-            let key = format!("{}:{}", snap.types.name(ty), snap.instances.name(inst));
+            let ty = snap.instance_type(inst);
+            let key = format!("{}:{}", snap.type_key(ty), snap.instance_key(inst));
             let entry = out
                 .entry(key.clone())
                 .or_insert_with(|| instance_entry(snap, inst));
             for r in roles {
-                entry.roles.insert(info.roles.name(r).to_owned());
-                for a in info.role_actions[r as usize].iter() {
+                entry.roles.insert(snap.resource_role_key(ty, r).to_owned());
+                for a in snap.resource_role_actions(ty, r) {
                     entry.permissions.insert(perm_name(snap, ty, a));
                 }
             }
@@ -197,15 +197,11 @@ pub fn user_permissions(snap: &Snapshot, q: &UserPermissionsQuery) -> UserPermis
     out
 }
 
-fn perm_name(snap: &Snapshot, ty: u32, a: u32) -> String {
-    format!(
-        "{}:{}",
-        snap.types.name(ty),
-        snap.type_info[ty as usize].actions.name(a)
-    )
+fn perm_name(snap: &Snapshot, ty: TypeId, a: ActionId) -> String {
+    format!("{}:{}", snap.type_key(ty), snap.action_key(ty, a))
 }
 
-fn tenant_entry(snap: &Snapshot, t: u32) -> PermissionEntry {
+fn tenant_entry(snap: &Snapshot, t: TenantId) -> PermissionEntry {
     let info = tenant_info(snap, t);
     PermissionEntry {
         tenant: Some(PermTenant {
@@ -218,52 +214,52 @@ fn tenant_entry(snap: &Snapshot, t: u32) -> PermissionEntry {
     }
 }
 
-fn instance_entry(snap: &Snapshot, inst: u32) -> PermissionEntry {
+fn instance_entry(snap: &Snapshot, inst: InstanceId) -> PermissionEntry {
     PermissionEntry {
         tenant: None,
         resource: Some(PermResource {
-            key: snap.instances.name(inst).to_owned(),
-            kind: snap.types.name(snap.instances.scope(inst)).to_owned(),
-            attributes: snap.attrs_map(snap.inst_attrs.row(inst)),
+            key: snap.instance_key(inst).to_owned(),
+            kind: snap.type_key(snap.instance_type(inst)).to_owned(),
+            attributes: snap.instance_attrs_map(inst),
         }),
         permissions: BTreeSet::new(),
         roles: BTreeSet::new(),
     }
 }
 
-fn inst_tenant_key(snap: &Snapshot, inst: u32) -> Option<String> {
-    let t = snap.inst_tenant[inst as usize];
-    (t != NONE).then(|| snap.tenants.name(t).to_owned())
+fn inst_tenant_key(snap: &Snapshot, inst: InstanceId) -> Option<String> {
+    snap.instance_tenant(inst)
+        .map(|t| snap.tenant_key(t).to_owned())
 }
 
 /// ABAC grants for `/user-permissions` (§6), only on request.
 fn add_abac_permissions(
     snap: &Snapshot,
     q: &UserPermissionsQuery,
-    user: Option<u32>,
+    user: Option<UserId>,
     out: &mut UserPermissionsResponse,
     inst_tenant_of: &mut BTreeMap<String, Option<String>>,
 ) {
-    let mut tenants: BTreeSet<u32> = user
+    let mut tenants: BTreeSet<TenantId> = user
         .map(|u| user_tenant_ids(snap, u).into_iter().collect())
         .unwrap_or_default();
     for t in q.tenants.iter().flatten() {
         let t = t.strip_prefix("__tenant:").unwrap_or(t);
-        if let Some(id) = snap.tenants.get(t) {
+        if let Some(id) = snap.tenant_id(t) {
             tenants.insert(id);
         }
     }
     for t in tenants {
-        let tenant_key = snap.tenants.name(t);
-        for (ty, info) in snap.type_info.iter().enumerate() {
-            let ty = ty as u32;
-            for (a, rules) in info.abac.iter().enumerate() {
-                for &(us, rs) in rules {
+        let tenant_key = snap.tenant_key(t);
+        for ty in snap.all_types() {
+            for a in snap.actions(ty) {
+                for rule in snap.abac_rules(ty, a) {
+                    let (us, rs) = (rule.user_set, rule.resource_set);
                     let base = AllowedQuery {
                         user: q.user.clone(),
-                        action: Str(Cow::Borrowed(info.actions.name(a as u32))),
+                        action: Str(Cow::Borrowed(snap.action_key(ty, a))),
                         resource: ResourceInput {
-                            kind: Str(Cow::Borrowed(snap.types.name(ty))),
+                            kind: Str(Cow::Borrowed(snap.type_key(ty))),
                             tenant: Some(Str(Cow::Borrowed(tenant_key))),
                             ..ResourceInput::default()
                         },
@@ -271,8 +267,8 @@ fn add_abac_permissions(
                     };
                     let inst = instance_of(snap, ty, &base);
                     let ctx = AttrCtx::new(snap, &base, user, Some(t), tenant_key, ty, inst);
-                    let perm = perm_name(snap, ty, a as u32);
-                    match &snap.resource_sets[rs as usize] {
+                    let perm = perm_name(snap, ty, a);
+                    match snap.resource_set(rs) {
                         ResourceSet::Type(_) => {
                             if !user_set_matches(snap, us, &ctx) {
                                 continue;
@@ -283,11 +279,11 @@ fn add_abac_permissions(
                                 .insert(perm);
                         }
                         ResourceSet::Cond(..) => {
-                            for inst in snap.instances_of_type(Some(ty)) {
-                                if snap.inst_tenant[inst as usize] != t {
+                            for inst in snap.instances_of(ty) {
+                                if snap.instance_tenant(inst) != Some(t) {
                                     continue;
                                 }
-                                let key = snap.instances.name(inst);
+                                let key = snap.instance_key(inst);
                                 let mut iq = base.clone();
                                 iq.resource.key = Some(Str(Cow::Borrowed(key)));
                                 // Exactly what /allowed would see on this instance.
@@ -297,7 +293,7 @@ fn add_abac_permissions(
                                 if user_set_matches(snap, us, &ictx)
                                     && resource_set_matches(snap, rs, &ictx)
                                 {
-                                    let ekey = format!("{}:{}", snap.types.name(ty), key);
+                                    let ekey = format!("{}:{}", snap.type_key(ty), key);
                                     out.entry(ekey.clone())
                                         .or_insert_with(|| instance_entry(snap, inst))
                                         .permissions
@@ -341,26 +337,22 @@ pub fn authorized_users(snap: &Snapshot, q: &AuthorizedUsersQuery) -> Authorized
         tenant: tenant_key.to_owned(),
         users: BTreeMap::new(),
     };
-    let Some(ty) = snap.types.get(ty_key) else {
+    let Some(ty) = snap.type_id(ty_key) else {
         return resp;
     };
-    let info = &snap.type_info[ty as usize];
-    let Some(a) = info.actions.get(&q.action) else {
+    let Some(a) = snap.action_id(ty, &q.action) else {
         return resp;
     };
     let tenant_res = format!("__tenant:{tenant_key}");
-    if let Some(t) = snap.tenants.get(tenant_key) {
-        let grants = &info.tenant_grants[a as usize];
-        let mut found: Vec<(u32, u32)> = snap
-            .tenant_users
-            .row(t)
-            .iter()
-            .copied()
+    if let Some(t) = snap.tenant_id(tenant_key) {
+        let grants = snap.tenant_grants(ty, a);
+        let mut found: Vec<(UserId, RoleId)> = snap
+            .tenant_members(t)
             .filter(|&(_, r)| grants.contains(r))
             .collect();
-        found.sort_unstable_by(|x, y| snap.roles.name(x.1).cmp(snap.roles.name(y.1)));
+        found.sort_unstable_by(|x, y| snap.role_key(x.1).cmp(snap.role_key(y.1)));
         for (u, r) in found {
-            let user = snap.users.name(u).to_owned();
+            let user = snap.user_key(u).to_owned();
             resp.users
                 .entry(user.clone())
                 .or_default()
@@ -368,21 +360,25 @@ pub fn authorized_users(snap: &Snapshot, q: &AuthorizedUsersQuery) -> Authorized
                     user,
                     tenant: tenant_key.to_owned(),
                     resource: tenant_res.clone(),
-                    role: snap.roles.name(r).to_owned(),
+                    role: snap.role_key(r).to_owned(),
                 });
         }
     }
-    let inst = q.resource.key.as_deref().and_then(|k| snap.instance(ty, k));
+    let inst = q
+        .resource
+        .key
+        .as_deref()
+        .and_then(|k| snap.instance_id(ty, k));
     if let Some(inst) = inst {
-        let goal = &info.role_grants[a as usize];
-        let mut goal_roles: Vec<u32> = goal.iter().collect();
-        goal_roles.sort_unstable_by(|&x, &y| info.roles.name(x).cmp(info.roles.name(y)));
-        for u in rebac_candidates(snap, inst, ty, goal) {
+        let mut goal_roles: Vec<ResourceRoleId> = snap.resource_roles_granting(ty, a).collect();
+        goal_roles.sort_unstable_by(|&x, &y| {
+            snap.resource_role_key(ty, x)
+                .cmp(snap.resource_role_key(ty, y))
+        });
+        for u in rebac_candidates(snap, inst, ty, &goal_roles) {
             for &r in &goal_roles {
-                let mut one = BitSet::with_len(info.roles.len());
-                one.insert(r);
-                if has_role(snap, u, inst, ty, &one) {
-                    let user = snap.users.name(u).to_owned();
+                if has_role(snap, u, inst, ty, std::iter::once(r)) {
+                    let user = snap.user_key(u).to_owned();
                     resp.users
                         .entry(user.clone())
                         .or_default()
@@ -390,7 +386,7 @@ pub fn authorized_users(snap: &Snapshot, q: &AuthorizedUsersQuery) -> Authorized
                             user,
                             tenant: tenant_key.to_owned(),
                             resource: resp.resource.clone(),
-                            role: info.roles.name(r).to_owned(),
+                            role: snap.resource_role_key(ty, r).to_owned(),
                         });
                 }
             }
@@ -401,20 +397,23 @@ pub fn authorized_users(snap: &Snapshot, q: &AuthorizedUsersQuery) -> Authorized
 
 /// Users with a direct role somewhere on a derivation path into `inst`:
 /// a superset of those holding a `goal` role there, each then checked exactly.
-fn rebac_candidates(snap: &Snapshot, inst: u32, ty: u32, goal: &BitSet) -> BTreeSet<u32> {
-    let mut stack: WalkStack = goal.iter().map(|r| (inst, ty, r)).collect();
-    let mut seen: HashSet<(u32, u32)> = HashSet::new();
+fn rebac_candidates(
+    snap: &Snapshot,
+    inst: InstanceId,
+    ty: TypeId,
+    goal: &[ResourceRoleId],
+) -> BTreeSet<UserId> {
+    let mut stack: WalkStack = goal.iter().map(|&r| (inst, ty, r)).collect();
+    let mut seen: HashSet<(InstanceId, ResourceRoleId)> = HashSet::new();
     let mut users = BTreeSet::new();
     while let Some((i, t, r)) = stack.pop() {
         if !seen.insert((i, r)) {
             continue;
         }
         users.extend(
-            snap.inst_users
-                .row(i)
-                .iter()
-                .filter(|&&(_, ur)| ur == r)
-                .map(|&(u, _)| u),
+            snap.instance_members(i)
+                .filter(|&(_, ur)| ur == r)
+                .map(|(u, _)| u),
         );
         // Unconstrained: every candidate is checked exactly afterwards.
         push_derivation_sources(snap, &mut stack, i, t, r, false);

@@ -28,6 +28,9 @@ pub struct Interner {
     /// table and the key's bytes only: two cache misses, not four.
     table: HashTable<Slot>,
     hasher: DefaultHashBuilder,
+    /// Set when a key could not be added because ids or the text's offsets
+    /// would pass 32 bits; the build then refuses the document.
+    overflowed: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -76,16 +79,26 @@ impl Interner {
         if let Some(id) = self.get_in(scope, key) {
             return id;
         }
-        let id = self.spans.len() as u32;
-        let start = self.arena.len() as u32;
+        let fits = (
+            u32::try_from(self.spans.len())
+                .ok()
+                .filter(|&id| id != NONE),
+            u32::try_from(self.arena.len()).ok(),
+            u32::try_from(self.arena.len() + key.len()).ok(),
+        );
+        let (Some(id), Some(start), Some(_)) = fits else {
+            self.overflowed = true;
+            return NONE;
+        };
+        let len = key.len() as u32;
         self.arena.push_str(key);
-        self.spans.push((start, key.len() as u32));
+        self.spans.push((start, len));
         self.scopes.push(scope);
         let slot = Slot {
             id,
             scope,
             start,
-            len: key.len() as u32,
+            len,
         };
         let (arena, hasher) = (&self.arena, &self.hasher);
         let hash = Self::hash(hasher, scope, key);
@@ -115,6 +128,11 @@ impl Interner {
                 s.scope == scope && s.len as usize == key.len() && s.key(&self.arena) == key
             })
             .map(|s| s.id)
+    }
+
+    /// Whether a key was refused for passing 32-bit ids or offsets.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed
     }
 
     pub fn get(&self, key: &str) -> Option<u32> {

@@ -18,7 +18,9 @@
 //! be caught between pages, and one stale fact must not freeze the PDP.
 
 mod chunked;
+mod ids;
 mod intern;
+mod read;
 mod staged;
 mod values;
 
@@ -31,6 +33,8 @@ use serde_json::{Map, Value};
 use crate::abac::{self, Cond};
 use crate::model::{self, ConditionSetType, DataDocument};
 use chunked::Chunked;
+use ids::checked;
+pub use ids::{ActionId, InstanceId, RelationId, ResourceRoleId, RoleId, TenantId, TypeId, UserId};
 pub(crate) use intern::{BitSet, Csr, Interner, NONE};
 pub use staged::Staged;
 use staged::{AssignmentFact, TupleFact, UserRoleFact};
@@ -92,6 +96,8 @@ pub enum BuildError {
     ParentCycle { cycle: Vec<String> },
     #[error("{what} has an empty key")]
     EmptyKey { what: &'static str },
+    #[error("more than {} {what}: this PDP numbers them in 32 bits", u32::MAX)]
+    TooMany { what: &'static str },
 }
 
 /// Object counts, for `/ready`, `/health` and metrics.
@@ -211,54 +217,54 @@ pub(crate) struct TypeInfo {
 
 pub(crate) enum UserSet {
     /// `__autogen_<role>`: the user holds that tenant role (None: no such role).
-    Role(Option<u32>),
+    Role(Option<RoleId>),
     Cond(Cond),
 }
 
 pub(crate) enum ResourceSet {
     /// `__autogen_<type>`, or a set bound to `type` with conditions.
-    Type(u32),
-    Cond(u32, Cond),
+    Type(TypeId),
+    Cond(TypeId, Cond),
     /// Bound to a type the snapshot does not know: never matches.
     Never,
 }
 
 pub struct Snapshot {
-    pub(crate) tenants: Interner,
-    pub(crate) tenant_attrs: AttrRows,
-    pub(crate) users: Interner,
-    pub(crate) profiles: Vec<Profile>,
-    pub(crate) user_attrs: AttrRows,
-    pub(crate) emails: Emails,
-    pub(crate) roles: Interner,
+    tenants: Interner,
+    tenant_attrs: AttrRows,
+    users: Interner,
+    profiles: Vec<Profile>,
+    user_attrs: AttrRows,
+    emails: Emails,
+    roles: Interner,
     /// Per tenant role: flattened `(type, action)` grants, sorted.
-    pub(crate) role_perms: Vec<Vec<(u32, u32)>>,
-    pub(crate) types: Interner,
-    pub(crate) type_info: Vec<TypeInfo>,
+    role_perms: Vec<Vec<(u32, u32)>>,
+    types: Interner,
+    type_info: Vec<TypeInfo>,
     /// user → (tenant, role)
-    pub(crate) user_roles: Csr<(u32, u32)>,
+    user_roles: Csr<(u32, u32)>,
     /// tenant → (user, role)
-    pub(crate) tenant_users: Csr<(u32, u32)>,
+    tenant_users: Csr<(u32, u32)>,
     /// Instance keys, scoped by type id.
-    pub(crate) instances: Interner,
-    pub(crate) inst_tenant: Vec<u32>,
+    instances: Interner,
+    inst_tenant: Vec<u32>,
     /// type → its instances
-    pub(crate) type_instances: Csr<u32>,
-    pub(crate) inst_attrs: AttrRows,
-    pub(crate) attr_names: Interner,
+    type_instances: Csr<u32>,
+    inst_attrs: AttrRows,
+    attr_names: Interner,
     /// Every stored attribute value and profile string, once.
-    pub(crate) values: Values,
+    values: Values,
     /// user → (instance, resource role)
-    pub(crate) user_inst_roles: Csr<(u32, u32)>,
+    user_inst_roles: Csr<(u32, u32)>,
     /// instance → (user, resource role)
-    pub(crate) inst_users: Csr<(u32, u32)>,
+    inst_users: Csr<(u32, u32)>,
     /// object instance → (relation, subject instance)
-    pub(crate) tuples_in: Csr<(u32, u32)>,
+    tuples_in: Csr<(u32, u32)>,
     /// subject instance → (relation, object instance)
-    pub(crate) tuples_out: Csr<(u32, u32)>,
-    pub(crate) user_sets: Vec<UserSet>,
-    pub(crate) resource_sets: Vec<ResourceSet>,
-    pub(crate) counts: Counts,
+    tuples_out: Csr<(u32, u32)>,
+    user_sets: Vec<UserSet>,
+    resource_sets: Vec<ResourceSet>,
+    counts: Counts,
 }
 
 impl Snapshot {
@@ -340,10 +346,6 @@ impl Snapshot {
                 )
             })
             .collect()
-    }
-
-    pub(crate) fn instance(&self, ty: u32, key: &str) -> Option<u32> {
-        self.instances.get_in(ty, key)
     }
 
     /// Approximate heap bytes held by the indexes (not attributes).
@@ -445,6 +447,11 @@ struct Builder {
 
 impl Builder {
     fn build(mut self, mut doc: Staged) -> Result<Snapshot, BuildError> {
+        if doc.keys.overflowed() || doc.attr_names.overflowed() {
+            return Err(BuildError::TooMany {
+                what: "keys or bytes of key text",
+            });
+        }
         let mut types = Interner::new();
         let mut type_info: Vec<TypeInfo> = Vec::new();
         let mut relations = Interner::new();
@@ -773,6 +780,10 @@ impl Builder {
         drop(std::mem::take(&mut doc.keys));
 
         let n_users = users.len();
+        // Rows are numbered in 32 bits.
+        checked(tenant_pairs.len(), "tenant role assignments")?;
+        checked(inst_pairs.len(), "resource role assignments")?;
+        checked(tuples.len(), "relationship tuples")?;
         // Each list of pairs indexes both ways, then is dropped.
         let type_instances = Csr::build(
             types.len(),
@@ -948,7 +959,7 @@ impl Builder {
             match cs.kind {
                 ConditionSetType::Userset => {
                     let set = match key.strip_prefix(AUTOGEN) {
-                        Some(role) => UserSet::Role(roles.get(role)),
+                        Some(role) => UserSet::Role(roles.get(role).map(RoleId)),
                         None => UserSet::Cond(full_condition(key)?),
                     };
                     user_set_ids.insert(key.to_owned(), user_sets.len() as u32);
@@ -956,7 +967,9 @@ impl Builder {
                 }
                 ConditionSetType::Resourceset => {
                     let set = if let Some(ty) = key.strip_prefix(AUTOGEN) {
-                        types.get(ty).map_or(ResourceSet::Never, ResourceSet::Type)
+                        types
+                            .get(ty)
+                            .map_or(ResourceSet::Never, |t| ResourceSet::Type(TypeId(t)))
                     } else {
                         let bound = cs
                             .resource
@@ -970,7 +983,7 @@ impl Builder {
                             .get(bound)
                             .or_else(|| type_ids_by_uuid.get(bound).copied());
                         match t {
-                            Some(t) => ResourceSet::Cond(t, full_condition(key)?),
+                            Some(t) => ResourceSet::Cond(TypeId(t), full_condition(key)?),
                             None => ResourceSet::Never,
                         }
                     };
@@ -989,7 +1002,7 @@ impl Builder {
                 Some(&id) => Some(id),
                 None => rule.user_set.strip_prefix(AUTOGEN).map(|role| {
                     let id = user_sets.len() as u32;
-                    user_sets.push(UserSet::Role(roles.get(role)));
+                    user_sets.push(UserSet::Role(roles.get(role).map(RoleId)));
                     user_set_ids.insert(rule.user_set.clone(), id);
                     id
                 }),
@@ -998,7 +1011,11 @@ impl Builder {
                 Some(&id) => Some(id),
                 None => rule.resource_set.strip_prefix(AUTOGEN).map(|ty| {
                     let id = resource_sets.len() as u32;
-                    resource_sets.push(types.get(ty).map_or(ResourceSet::Never, ResourceSet::Type));
+                    resource_sets.push(
+                        types
+                            .get(ty)
+                            .map_or(ResourceSet::Never, |t| ResourceSet::Type(TypeId(t))),
+                    );
                     resource_set_ids.insert(rule.resource_set.clone(), id);
                     id
                 }),
@@ -1009,7 +1026,7 @@ impl Builder {
                 continue;
             };
             let bound = match &resource_sets[rs as usize] {
-                ResourceSet::Type(bt) | ResourceSet::Cond(bt, _) => Some(*bt),
+                ResourceSet::Type(bt) | ResourceSet::Cond(bt, _) => Some(bt.0),
                 ResourceSet::Never => None,
             };
             if bound != Some(t) {
