@@ -49,7 +49,7 @@ pub struct Staged {
     pub(super) tenants: Chunked<StagedTenant>,
     pub(super) users: Chunked<StagedUser>,
     /// A user's own tenant roles, listed with the user.
-    pub(super) user_roles: Chunked<UserRoleFact>,
+    pub(super) user_roles: Chunked<TenantRoleFact>,
     pub(super) instances: Chunked<StagedInstance>,
     pub(super) tuples: Chunked<TupleFact>,
     pub(super) assignments: Chunked<AssignmentFact>,
@@ -61,7 +61,7 @@ pub struct Staged {
 
 /// A tenant role listed on a user object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) struct UserRoleFact {
+pub(super) struct TenantRoleFact {
     pub user: u32,
     pub role: u32,
     pub tenant: u32,
@@ -84,7 +84,7 @@ pub(super) struct AssignmentFact {
     pub instance: u32,
 }
 
-impl UserRoleFact {
+impl TenantRoleFact {
     fn ids(&self) -> [u32; 3] {
         [self.user, self.role, self.tenant]
     }
@@ -207,7 +207,7 @@ impl Staged {
         for r in &u.roles {
             let role = self.key(&r.role);
             let tenant = self.opt_key(r.tenant.as_deref());
-            self.user_roles.push(UserRoleFact {
+            self.user_roles.push(TenantRoleFact {
                 user: key,
                 role,
                 tenant,
