@@ -191,6 +191,14 @@ pub async fn run(
             };
             // Ready from the backup at once; the first sync replaces it.
             if let Some(dir) = &sync_config.backup_dir {
+                match sync::remove_stale_temps(dir) {
+                    Ok(0) => {}
+                    Ok(n) => info!(
+                        removed = n,
+                        "removed temp files a crash left in the backup directory"
+                    ),
+                    Err(e) => warn!(error = %e, "cannot clean the backup directory"),
+                }
                 match sync::restore_backup(&store, dir) {
                     Ok(true) => {
                         info!(dir = %dir.display(), "serving the offline backup until the first sync")

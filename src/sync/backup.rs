@@ -19,8 +19,8 @@
 
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -36,6 +36,8 @@ const MAGIC: &[u8; 8] = b"PDPSNAP\n";
 /// value and profile string inline rather than in a pool.
 const FORMAT_VERSION: u32 = 3;
 const HEADER_LEN: usize = 8 + 4 + 8 + 8 + 32;
+/// The largest backup read (about 30 MiB hold a million role assignments).
+const MAX_BACKUP_BYTES: u64 = 4 << 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -79,11 +81,8 @@ pub fn write_backup(dir: &Path, staged: &Staged) -> io::Result<PathBuf> {
     write_backup_at(dir, staged, SystemTime::now())
 }
 
-pub(crate) fn write_backup_at(
-    dir: &Path,
-    staged: &Staged,
-    synced_at: SystemTime,
-) -> io::Result<PathBuf> {
+/// [`write_backup`], as synced at `synced_at`.
+pub fn write_backup_at(dir: &Path, staged: &Staged, synced_at: SystemTime) -> io::Result<PathBuf> {
     prepare_at(dir, staged, synced_at)?.commit()
 }
 
@@ -125,13 +124,52 @@ pub fn prepare(dir: &Path, staged: &Staged) -> io::Result<Pending> {
     prepare_at(dir, staged, SystemTime::now())
 }
 
-fn prepare_at(dir: &Path, staged: &Staged, synced_at: SystemTime) -> io::Result<Pending> {
-    fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{BACKUP_FILE}.{}.{:08x}.tmp",
+/// Creates `dir` if missing, readable by this user alone: it holds the
+/// whole environment.
+fn create_dir(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// A temp file's name beside `file` in `dir`, unpredictable, so nobody can
+/// plant a symlink at it first (it is also opened `create_new`).
+fn temp_path(dir: &Path, file: &str) -> PathBuf {
+    dir.join(format!(
+        ".{file}.{}.{:016x}.tmp",
         std::process::id(),
-        rand::random::<u32>()
-    ));
+        rand::random::<u64>()
+    ))
+}
+
+/// Removes temp files a crash left in `dir` (a backup's is as large as the
+/// backup). Call once at start, before anything writes there.
+pub fn remove_stale_temps(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ours = [BACKUP_FILE, CONFIRMED_FILE]
+            .iter()
+            .any(|f| name.starts_with(&format!(".{f}.")));
+        if ours && name.ends_with(".tmp") && entry.file_type()?.is_file() {
+            fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+fn prepare_at(dir: &Path, staged: &Staged, synced_at: SystemTime) -> io::Result<Pending> {
+    create_dir(dir)?;
+    let tmp = temp_path(dir, BACKUP_FILE);
     match write_file(&tmp, staged, synced_at) {
         Ok(()) => Ok(Pending {
             dir: dir.to_owned(),
@@ -216,18 +254,19 @@ pub fn confirm(dir: &Path, content_hash: &str, at: SystemTime) -> io::Result<()>
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     };
-    let tmp = dir.join(format!(".{CONFIRMED_FILE}.{}.tmp", std::process::id()));
+    let tmp = temp_path(dir, CONFIRMED_FILE);
     let written = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .and_then(|mut f| {
             serde_json::to_writer(&mut f, &record)?;
             f.sync_all()
         })
-        .and_then(|()| fs::rename(&tmp, dir.join(CONFIRMED_FILE)));
+        .and_then(|()| fs::rename(&tmp, dir.join(CONFIRMED_FILE)))
+        // The rename is durable only once the directory entry is.
+        .and_then(|()| File::open(dir)?.sync_all());
     if written.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -248,11 +287,29 @@ pub fn confirmed_at(dir: &Path, content_hash: &str) -> Option<SystemTime> {
 /// backup.
 pub fn read_backup(dir: &Path) -> Result<Backup, BackupError> {
     let path = dir.join(BACKUP_FILE);
-    let bytes = match fs::read(&path) {
-        Ok(b) => b,
+    let file = match File::open(&path) {
+        Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(BackupError::Missing(path)),
         Err(source) => return Err(BackupError::Io { path, source }),
     };
+    // Read no more than a backup can hold: a planted or damaged file the
+    // size of the disk must not be read into memory first.
+    let too_large = || BackupError::Corrupt {
+        path: path.clone(),
+        reason: format!("larger than {MAX_BACKUP_BYTES} bytes"),
+    };
+    match file.metadata() {
+        Ok(m) if m.len() > MAX_BACKUP_BYTES => return Err(too_large()),
+        Ok(_) => {}
+        Err(source) => return Err(BackupError::Io { path, source }),
+    }
+    let mut bytes = Vec::new();
+    if let Err(source) = io::Read::take(file, MAX_BACKUP_BYTES + 1).read_to_end(&mut bytes) {
+        return Err(BackupError::Io { path, source });
+    }
+    if bytes.len() as u64 > MAX_BACKUP_BYTES {
+        return Err(too_large());
+    }
     decode(&bytes).map_err(|e| e.at(path))
 }
 
@@ -385,6 +442,52 @@ mod tests {
         assert_eq!(back.synced_at, at);
         // Only the backup remains: no temp files left behind.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn the_directory_is_private_and_a_crash_leaves_nothing_for_long() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("backups");
+        write_backup(&dir, &doc()).unwrap();
+        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        // What a crash mid-write leaves, and a file that is not ours.
+        fs::write(dir.join(format!(".{BACKUP_FILE}.17.00ff.tmp")), b"half").unwrap();
+        fs::write(dir.join(format!(".{CONFIRMED_FILE}.17.tmp")), b"{").unwrap();
+        fs::write(dir.join("notes.tmp"), b"keep").unwrap();
+        assert_eq!(remove_stale_temps(&dir).unwrap(), 2);
+        let mut left: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["notes.tmp", BACKUP_FILE]);
+        assert_eq!(remove_stale_temps(&root.path().join("none")).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_planted_symlink_is_not_followed_by_the_confirmation() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"untouched").unwrap();
+        // The old predictable temp name, planted as a link to another file.
+        let planted = dir
+            .path()
+            .join(format!(".{CONFIRMED_FILE}.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        confirm(dir.path(), "hash", SystemTime::now()).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"untouched");
+        assert!(confirmed_at(dir.path(), "hash").is_some());
+    }
+
+    #[test]
+    fn a_file_over_the_size_limit_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::create(dir.path().join(BACKUP_FILE)).unwrap();
+        // Sparse: no disk is used for it.
+        file.set_len(MAX_BACKUP_BYTES + 1).unwrap();
+        let err = read_backup(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("larger than"), "{err}");
     }
 
     #[test]

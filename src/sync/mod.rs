@@ -31,7 +31,10 @@ use tokio::sync::{watch, Notify};
 use crate::config::ApiKey;
 use crate::store::{Provenance, Source, Store};
 
-pub use backup::{read_backup, write_backup, Backup, BackupError, BACKUP_FILE};
+pub use backup::{
+    read_backup, remove_stale_temps, write_backup, write_backup_at, Backup, BackupError,
+    BACKUP_FILE,
+};
 pub use client::{KeyKind, RequestError};
 pub use limiter::Class;
 pub use metrics::SyncMetrics;
@@ -499,8 +502,11 @@ pub fn restore_backup(store: &Store, dir: &std::path::Path) -> Result<bool, Back
     };
     // Fresh as of the last sync that wrote or confirmed it, not as of now:
     // under PDP_MAX_STALENESS an old backup must not pass for a current one.
+    // A time in the future (a wrong clock, or a planted file) counts as now,
+    // not as fresh for as long as it lies ahead.
     let fresh_at = backup::confirmed_at(dir, &backup.content_hash)
-        .map_or(backup.synced_at, |c| c.max(backup.synced_at));
+        .map_or(backup.synced_at, |c| c.max(backup.synced_at))
+        .min(SystemTime::now());
     let provenance = Provenance {
         source: Source::Backup(dir.join(BACKUP_FILE)),
         content_hash: Some(backup.content_hash),

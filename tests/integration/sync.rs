@@ -1142,3 +1142,21 @@ async fn an_endless_page_fails_the_sync_not_the_process() {
     run.stop().await.unwrap();
     server.abort();
 }
+
+/// A backup dated in the future counts as fresh from now, not for as long
+/// as its date lies ahead: PDP_MAX_STALENESS still applies to it.
+#[test]
+fn a_backup_from_the_future_is_not_fresh_for_ever() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = environment(3);
+    let path = pdp::sync::write_backup(dir.path(), &Staged::from_document(&doc)).unwrap();
+    // Rewrite the sync time a year ahead, as a wrong clock would.
+    let ahead = std::time::SystemTime::now() + Duration::from_secs(365 * 24 * 3600);
+    let staged = read_backup(dir.path()).unwrap().staged;
+    std::fs::remove_file(&path).unwrap();
+    pdp::sync::write_backup_at(dir.path(), &staged, ahead).unwrap();
+    let store = Store::new();
+    assert!(restore_backup(&store, dir.path()).unwrap());
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(store.freshness_age() >= Duration::from_secs(1));
+}
