@@ -1,4 +1,4 @@
-//! Criterion benchmarks of the engine on generated environments (`pdp::gen`):
+//! Criterion benchmarks of the engine on generated environments (`pdp_devkit::gen`):
 //! `decide::check` for RBAC, ReBAC depth 1/2/3, ABAC and a bulk of 100 (one
 //! at a time, and as the server decides it with `decide::check_bulk`), the
 //! same RBAC queries parsed from their JSON bodies, staging a document from
@@ -25,10 +25,10 @@ use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
 use pdp::decide::{self, AllowedQuery};
-use pdp::gen::{generate, GenSpec, Query, QueryMix};
 use pdp::http;
 use pdp::model::DataDocument;
 use pdp::snapshot::{Snapshot, Staged};
+use pdp_devkit::gen::{generate, GenSpec, Query, QueryMix};
 
 /// Resident bytes of this process.
 fn rss_bytes() -> usize {

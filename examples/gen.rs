@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use pdp::gen::{generate, user_permissions_body, GenSpec, QueryMix};
+use pdp_devkit::gen::{generate, user_permissions_body, GenSpec, QueryMix};
 
 struct Args {
     spec: GenSpec,

@@ -8,8 +8,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use pdp::decide::{self, AllowedQuery};
-use pdp::gen::{generate, GenSpec, QueryMix};
 use pdp::snapshot::Snapshot;
+use pdp_devkit::gen::{generate, GenSpec, QueryMix};
 
 struct Counting;
 

@@ -25,7 +25,7 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Map, Value};
 
-use crate::model::{
+use pdp::model::{
     ActionGroup, ConditionSet, ConditionSetRule, ConditionSetType, DataDocument, DerivationRule,
     GrantedTo, Json, Relation, Resource, ResourceInstance, ResourceRef, ResourceRole, Role,
     RoleAssignment, Tenant, User, When,
@@ -679,7 +679,7 @@ fn instances_and_tuples(spec: &GenSpec, rng: &mut ChaCha8Rng, doc: &mut DataDocu
     }
 
     let mut tuples = Vec::with_capacity(spec.tuples);
-    let tuple = |level: usize, child: usize, p: usize, t: u32| crate::model::RelationshipTuple {
+    let tuple = |level: usize, child: usize, p: usize, t: u32| pdp::model::RelationshipTuple {
         subject: format!("{}:{}", CHAIN[level - 1], instance_key(level - 1, p)),
         relation: "parent".into(),
         object: format!("{}:{}", CHAIN[level], instance_key(level, child)),
@@ -1516,15 +1516,15 @@ mod tests {
     #[test]
     fn the_engine_agrees_with_the_generators_evaluator() {
         let doc = generate(&GenSpec::small());
-        let snap = crate::snapshot::Snapshot::build(&doc).expect("generated documents are valid");
+        let snap = pdp::snapshot::Snapshot::build(&doc).expect("generated documents are valid");
         let mut mix = QueryMix::new(&doc, 3);
         let mut queries = mix.mixed(2_000);
         queries.extend(mix.rebac(3, 300));
         let mut wrong = Vec::new();
         for q in &queries {
             let body = q.to_json().to_string();
-            let parsed: crate::decide::AllowedQuery = serde_json::from_str(&body).unwrap();
-            if crate::decide::check(&snap, &parsed).allow != q.expect_allow {
+            let parsed: pdp::decide::AllowedQuery = serde_json::from_str(&body).unwrap();
+            if pdp::decide::check(&snap, &parsed).allow != q.expect_allow {
                 wrong.push(body);
             }
         }

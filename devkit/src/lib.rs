@@ -1,0 +1,6 @@
+//! pdp-devkit: what developing `pdp` needs and the product does not. The
+//! tests and benchmarks depend on it; the `pdp` binary never links it.
+//!
+//! - [`gen`]: deterministic generated environments and query mixes, for the
+//!   benchmarks and the load test.
+pub mod gen;
