@@ -8,7 +8,6 @@ mod binary;
 mod generated;
 mod http;
 mod props;
-mod reference;
 mod sdk_fixture;
 mod semantics;
 mod sync;
