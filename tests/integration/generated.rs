@@ -40,3 +40,29 @@ fn bulk_checks_answer_as_single_checks() {
     let allowed = single.iter().filter(|d| d.allow).count();
     assert!(allowed > 0 && allowed < single.len(), "{allowed} allowed");
 }
+
+/// The generator labels with the reference evaluator, so this holds the
+/// engine to the spec on a realistic document, deep ReBAC included.
+#[test]
+fn the_engine_agrees_with_the_labels_of_generated_queries() {
+    let doc = generate(&GenSpec::small());
+    let snap = Snapshot::build(&doc).expect("generated documents are valid");
+    let mut mix = QueryMix::new(&doc, 3);
+    let mut queries = mix.mixed(2_000);
+    queries.extend(mix.rebac(3, 300));
+    let mut wrong = Vec::new();
+    for q in &queries {
+        let body = q.to_json().to_string();
+        let parsed: AllowedQuery = serde_json::from_str(&body).unwrap();
+        if check(&snap, &parsed).allow != q.expect_allow {
+            wrong.push(body);
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} disagree, e.g. {:?}",
+        wrong.len(),
+        queries.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+}
