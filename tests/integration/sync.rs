@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::support::fake_control_plane::{
+use pdp_devkit::fake_control_plane::{
     FakeControlPlane, Fault, RetryAfter, Shape, ENV_KEY, LISTS, ORG_KEY, PROJECT_KEY,
 };
 
