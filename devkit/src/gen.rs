@@ -811,7 +811,6 @@ pub struct QueryMix<'a> {
     rng: ChaCha8Rng,
     /// Tenant-level assignments as indexes into `doc.role_assignments`.
     tenant_ras: Vec<usize>,
-    user_tenants: HashMap<&'a str, Vec<&'a str>>,
     /// Instance assignments by level of the chain (org, folder, file).
     chain_ras: [Vec<usize>; 3],
     /// subject → objects, for walking down the chain.
@@ -831,7 +830,6 @@ impl<'a> QueryMix<'a> {
             reference: Reference::new(doc),
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
             tenant_ras: Vec::new(),
-            user_tenants: HashMap::new(),
             chain_ras: [Vec::new(), Vec::new(), Vec::new()],
             children: HashMap::new(),
             instances: doc
@@ -841,16 +839,9 @@ impl<'a> QueryMix<'a> {
                 .collect(),
             documents: Vec::new(),
         };
-        // A user's tenants in the order of their first assignment there.
-        let mut seen_in: HashSet<(&str, &str)> = HashSet::new();
         for (i, ra) in doc.role_assignments.iter().enumerate() {
             match (&ra.resource_instance, &ra.tenant) {
-                (None, Some(t)) => {
-                    m.tenant_ras.push(i);
-                    if seen_in.insert((&ra.user, t)) {
-                        m.user_tenants.entry(&ra.user).or_default().push(t);
-                    }
-                }
+                (None, Some(_)) => m.tenant_ras.push(i),
                 (Some(inst), _) => {
                     if let Some(level) =
                         split_instance(inst).and_then(|(ty, _)| CHAIN.iter().position(|c| *c == ty))
@@ -1116,14 +1107,6 @@ impl<'a> QueryMix<'a> {
                 self.doc.role_assignments[i].user.clone()
             })
             .collect()
-    }
-
-    /// Tenants `user` holds a tenant role in, in assignment order.
-    pub fn tenants_of(&self, user: &str) -> &[&'a str] {
-        self.user_tenants
-            .get(user)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
     }
 }
 
