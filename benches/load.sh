@@ -6,7 +6,7 @@
 #
 # It builds release, installs wrk (Debian) if missing, generates the `large`
 # environment (100k users, 1M role assignments), starts the PDP on it and the
-# baseline (benches/baseline.rs), and measures:
+# baseline (devkit/src/bin/baseline.rs), and measures:
 #   - POST /allowed at 16 and 64 connections: req/s, p50/p99/p99.9, PDP/baseline
 #   - the same at 64 connections paced well below saturation (PACE_MS), once
 #     each: the latency when neither server is the bottleneck
@@ -53,8 +53,8 @@ ROUNDS=${ROUNDS:-3}
 STARTS=${STARTS:-5}
 SWAP_TRIGGER=${SWAP_TRIGGER:-sync}
 PDP_BIN=${PDP_BIN:-target/release/pdp}
-GEN_BIN=${GEN_BIN:-target/release/examples/gen}
-BASELINE_BIN=${BASELINE_BIN:-target/release/examples/baseline}
+GEN_BIN=${GEN_BIN:-target/release/gen}
+BASELINE_BIN=${BASELINE_BIN:-target/release/baseline}
 WORK=${LOAD_WORK:-target/load}
 PDP_PORT_=${LOAD_PDP_PORT:-18766}
 BASE_PORT=${LOAD_BASELINE_PORT:-18767}
@@ -85,8 +85,8 @@ declare -A R   # results: R[name.field]
 
 # ---- build, tools, data ------------------------------------------------------
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-  log "building release (cargo build --release --examples --bins)"
-  cargo build --release --examples --bins
+  log "building release (cargo build --release --bin pdp -p pdp-devkit --bin gen --bin baseline)"
+  cargo build --release -p pdp --bin pdp -p pdp-devkit --bin gen --bin baseline
 fi
 if ! command -v wrk >/dev/null; then
   log "installing wrk"

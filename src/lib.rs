@@ -17,8 +17,6 @@
 //! - [`config`]: defaults, `config/pdp.toml`, `PDP_*`, validated before bind.
 //! - [`metrics`]: Prometheus series, registered once, pre-resolved on the
 //!   hot path.
-//! - [`gen`]: deterministic generated environments and labelled query
-//!   mixes, for the benchmarks (`benches/`) and the load test.
 //! - [`sync`]: the background sync from the control plane, its request
 //!   budget and the offline backup.
 //! - [`run`] wires them: load the first snapshot, start the background
@@ -29,7 +27,6 @@ pub mod abac;
 pub mod authzen;
 pub mod config;
 pub mod decide;
-pub mod gen;
 pub mod http;
 pub mod metrics;
 pub mod model;

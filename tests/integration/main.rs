@@ -5,9 +5,9 @@ mod support;
 
 mod authzen;
 mod binary;
+mod generated;
 mod http;
 mod props;
-mod reference;
 mod sdk_fixture;
 mod semantics;
 mod sync;

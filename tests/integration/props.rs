@@ -16,8 +16,8 @@
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
-use crate::reference;
 use crate::support::engine::{doc, Engine};
+use pdp_devkit::reference::{self, Reference};
 
 const TENANTS: [&str; 3] = ["t0", "t1", "t2"];
 const TYPES: [&str; 3] = ["folder", "doc", "team"];
@@ -942,33 +942,33 @@ fn agree(d: &Value, queries: &[RawQuery]) -> Result<(), TestCaseError> {
         let q = allowed_query(rq);
         let (e, r) = (
             engine.allowed_debug(&q),
-            reference::allowed_response(&parsed, &q, true),
+            reference::allowed_response(&Reference::new(&parsed), &q, true),
         );
         prop_assert!(e == r, "{}", show("/allowed", &q, &e, &r));
         let (e, r) = (
             engine.allowed_tenants(&q),
-            reference::allowed_tenants(&parsed, &q),
+            reference::allowed_tenants(&Reference::new(&parsed), &q),
         );
         prop_assert!(e == r, "{}", show("/allowed/all-tenants", &q, &e, &r));
 
         let au = json!({"action": q["action"], "resource": q["resource"], "context": q["context"]});
         let (e, r) = (
             engine.authorized_users(&au),
-            reference::authorized_users(&parsed, &au),
+            reference::authorized_users(&Reference::new(&parsed), &au),
         );
         prop_assert!(e == r, "{}", show("/authorized_users", &au, &e, &r));
 
         let up = user_permissions_query(rq);
         let (e, r) = (
             engine.user_permissions(&up),
-            reference::user_permissions(&parsed, &up),
+            reference::user_permissions(&Reference::new(&parsed), &up),
         );
         prop_assert!(e == r, "{}", show("/user-permissions", &up, &e, &r));
 
         let ut = json!({"user": user_json(rq)});
         let (e, r) = (
             engine.user_tenants(&ut),
-            reference::user_tenants(&parsed, &ut),
+            reference::user_tenants(&Reference::new(&parsed), &ut),
         );
         prop_assert!(e == r, "{}", show("/user-tenants", &ut, &e, &r));
     }
@@ -976,7 +976,8 @@ fn agree(d: &Value, queries: &[RawQuery]) -> Result<(), TestCaseError> {
     let qs: Vec<Value> = queries.iter().map(allowed_query).collect();
     let bulk = engine.allowed_bulk(&qs);
     for (q, e) in qs.iter().zip(bulk) {
-        let r = reference::allowed_response(&parsed, q, false)["allow"] == json!(true);
+        let r =
+            reference::allowed_response(&Reference::new(&parsed), q, false)["allow"] == json!(true);
         prop_assert!(e == r, "{}", show("/allowed/bulk", q, &json!(e), &json!(r)));
     }
     Ok(())
@@ -1138,7 +1139,7 @@ proptest! {
         let parsed = doc(&d);
         let engine = Engine::build(&parsed)
             .map_err(|e| TestCaseError::fail(format!("engine refused a valid document: {e}\n{d}")))?;
-        let (e, r) = (engine.allowed_debug(&q), reference::allowed_response(&parsed, &q, true));
+        let (e, r) = (engine.allowed_debug(&q), reference::allowed_response(&Reference::new(&parsed), &q, true));
         prop_assert!(e == r, "/allowed differs\nquery: {q}\nengine:    {e}\nreference: {r}\ndocument: {d}");
     }
 }

@@ -7,8 +7,8 @@
 
 use serde_json::{json, Value};
 
-use crate::reference;
 use crate::support::engine::{doc, Engine};
+use pdp_devkit::reference::{self, Reference};
 
 /// An `/allowed` query.
 fn ask(user: &str, action: &str, resource: Value) -> Value {
@@ -23,7 +23,7 @@ fn table(d: &Value, rows: &[(&str, Value, bool)]) {
     let mut failures = Vec::new();
     for (name, q, want) in rows {
         let got = engine.allowed(q);
-        let reference = reference::allowed(&parsed, q);
+        let reference = reference::allowed(&Reference::new(&parsed), q);
         if got != *want || reference != *want {
             failures.push(format!(
                 "  {name}: want {want}, engine {got}, reference {reference}\n    query {q}"
@@ -305,7 +305,7 @@ fn debug_reasons_name_the_first_failing_step() {
             "engine debug for {q} should say {want}: {body}"
         );
         assert_eq!(
-            reference::decision(&parsed, &q).2,
+            reference::decision(&Reference::new(&parsed), &q).2,
             want,
             "reference for {q}"
         );
@@ -859,7 +859,7 @@ fn every_abac_operator_true_and_false() {
     for (name, cond, q, want) in rows {
         let d = abac_doc(cond);
         let engine = Engine::from_json(&d).allowed(&q);
-        let reference = reference::allowed(&doc(&d), &q);
+        let reference = reference::allowed(&Reference::new(&doc(&d)), &q);
         if engine != want || reference != want {
             failures.push(format!(
                 "  {name}: want {want}, engine {engine}, reference {reference}"
@@ -881,7 +881,7 @@ fn cond_rows(rows: Vec<(&str, Value, Value, bool)>) {
     for (name, cond, q, want) in rows {
         let d = abac_doc(cond);
         let engine = Engine::from_json(&d).allowed(&q);
-        let reference = reference::allowed(&doc(&d), &q);
+        let reference = reference::allowed(&Reference::new(&doc(&d)), &q);
         if engine != want || reference != want {
             failures.push(format!(
                 "  {name}: want {want}, engine {engine}, reference {reference}"
@@ -1454,7 +1454,7 @@ fn user_tenants_lists_tenants_with_a_tenant_role_in_key_order() {
         same(
             user,
             e.user_tenants(&q),
-            reference::user_tenants(&p, &q),
+            reference::user_tenants(&Reference::new(&p), &q),
             want,
         );
     }
@@ -1502,7 +1502,7 @@ fn all_tenants_tries_each_candidate_tenant() {
         same(
             name,
             e.allowed_tenants(&q),
-            reference::allowed_tenants(&p, &q),
+            reference::allowed_tenants(&Reference::new(&p), &q),
             json!({"allowed_tenants": want}),
         );
     }
@@ -1612,7 +1612,7 @@ fn user_permissions_entries_and_filters() {
         same(
             name,
             e.user_permissions(&q),
-            reference::user_permissions(&p, &q),
+            reference::user_permissions(&Reference::new(&p), &q),
             want,
         );
     }
@@ -1642,14 +1642,14 @@ fn user_permissions_abac_only_when_enabled() {
     same(
         "ABAC off",
         e.user_permissions(&off),
-        reference::user_permissions(&p, &off),
+        reference::user_permissions(&Reference::new(&p), &off),
         json!({"__tenant:acme": {"tenant": {"key": "acme"}, "permissions": [], "roles": ["member"]}}),
     );
     let on = json!({"user": {"key": "ann"}, "context": {"enable_abac_user_permissions": true}});
     same(
         "ABAC on",
         e.user_permissions(&on),
-        reference::user_permissions(&p, &on),
+        reference::user_permissions(&Reference::new(&p), &on),
         json!({
             "__tenant:acme": {"tenant": {"key": "acme"}, "permissions": ["document:read"], "roles": ["member"]},
             "document:pub": {"resource": {"key": "pub", "type": "document", "attributes": {"public": true}},
@@ -1707,7 +1707,7 @@ fn authorized_users_rbac_and_rebac_parts() {
         same(
             name,
             e.authorized_users(&q),
-            reference::authorized_users(&p, &q),
+            reference::authorized_users(&Reference::new(&p), &q),
             want,
         );
     }
@@ -1736,21 +1736,21 @@ fn implicit_instances_have_no_tenant() {
     same(
         "no filter",
         e.user_permissions(&q),
-        reference::user_permissions(&p, &q),
+        reference::user_permissions(&Reference::new(&p), &q),
         json!({"doc:implicit": entry}),
     );
     let q = json!({"user": {"key": "ann"}, "tenants": ["t0"]});
     same(
         "tenants filter",
         e.user_permissions(&q),
-        reference::user_permissions(&p, &q),
+        reference::user_permissions(&Reference::new(&p), &q),
         json!({}),
     );
     let q = json!({"user": {"key": "ben"}, "tenants": ["t0"], "context": {"enable_abac_user_permissions": true}});
     same(
         "ABAC over instances of the tenant",
         e.user_permissions(&q),
-        reference::user_permissions(&p, &q),
+        reference::user_permissions(&Reference::new(&p), &q),
         json!({}),
     );
 }
@@ -1778,14 +1778,14 @@ fn abac_user_permissions_agree_with_allowed_per_instance() {
         json!({"type": "doc", "key": "d1", "tenant": "t0"}),
     );
     assert!(
-        !e.allowed(&check) && !reference::allowed(&p, &check),
+        !e.allowed(&check) && !reference::allowed(&Reference::new(&p), &check),
         "/allowed denies d1"
     );
     let q = json!({"user": {"key": "ann"}, "tenants": ["t0"], "context": {"enable_abac_user_permissions": true}});
     same(
         "so user-permissions lists nothing",
         e.user_permissions(&q),
-        reference::user_permissions(&p, &q),
+        reference::user_permissions(&Reference::new(&p), &q),
         json!({}),
     );
 }

@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::support::fake_control_plane::{
+use pdp_devkit::fake_control_plane::{
     FakeControlPlane, Fault, RetryAfter, Shape, ENV_KEY, LISTS, ORG_KEY, PROJECT_KEY,
 };
 
@@ -999,7 +999,7 @@ async fn sync_requests_wait_out_the_backoff_and_the_least_gap() {
 #[tokio::test]
 async fn unauthenticated_health_shows_no_sync_detail() {
     use crate::binary::free_port;
-    use crate::support::fake_control_plane::PROJECT_ID;
+    use pdp_devkit::fake_control_plane::PROJECT_ID;
 
     let fake = FakeControlPlane::start(&environment(250), Shape::Bare).await;
     // A user repeated on the next page: the error names that user.
@@ -1058,7 +1058,7 @@ async fn unauthenticated_health_shows_no_sync_detail() {
 /// was serving keeps serving.
 #[tokio::test]
 async fn an_endless_page_fails_the_sync_not_the_process() {
-    use crate::support::fake_control_plane::{ENV_ID, ORG_ID, PROJECT_ID};
+    use pdp_devkit::fake_control_plane::{ENV_ID, ORG_ID, PROJECT_ID};
     use std::sync::atomic::{AtomicU64, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -1,11 +1,8 @@
 //! Test helpers: the real HTTP server on 127.0.0.1:0, fed a data document;
-//! `engine` calls the decision functions directly, JSON in and out;
-//! `fake_control_plane` is a control plane to sync from.
-
-#![allow(dead_code)]
+//! `engine` calls the decision functions directly, JSON in and out. The
+//! fake control plane to sync from is `pdp_devkit::fake_control_plane`.
 
 pub mod engine;
-pub mod fake_control_plane;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,7 +21,6 @@ pub struct TestServer {
     pub base_url: String,
     pub addr: std::net::SocketAddr,
     pub store: Arc<Store>,
-    pub refresh: Arc<Notify>,
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -66,12 +62,11 @@ impl TestServer {
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let refresh = Arc::new(Notify::new());
         let app = Arc::new(App {
             store: store.clone(),
             settings,
             metrics: Arc::new(Metrics::new(prometheus::Registry::new()).unwrap()),
-            refresh: refresh.clone(),
+            refresh: Arc::new(Notify::new()),
             sync_state: None,
         });
         let (tx, rx) = oneshot::channel::<()>();
@@ -82,7 +77,6 @@ impl TestServer {
             base_url: format!("http://{addr}"),
             addr,
             store,
-            refresh,
             client: reqwest::Client::new(),
             stop: Some(tx),
             task: Some(task),

@@ -6,87 +6,32 @@
 //! RSS figures are the PDP's alone. Run:
 //!
 //! ```text
-//! cargo run --release --example sync_bench [users] [assignments]
+//! cargo run --release -p pdp-devkit --bin sync_bench [users] [assignments]
 //! ```
 //!
 //! The data is generated here (a simple generator: users in tenants,
 //! tenant roles, instance roles on documents, folder tuples) rather than by
-//! `pdp::gen`, which was not on `main` when this was written.
+//! `pdp_devkit::gen`, so the figures in `docs/sync.md` stay comparable.
 
-#[path = "../tests/integration/support/fake_control_plane.rs"]
-mod fake_control_plane;
-
-/// Live heap bytes, current and peak. RSS alone misleads here: glibc keeps
-/// freed pages of the transient data document mapped, so RSS after a sync
-/// overstates what the PDP holds; the heap count says what is live.
-mod heap {
-    use std::alloc::{GlobalAlloc, Layout, System};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    pub struct Counting;
-    static LIVE: AtomicUsize = AtomicUsize::new(0);
-    static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-    // SAFETY: every call is forwarded unchanged to the system allocator;
-    // only byte counts are added. Measurement code in an example, outside
-    // the `forbid(unsafe_code)` library.
-    unsafe impl GlobalAlloc for Counting {
-        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            let p = unsafe { System.alloc(layout) };
-            if !p.is_null() {
-                let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-                PEAK.fetch_max(now, Ordering::Relaxed);
-            }
-            p
-        }
-
-        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-            unsafe { System.dealloc(ptr, layout) };
-            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        }
-
-        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-            let p = unsafe { System.realloc(ptr, layout, new_size) };
-            if !p.is_null() {
-                if new_size >= layout.size() {
-                    let grow = new_size - layout.size();
-                    let now = LIVE.fetch_add(grow, Ordering::Relaxed) + grow;
-                    PEAK.fetch_max(now, Ordering::Relaxed);
-                } else {
-                    LIVE.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
-                }
-            }
-            p
-        }
-    }
-
-    pub fn live() -> usize {
-        LIVE.load(Ordering::Relaxed)
-    }
-
-    pub fn peak() -> usize {
-        PEAK.load(Ordering::Relaxed)
-    }
-
-    pub fn reset_peak() {
-        PEAK.store(live(), Ordering::Relaxed);
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: heap::Counting = heap::Counting;
-
+use std::alloc::System;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fake_control_plane::{FakeControlPlane, Shape, ENV_KEY};
 use pdp::model::DataDocument;
 use pdp::store::Store;
 use pdp::sync::{SyncConfig, SyncState, Syncer};
+use pdp_devkit::counting::{self, Counting};
+use pdp_devkit::fake_control_plane::{FakeControlPlane, Shape, ENV_KEY};
 use serde_json::json;
 use tokio::sync::{watch, Notify};
+
+/// Live heap bytes, current and peak. RSS alone misleads here: glibc keeps
+/// freed pages of the transient data document mapped, so RSS after a sync
+/// overstates what the PDP holds; the heap count says what is live.
+#[global_allocator]
+static ALLOCATOR: Counting<System> = Counting::new(System);
 
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -280,9 +225,9 @@ async fn measure(users: usize, assignments: usize) {
     let (stop, stop_rx) = watch::channel(false);
 
     let baseline = status_kb("VmRSS:");
-    let heap_baseline = heap::live();
+    let heap_baseline = counting::live_bytes();
     reset_peak();
-    heap::reset_peak();
+    counting::reset_peak();
     let started = Instant::now();
     let task = tokio::spawn(syncer.run(store.clone(), trigger.clone(), stop_rx));
     let wait_syncs = |n: u64| {
@@ -298,10 +243,10 @@ async fn measure(users: usize, assignments: usize) {
     let s1 = state.status();
     assert_eq!(s1.last_outcome, Some("swapped"), "{s1:?}");
     let cold_peak = status_kb("VmHWM:");
-    let heap_cold_peak = heap::peak();
+    let heap_cold_peak = counting::peak_bytes();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let steady = status_kb("VmRSS:");
-    let heap_steady = heap::live();
+    let heap_steady = counting::live_bytes();
     let backup_bytes = std::fs::metadata(backups.path().join(pdp::sync::BACKUP_FILE))
         .map(|m| m.len())
         .unwrap_or(0);
@@ -324,7 +269,7 @@ async fn measure(users: usize, assignments: usize) {
             Some("bumped")
         );
         reset_peak();
-        heap::reset_peak();
+        counting::reset_peak();
         if round == 0 {
             before_swap = status_kb("VmRSS:");
         }
@@ -335,10 +280,10 @@ async fn measure(users: usize, assignments: usize) {
         let s2 = state.status();
         assert_eq!(s2.last_outcome, Some("swapped"), "{s2:?}");
         swap_peak = status_kb("VmHWM:");
-        heap_swap_peak = heap::peak();
+        heap_swap_peak = counting::peak_bytes();
         tokio::time::sleep(Duration::from_millis(500)).await;
         after_swap = status_kb("VmRSS:");
-        heap_after_swap = heap::live();
+        heap_after_swap = counting::live_bytes();
         eprintln!(
             "changed sync {}: {:.2} s, peak RSS {:.1} MiB, RSS after {:.1} MiB, live heap peak {:.1} MiB",
             round + 1,

@@ -1,7 +1,7 @@
 //! Writes a generated data document (and, for the load test, request bodies).
 //!
 //! ```text
-//! cargo run --release --example gen -- --preset large --seed 7 --out env.json \
+//! cargo run --release -p pdp-devkit --bin gen -- --preset large --seed 7 --out env.json \
 //!     [--load-dir DIR [--queries 20000]] [--backup-dir DIR]
 //! ```
 //!
@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use pdp::gen::{generate, user_permissions_body, GenSpec, QueryMix};
+use pdp_devkit::gen::{generate, user_permissions_body, GenSpec, QueryMix};
 
 struct Args {
     spec: GenSpec,

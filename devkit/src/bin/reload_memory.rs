@@ -4,63 +4,21 @@
 //! bytes and peak at each step (with the process's RSS for comparison).
 //!
 //! ```text
-//! cargo run --release --example reload_memory -- target/load/large-7/env.json
+//! cargo run --release -p pdp-devkit --bin reload_memory -- target/load/large-7/env.json
 //! ```
 //!
-//! The allocator is the PDP's own (mimalloc), wrapped to count. Capacity
-//! reserved but not yet written counts in full here, though the OS backs
-//! it only when touched, so the peaks are upper bounds on what RSS sees.
+//! The allocator is the PDP's own (mimalloc), wrapped to count
+//! (`pdp_devkit::counting`, whose peaks are upper bounds on what RSS sees).
 
-use std::alloc::{GlobalAlloc, Layout};
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
+use mimalloc::MiMalloc;
 use pdp::snapshot::Snapshot;
-
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-static INNER: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn grew(bytes: usize) {
-    let live = LIVE.fetch_add(bytes, Relaxed) + bytes;
-    PEAK.fetch_max(live, Relaxed);
-}
-
-// SAFETY: forwards to mimalloc unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        grew(layout.size());
-        // SAFETY: the caller's contract is passed on as is.
-        unsafe { INNER.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        grew(layout.size());
-        // SAFETY: as above.
-        unsafe { INNER.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Relaxed);
-        // SAFETY: as above.
-        unsafe { INNER.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // Both blocks are live while the old one is copied.
-        grew(new_size);
-        // SAFETY: as above.
-        let moved = unsafe { INNER.realloc(ptr, layout, new_size) };
-        LIVE.fetch_sub(layout.size(), Relaxed);
-        moved
-    }
-}
+use pdp_devkit::counting::{self, Counting};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: Counting<MiMalloc> = Counting::new(MiMalloc);
 
 fn mib(bytes: usize) -> f64 {
     bytes as f64 / (1 << 20) as f64
@@ -80,14 +38,14 @@ fn status_kib(field: &str) -> String {
 /// Prints the step and returns its peak, then starts the next step's peak
 /// from what is live now.
 fn step(what: &str) -> usize {
-    let peak = PEAK.load(Relaxed);
+    let peak = counting::peak_bytes();
     println!(
         "{what:<34} live {:7.1} MiB   peak {:7.1} MiB   (VmRSS {} kB)",
-        mib(LIVE.load(Relaxed)),
+        mib(counting::live_bytes()),
         mib(peak),
         status_kib("VmRSS:")
     );
-    PEAK.store(LIVE.load(Relaxed), Relaxed);
+    counting::reset_peak();
     peak
 }
 
@@ -105,7 +63,7 @@ fn run(path: &Path) -> Result<(), String> {
     step("start");
     println!("first load:");
     let (serving, _) = load(path)?;
-    let steady = LIVE.load(Relaxed);
+    let steady = counting::live_bytes();
     println!("reload beside it:");
     let (reloaded, peak) = load(path)?;
     drop(serving);

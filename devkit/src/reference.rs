@@ -1,18 +1,110 @@
 //! The reference evaluator: `docs/semantics.md` written out as plainly as
-//! possible, to judge the engine by.
+//! possible, to judge the engine by, and to label the generator's queries.
+//! With `decide` in the product, it is the one other copy of the decision
+//! rules, on purpose: two independent readings of the spec that must agree.
 //!
-//! It shares no code with `src/`: it reads the raw [`DataDocument`] and the
-//! request JSON, and answers every endpoint with the response JSON. Nothing
-//! is indexed or precomputed; every question re-reads the whole document,
-//! and derived roles are a fixpoint over all tuples. It is slow on purpose:
-//! each function should be checkable line by line against the spec section
-//! named in its doc comment. Where the spec leaves a point open this file
-//! says so, and the property test's generator stays away from it.
+//! It shares no code with `pdp`'s engine: it reads the raw [`DataDocument`]
+//! and the request JSON, and answers every endpoint with the response JSON.
+//! The only thing built ahead is [`Reference`]: lookups by key (a user, a
+//! user's assignments, a tenant, an instance, the tuples from an instance),
+//! so that labelling tens of thousands of queries on a million assignments
+//! takes seconds; each is a plain `HashMap` over the document's own entries.
+//! Nothing else is precomputed: every question re-derives its answer, and
+//! derived roles are a fixpoint over tuples. It is slow on purpose: each
+//! function should be checkable line by line against the spec section named
+//! in its doc comment. Where the spec leaves a point open this file says so,
+//! and the property test's generator stays away from it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Deref;
 
-use pdp::model::{ConditionSet, ConditionSetType, DataDocument, Resource};
+use pdp::model::{
+    ConditionSet, ConditionSetType, DataDocument, RelationshipTuple, Resource, ResourceInstance,
+    RoleAssignment, Tenant, User,
+};
 use serde_json::{json, Map, Value};
+
+/// A data document with lookups by key, built once; it reads as the
+/// document itself everywhere else.
+pub struct Reference<'d> {
+    doc: &'d DataDocument,
+    /// Every `users[]` entry with that key, in document order.
+    users_by_key: HashMap<&'d str, Vec<&'d User>>,
+    /// The first `tenants[]` entry with that key.
+    tenant_by_key: HashMap<&'d str, &'d Tenant>,
+    /// Every role assignment of that user, in document order.
+    assignments_by_user: HashMap<&'d str, Vec<&'d RoleAssignment>>,
+    /// The first `resource_instances[]` entry with that (type, key).
+    instance_by_key: HashMap<(&'d str, &'d str), &'d ResourceInstance>,
+    /// Every tuple whose subject is that instance.
+    tuples_by_subject: HashMap<&'d str, Vec<&'d RelationshipTuple>>,
+}
+
+impl<'d> Reference<'d> {
+    pub fn new(doc: &'d DataDocument) -> Self {
+        let mut r = Reference {
+            doc,
+            users_by_key: HashMap::new(),
+            tenant_by_key: HashMap::new(),
+            assignments_by_user: HashMap::new(),
+            instance_by_key: HashMap::new(),
+            tuples_by_subject: HashMap::new(),
+        };
+        for u in &doc.users {
+            r.users_by_key.entry(&u.key).or_default().push(u);
+        }
+        for t in &doc.tenants {
+            r.tenant_by_key.entry(&t.key).or_insert(t);
+        }
+        for a in &doc.role_assignments {
+            r.assignments_by_user.entry(&a.user).or_default().push(a);
+        }
+        for i in &doc.resource_instances {
+            r.instance_by_key.entry((&i.resource, &i.key)).or_insert(i);
+        }
+        for t in &doc.relationship_tuples {
+            r.tuples_by_subject.entry(&t.subject).or_default().push(t);
+        }
+        r
+    }
+
+    fn users_named(&self, key: &str) -> &[&'d User] {
+        self.users_by_key
+            .get(key)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    fn tenant(&self, key: &str) -> Option<&'d Tenant> {
+        self.tenant_by_key.get(key).copied()
+    }
+
+    fn assignments_of(&self, user: &str) -> &[&'d RoleAssignment] {
+        self.assignments_by_user
+            .get(user)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    fn instance(&self, ty: &str, key: &str) -> Option<&'d ResourceInstance> {
+        self.instance_by_key.get(&(ty, key)).copied()
+    }
+
+    fn tuples_from(&self, instance: &str) -> &[&'d RelationshipTuple] {
+        self.tuples_by_subject
+            .get(instance)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+}
+
+impl Deref for Reference<'_> {
+    type Target = DataDocument;
+
+    fn deref(&self) -> &DataDocument {
+        self.doc
+    }
+}
 
 // ---------------------------------------------------------------------------
 // Reading the request (contract §1.4-§1.9)
@@ -91,13 +183,13 @@ impl Query {
 // Permissions and roles (§1)
 // ---------------------------------------------------------------------------
 
-fn resource<'d>(doc: &'d DataDocument, ty: &str) -> Option<&'d Resource> {
+fn resource<'d>(doc: &'d Reference, ty: &str) -> Option<&'d Resource> {
     doc.resources.iter().find(|r| r.key == ty)
 }
 
 /// The actions a permission naming `name` on `ty` grants: the action itself,
 /// or every action of the group; nothing for an unknown type or action.
-fn expand(doc: &DataDocument, ty: &str, name: &str) -> BTreeSet<String> {
+fn expand(doc: &Reference, ty: &str, name: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let Some(r) = resource(doc, ty) else {
         return out;
@@ -129,7 +221,7 @@ fn closure(start: &str, extends_of: impl Fn(&str) -> Vec<String>) -> BTreeSet<St
 }
 
 /// Flattened `(type, action)` grants of a tenant role.
-pub fn tenant_role_grants(doc: &DataDocument, role: &str) -> BTreeSet<(String, String)> {
+pub fn tenant_role_grants(doc: &Reference, role: &str) -> BTreeSet<(String, String)> {
     let roles = closure(role, |r| {
         doc.roles
             .iter()
@@ -151,7 +243,7 @@ pub fn tenant_role_grants(doc: &DataDocument, role: &str) -> BTreeSet<(String, S
 }
 
 /// Flattened actions of resource role `ty#role`.
-pub fn resource_role_actions(doc: &DataDocument, ty: &str, role: &str) -> BTreeSet<String> {
+pub fn resource_role_actions(doc: &Reference, ty: &str, role: &str) -> BTreeSet<String> {
     let Some(res) = resource(doc, ty) else {
         return BTreeSet::new();
     };
@@ -172,16 +264,16 @@ pub fn resource_role_actions(doc: &DataDocument, ty: &str, role: &str) -> BTreeS
     out
 }
 
-fn is_resource_role(doc: &DataDocument, ty: &str, role: &str) -> bool {
+fn is_resource_role(doc: &Reference, ty: &str, role: &str) -> bool {
     resource(doc, ty).is_some_and(|r| r.roles.contains_key(role))
 }
 
-pub fn user_known(doc: &DataDocument, user: &str) -> bool {
-    doc.users.iter().any(|u| u.key == user)
+pub fn user_known(doc: &Reference, user: &str) -> bool {
+    !doc.users_named(user).is_empty()
 }
 
-fn tenant_known(doc: &DataDocument, t: &str) -> bool {
-    doc.tenants.iter().any(|x| x.key == t)
+fn tenant_known(doc: &Reference, t: &str) -> bool {
+    doc.tenant(t).is_some()
 }
 
 fn is_tenant_assignment(ri: &Option<String>) -> bool {
@@ -190,16 +282,16 @@ fn is_tenant_assignment(ri: &Option<String>) -> bool {
 
 /// Every `(tenant, role)` the user holds at tenant level: `role_assignments`
 /// without an instance, merged with `users[].roles` (§3).
-pub fn tenant_assignments(doc: &DataDocument, user: &str) -> BTreeSet<(String, String)> {
+pub fn tenant_assignments(doc: &Reference, user: &str) -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
-    for a in &doc.role_assignments {
-        if a.user == user && is_tenant_assignment(&a.resource_instance) {
+    for a in doc.assignments_of(user) {
+        if is_tenant_assignment(&a.resource_instance) {
             if let Some(t) = a.tenant.as_deref().filter(|t| !t.is_empty()) {
                 out.insert((t.to_owned(), a.role.clone()));
             }
         }
     }
-    for u in doc.users.iter().filter(|u| u.key == user) {
+    for u in doc.users_named(user) {
         for r in &u.roles {
             if let Some(t) = r.tenant.as_deref().filter(|t| !t.is_empty()) {
                 out.insert((t.to_owned(), r.role.clone()));
@@ -210,7 +302,7 @@ pub fn tenant_assignments(doc: &DataDocument, user: &str) -> BTreeSet<(String, S
 }
 
 /// The user's tenant roles in `t`, sorted.
-pub fn tenant_roles(doc: &DataDocument, user: &str, t: &str) -> BTreeSet<String> {
+pub fn tenant_roles(doc: &Reference, user: &str, t: &str) -> BTreeSet<String> {
     tenant_assignments(doc, user)
         .into_iter()
         .filter(|(tt, _)| tt == t)
@@ -219,7 +311,7 @@ pub fn tenant_roles(doc: &DataDocument, user: &str, t: &str) -> BTreeSet<String>
 }
 
 /// The tenants where the user has a tenant role, sorted.
-pub fn tenants_of(doc: &DataDocument, user: &str) -> BTreeSet<String> {
+pub fn tenants_of(doc: &Reference, user: &str) -> BTreeSet<String> {
     tenant_assignments(doc, user)
         .into_iter()
         .map(|(t, _)| t)
@@ -230,7 +322,7 @@ pub fn tenants_of(doc: &DataDocument, user: &str) -> BTreeSet<String> {
 // RBAC (§3)
 // ---------------------------------------------------------------------------
 
-pub fn rbac(doc: &DataDocument, q: &Query) -> bool {
+pub fn rbac(doc: &Reference, q: &Query) -> bool {
     let Some(t) = &q.tenant else { return false };
     if !user_known(doc, &q.user) || !tenant_known(doc, t) {
         return false;
@@ -249,10 +341,9 @@ fn type_of(instance: &str) -> &str {
 }
 
 /// `(instance, role)` pairs from assignments naming an instance (§4.1).
-pub fn direct_roles(doc: &DataDocument, user: &str) -> BTreeSet<(String, String)> {
-    doc.role_assignments
+pub fn direct_roles(doc: &Reference, user: &str) -> BTreeSet<(String, String)> {
+    doc.assignments_of(user)
         .iter()
-        .filter(|a| a.user == user)
         .filter_map(|a| {
             let i = a.resource_instance.as_deref().filter(|i| !i.is_empty())?;
             Some((i.to_owned(), a.role.clone()))
@@ -265,12 +356,19 @@ pub fn direct_roles(doc: &DataDocument, user: &str) -> BTreeSet<(String, String)
 /// tuple until nothing new appears. A pair is only ever added because of a
 /// pair already held, so everything held rests on a finite chain ending in a
 /// direct assignment, and cycles in tuples simply stop adding.
-pub fn instance_roles(doc: &DataDocument, user: &str) -> BTreeSet<(String, String)> {
+pub fn instance_roles(doc: &Reference, user: &str) -> BTreeSet<(String, String)> {
     let direct = direct_roles(doc, user);
     let has_direct: BTreeSet<&str> = direct.iter().map(|(i, _)| i.as_str()).collect();
     let mut held = direct.clone();
     loop {
         let mut added = Vec::new();
+        // Only a tuple whose subject is held can pass the `held` test below,
+        // so the others are not read.
+        let near: Vec<&RelationshipTuple> = held
+            .iter()
+            .flat_map(|(subject, _)| doc.tuples_from(subject))
+            .copied()
+            .collect();
         for res in &doc.resources {
             for (role, def) in &res.roles {
                 let Some(gt) = &def.granted_to else { continue };
@@ -284,7 +382,7 @@ pub fn instance_roles(doc: &DataDocument, user: &str) -> BTreeSet<(String, Strin
                             .when
                             .as_ref()
                             .is_some_and(|w| w.no_direct_roles_on_object);
-                    for tup in &doc.relationship_tuples {
+                    for tup in &near {
                         if tup.relation != rule.linked_by_relation
                             || type_of(&tup.object) != res.key
                             || type_of(&tup.subject) != rule.on_resource
@@ -313,7 +411,7 @@ pub fn instance_roles(doc: &DataDocument, user: &str) -> BTreeSet<(String, Strin
 }
 
 /// The user's roles on `instance`, sorted.
-pub fn roles_on(doc: &DataDocument, user: &str, instance: &str) -> BTreeSet<String> {
+pub fn roles_on(doc: &Reference, user: &str, instance: &str) -> BTreeSet<String> {
     instance_roles(doc, user)
         .into_iter()
         .filter(|(i, _)| i == instance)
@@ -321,7 +419,7 @@ pub fn roles_on(doc: &DataDocument, user: &str, instance: &str) -> BTreeSet<Stri
         .collect()
 }
 
-pub fn rebac(doc: &DataDocument, q: &Query) -> bool {
+pub fn rebac(doc: &Reference, q: &Query) -> bool {
     let (Some(_), Some(key)) = (&q.tenant, &q.key) else {
         return false;
     };
@@ -351,14 +449,14 @@ fn layer(into: &mut Map<String, Value>, over: Option<&Map<String, Value>>) {
 }
 
 pub fn user_attrs(
-    doc: &DataDocument,
+    doc: &Reference,
     user: &str,
     t: &str,
     request: &Map<String, Value>,
 ) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("key".into(), json!(user));
-    if let Some(u) = doc.users.iter().find(|u| u.key == user) {
+    if let Some(u) = doc.users_named(user).first() {
         for (name, v) in [
             ("email", &u.email),
             ("first_name", &u.first_name),
@@ -384,19 +482,12 @@ pub fn user_attrs(
     m
 }
 
-fn instance_attrs<'d>(
-    doc: &'d DataDocument,
-    ty: &str,
-    key: &str,
-) -> Option<&'d Map<String, Value>> {
-    doc.resource_instances
-        .iter()
-        .find(|i| i.resource == ty && i.key == key)
-        .and_then(|i| i.attributes.object())
+fn instance_attrs<'d>(doc: &'d Reference, ty: &str, key: &str) -> Option<&'d Map<String, Value>> {
+    doc.instance(ty, key).and_then(|i| i.attributes.object())
 }
 
 pub fn resource_attrs(
-    doc: &DataDocument,
+    doc: &Reference,
     ty: &str,
     key: Option<&str>,
     t: &str,
@@ -415,17 +506,17 @@ pub fn resource_attrs(
     m
 }
 
-pub fn tenant_attrs(doc: &DataDocument, user: &str, t: &str) -> Map<String, Value> {
+pub fn tenant_attrs(doc: &Reference, user: &str, t: &str) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("key".into(), json!(t));
     if !tenant_roles(doc, user, t).is_empty() {
-        let stored = doc.tenants.iter().find(|x| x.key == t);
+        let stored = doc.tenant(t);
         layer(&mut m, stored.and_then(|x| x.attributes.object()));
     }
     m
 }
 
-pub fn attrs_for(doc: &DataDocument, q: &Query, t: &str) -> Attrs {
+pub fn attrs_for(doc: &Reference, q: &Query, t: &str) -> Attrs {
     Attrs {
         user: user_attrs(doc, &q.user, t, &q.user_attrs),
         resource: resource_attrs(doc, &q.ty, q.key.as_deref(), t, &q.resource_attrs),
@@ -620,7 +711,7 @@ pub fn eval(cond: &Value, attrs: &Attrs) -> bool {
 
 const AUTOGEN: &str = "__autogen_";
 
-fn find_set<'d>(doc: &'d DataDocument, name: &str) -> Option<&'d ConditionSet> {
+fn find_set<'d>(doc: &'d Reference, name: &str) -> Option<&'d ConditionSet> {
     doc.condition_sets
         .iter()
         .find(|s| s.key == name)
@@ -631,7 +722,7 @@ fn find_set<'d>(doc: &'d DataDocument, name: &str) -> Option<&'d ConditionSet> {
         })
 }
 
-fn bound_type(doc: &DataDocument, set: &ConditionSet) -> Option<String> {
+fn bound_type(doc: &Reference, set: &ConditionSet) -> Option<String> {
     if let Some(r) = &set.resource {
         return Some(r.key().to_owned());
     }
@@ -643,7 +734,7 @@ fn bound_type(doc: &DataDocument, set: &ConditionSet) -> Option<String> {
 }
 
 /// The set's own conditions and those of every ancestor hold.
-fn conditions_hold(doc: &DataDocument, set: &ConditionSet, attrs: &Attrs) -> bool {
+fn conditions_hold(doc: &Reference, set: &ConditionSet, attrs: &Attrs) -> bool {
     let mut seen = BTreeSet::new();
     let mut cur = Some(set);
     while let Some(s) = cur {
@@ -656,7 +747,7 @@ fn conditions_hold(doc: &DataDocument, set: &ConditionSet, attrs: &Attrs) -> boo
 }
 
 fn user_set_matches(
-    doc: &DataDocument,
+    doc: &Reference,
     name: &str,
     attrs: &Attrs,
     real_roles: &BTreeSet<String>,
@@ -670,7 +761,7 @@ fn user_set_matches(
     }
 }
 
-fn resource_set_matches(doc: &DataDocument, name: &str, ty: &str, attrs: &Attrs) -> bool {
+fn resource_set_matches(doc: &Reference, name: &str, ty: &str, attrs: &Attrs) -> bool {
     if let Some(t) = name.strip_prefix(AUTOGEN) {
         return t == ty;
     }
@@ -684,7 +775,7 @@ fn resource_set_matches(doc: &DataDocument, name: &str, ty: &str, attrs: &Attrs)
 
 /// The actions of `ty` that rules grant to the query's user on its resource.
 fn abac_actions(
-    doc: &DataDocument,
+    doc: &Reference,
     q: &Query,
     t: &str,
     only_autogen: Option<bool>,
@@ -712,7 +803,7 @@ fn abac_actions(
     out
 }
 
-pub fn abac(doc: &DataDocument, q: &Query) -> bool {
+pub fn abac(doc: &Reference, q: &Query) -> bool {
     let Some(t) = &q.tenant else { return false };
     abac_actions(doc, q, t, None).contains(&q.action)
 }
@@ -722,7 +813,7 @@ pub fn abac(doc: &DataDocument, q: &Query) -> bool {
 // ---------------------------------------------------------------------------
 
 /// `(allow, allowing_sources, reason)`.
-pub fn decision(doc: &DataDocument, q: &Value) -> (bool, Vec<&'static str>, &'static str) {
+pub fn decision(doc: &Reference, q: &Value) -> (bool, Vec<&'static str>, &'static str) {
     let q = Query::parse(q);
     let mut sources = Vec::new();
     for (name, yes) in [
@@ -752,12 +843,12 @@ pub fn decision(doc: &DataDocument, q: &Value) -> (bool, Vec<&'static str>, &'st
     (!sources.is_empty(), sources, reason)
 }
 
-pub fn allowed(doc: &DataDocument, q: &Value) -> bool {
+pub fn allowed(doc: &Reference, q: &Value) -> bool {
     decision(doc, q).0
 }
 
 /// The `/allowed` response body, with or without the debug part.
-pub fn allowed_response(doc: &DataDocument, q: &Value, debug: bool) -> Value {
+pub fn allowed_response(doc: &Reference, q: &Value, debug: bool) -> Value {
     let (allow, sources, reason) = decision(doc, q);
     let mut body = json!({"allow": allow, "result": allow});
     if debug {
@@ -766,7 +857,7 @@ pub fn allowed_response(doc: &DataDocument, q: &Value, debug: bool) -> Value {
     body
 }
 
-fn tenant_object(doc: &DataDocument, t: &str) -> Value {
+fn tenant_object(doc: &Reference, t: &str) -> Value {
     let attrs = doc
         .tenants
         .iter()
@@ -781,7 +872,7 @@ fn tenant_object(doc: &DataDocument, t: &str) -> Value {
 // ---------------------------------------------------------------------------
 
 /// `/allowed/all-tenants`.
-pub fn allowed_tenants(doc: &DataDocument, q: &Value) -> Value {
+pub fn allowed_tenants(doc: &Reference, q: &Value) -> Value {
     let (user, _) = user_of(q);
     let candidates: BTreeSet<String> = if user_known(doc, &user) {
         tenants_of(doc, &user)
@@ -802,7 +893,7 @@ pub fn allowed_tenants(doc: &DataDocument, q: &Value) -> Value {
 }
 
 /// `/user-tenants`.
-pub fn user_tenants(doc: &DataDocument, q: &Value) -> Value {
+pub fn user_tenants(doc: &Reference, q: &Value) -> Value {
     let (user, _) = user_of(q);
     Value::Array(
         tenants_of(doc, &user)
@@ -828,16 +919,13 @@ fn str_list(v: Option<&Value>) -> Option<Vec<String>> {
     })
 }
 
-fn instance_tenant(doc: &DataDocument, instance: &str) -> Option<String> {
+fn instance_tenant(doc: &Reference, instance: &str) -> Option<String> {
     let (ty, key) = instance.split_once(':')?;
-    doc.resource_instances
-        .iter()
-        .find(|i| i.resource == ty && i.key == key)
-        .and_then(|i| i.tenant.clone())
+    doc.instance(ty, key).and_then(|i| i.tenant.clone())
 }
 
 /// `/user-permissions`.
-pub fn user_permissions(doc: &DataDocument, q: &Value) -> Value {
+pub fn user_permissions(doc: &Reference, q: &Value) -> Value {
     let (user, user_attrs) = user_of(q);
     let tenants_filter = str_list(q.get("tenants"));
     let resources_filter = str_list(q.get("resources"));
@@ -956,7 +1044,7 @@ pub fn user_permissions(doc: &DataDocument, q: &Value) -> Value {
 }
 
 /// `/authorized_users`.
-pub fn authorized_users(doc: &DataDocument, q: &Value) -> Value {
+pub fn authorized_users(doc: &Reference, q: &Value) -> Value {
     let q = Query::parse(q);
     let t = q.tenant.clone().unwrap_or_else(|| "default".to_owned());
     let mut users: BTreeSet<String> = doc.users.iter().map(|u| u.key.clone()).collect();

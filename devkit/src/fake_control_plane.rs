@@ -7,8 +7,8 @@
 //!
 //! Items are kept as pre-serialized JSON text so the benchmark can serve a
 //! million role assignments without holding a million `serde_json::Value`s.
-//! Also compiled into `examples/sync_bench.rs` via `#[path]`.
-#![allow(dead_code)] // each user of this file uses a different part of it
+//! The integration tests (`tests/integration/sync.rs`) and the full-sync
+//! benchmark (`src/bin/sync_bench.rs`) both drive it.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -91,7 +91,6 @@ pub enum RetryAfter {
 pub struct Logged {
     pub at: Instant,
     pub path: String,
-    pub query: String,
     /// `facts`, `schema` or `other`.
     pub class: &'static str,
     pub status: u16,
@@ -175,10 +174,6 @@ impl FakeControlPlane {
         s.generation += 1;
     }
 
-    pub fn set_shape(&self, shape: Shape) {
-        self.lock().shape = shape;
-    }
-
     /// Fail every request to `list` (a path name from [`LISTS`], or `*`).
     pub fn fail(&self, list: &'static str, fault: Fault) {
         self.lock().faults.push((list, fault, None));
@@ -217,22 +212,10 @@ impl FakeControlPlane {
         self.lock().log.clone()
     }
 
-    pub fn clear_log(&self) {
-        self.lock().log.clear();
-    }
-
     /// Stop accepting and drop every open connection: the PDP sees
     /// connection refused / reset, as when the control plane is down.
     pub fn go_down(&self) {
         self.shared.go_down();
-    }
-
-    pub fn is_up(&self) -> bool {
-        self.shared
-            .server
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
     }
 
     /// Listen again on the same address.
@@ -340,7 +323,6 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
         s.log.push(Logged {
             at: Instant::now(),
             path: req.uri().path().to_owned(),
-            query: req.uri().query().unwrap_or("").to_owned(),
             class: class_of(req.uri().path()),
             status,
         });

@@ -16,20 +16,22 @@
 //!   on document attributes, and an `__autogen_` resource set.
 //!
 //! [`QueryMix`] draws `/allowed` queries aimed at allow and at deny, and labels
-//! each with the answer an independent, schema-aware evaluator gives, so a
+//! each with the reference evaluator's answer ([`crate::reference`]), so a
 //! load test can check that its traffic really mixes allow and deny.
 
 use std::collections::{HashMap, HashSet};
 
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-use crate::model::{
+use pdp::model::{
     ActionGroup, ConditionSet, ConditionSetRule, ConditionSetType, DataDocument, DerivationRule,
     GrantedTo, Json, Relation, Resource, ResourceInstance, ResourceRef, ResourceRole, Role,
     RoleAssignment, Tenant, User, When,
 };
+
+use crate::reference::{self, Reference};
 
 /// Sizes and seed of a generated environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -679,7 +681,7 @@ fn instances_and_tuples(spec: &GenSpec, rng: &mut ChaCha8Rng, doc: &mut DataDocu
     }
 
     let mut tuples = Vec::with_capacity(spec.tuples);
-    let tuple = |level: usize, child: usize, p: usize, t: u32| crate::model::RelationshipTuple {
+    let tuple = |level: usize, child: usize, p: usize, t: u32| pdp::model::RelationshipTuple {
         subject: format!("{}:{}", CHAIN[level - 1], instance_key(level - 1, p)),
         relation: "parent".into(),
         object: format!("{}:{}", CHAIN[level], instance_key(level, child)),
@@ -767,7 +769,7 @@ fn instance_assignments(
 
 // ---- queries ---------------------------------------------------------------
 
-/// One `/allowed` query, with the answer the generator's evaluator expects.
+/// One `/allowed` query, with the reference evaluator's answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Query {
     pub user: String,
@@ -776,7 +778,7 @@ pub struct Query {
     pub resource_key: Option<String>,
     pub tenant: Option<String>,
     /// What `docs/semantics.md` says for this query on the generated
-    /// document, from [`QueryMix::expected`].
+    /// document, as the reference evaluator reads it.
     pub expect_allow: bool,
 }
 
@@ -797,32 +799,22 @@ pub fn user_permissions_body(user: &str) -> Value {
     json!({"user": {"key": user}, "tenants": null, "resources": null, "resource_types": null})
 }
 
-/// Draws query mixes from a generated document and knows their answers.
+/// Draws query mixes from a generated document and labels them.
 ///
-/// The evaluator here is written from `docs/semantics.md` for the shapes the
-/// generator emits (it understands only the condition operators used above),
-/// independently of the engine, so a disagreement points at one of the two.
+/// It knows the document's shape (which assignments sit where on the chain,
+/// which instance is under which) to aim a draw at allow or at deny; the
+/// label is always the reference evaluator's, the one other copy of the
+/// rules beside the engine, so a disagreement points at one of the two.
 pub struct QueryMix<'a> {
     doc: &'a DataDocument,
+    reference: Reference<'a>,
     rng: ChaCha8Rng,
-    /// Tenant role → flattened `type:action` set.
-    tenant_perms: HashMap<&'a str, HashSet<String>>,
-    /// (type, resource role) → flattened action set.
-    resource_perms: HashMap<(&'a str, &'a str), HashSet<String>>,
     /// Tenant-level assignments as indexes into `doc.role_assignments`.
     tenant_ras: Vec<usize>,
-    /// (user, tenant) → tenant roles.
-    user_tenant_roles: HashMap<(&'a str, &'a str), Vec<&'a str>>,
-    user_tenants: HashMap<&'a str, Vec<&'a str>>,
     /// Instance assignments by level of the chain (org, folder, file).
     chain_ras: [Vec<usize>; 3],
-    /// (user, "type:key") → direct roles.
-    direct: HashMap<(&'a str, &'a str), Vec<&'a str>>,
-    /// object → (subject, relation) of the tuples naming it.
-    tuples_to: HashMap<&'a str, Vec<(&'a str, &'a str)>>,
     /// subject → objects, for walking down the chain.
     children: HashMap<&'a str, Vec<&'a str>>,
-    users: HashMap<&'a str, &'a User>,
     instances: HashMap<(&'a str, &'a str), &'a ResourceInstance>,
     documents: Vec<usize>,
 }
@@ -835,17 +827,11 @@ impl<'a> QueryMix<'a> {
     pub fn new(doc: &'a DataDocument, seed: u64) -> Self {
         let mut m = QueryMix {
             doc,
+            reference: Reference::new(doc),
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
-            tenant_perms: HashMap::new(),
-            resource_perms: HashMap::new(),
             tenant_ras: Vec::new(),
-            user_tenant_roles: HashMap::new(),
-            user_tenants: HashMap::new(),
             chain_ras: [Vec::new(), Vec::new(), Vec::new()],
-            direct: HashMap::new(),
-            tuples_to: HashMap::new(),
             children: HashMap::new(),
-            users: doc.users.iter().map(|u| (u.key.as_str(), u)).collect(),
             instances: doc
                 .resource_instances
                 .iter()
@@ -853,19 +839,10 @@ impl<'a> QueryMix<'a> {
                 .collect(),
             documents: Vec::new(),
         };
-        m.flatten_roles();
         for (i, ra) in doc.role_assignments.iter().enumerate() {
             match (&ra.resource_instance, &ra.tenant) {
-                (None, Some(t)) => {
-                    m.tenant_ras.push(i);
-                    let roles = m.user_tenant_roles.entry((&ra.user, t)).or_default();
-                    if roles.is_empty() {
-                        m.user_tenants.entry(&ra.user).or_default().push(t);
-                    }
-                    roles.push(&ra.role);
-                }
+                (None, Some(_)) => m.tenant_ras.push(i),
                 (Some(inst), _) => {
-                    m.direct.entry((&ra.user, inst)).or_default().push(&ra.role);
                     if let Some(level) =
                         split_instance(inst).and_then(|(ty, _)| CHAIN.iter().position(|c| *c == ty))
                     {
@@ -876,10 +853,6 @@ impl<'a> QueryMix<'a> {
             }
         }
         for t in &doc.relationship_tuples {
-            m.tuples_to
-                .entry(&t.object)
-                .or_default()
-                .push((&t.subject, &t.relation));
             m.children.entry(&t.subject).or_default().push(&t.object);
         }
         m.documents = doc
@@ -892,195 +865,9 @@ impl<'a> QueryMix<'a> {
         m
     }
 
-    fn flatten_roles(&mut self) {
-        let doc = self.doc;
-        let groups = |ty: &str, name: &str| -> Vec<String> {
-            doc.resources
-                .iter()
-                .find(|r| r.key == ty)
-                .and_then(|r| r.action_groups.get(name))
-                .map(|g| g.actions().to_vec())
-                .unwrap_or_else(|| vec![name.to_string()])
-        };
-        let by_key: HashMap<&str, &Role> = doc.roles.iter().map(|r| (r.key.as_str(), r)).collect();
-        for role in &doc.roles {
-            let mut perms = HashSet::new();
-            let mut stack = vec![role.key.as_str()];
-            let mut seen = HashSet::new();
-            while let Some(k) = stack.pop() {
-                let Some(r) = by_key.get(k).filter(|_| seen.insert(k)) else {
-                    continue;
-                };
-                for p in &r.permissions {
-                    if let Some((ty, a)) = p.split_once(':') {
-                        perms.extend(groups(ty, a).into_iter().map(|a| format!("{ty}:{a}")));
-                    }
-                }
-                stack.extend(r.extends.iter().map(String::as_str));
-            }
-            self.tenant_perms.insert(&role.key, perms);
-        }
-        for res in &doc.resources {
-            for key in res.roles.keys() {
-                let mut perms = HashSet::new();
-                let mut stack = vec![key.as_str()];
-                let mut seen = HashSet::new();
-                while let Some(k) = stack.pop() {
-                    let Some(r) = res.roles.get(k).filter(|_| seen.insert(k)) else {
-                        continue;
-                    };
-                    for p in &r.permissions {
-                        perms.extend(groups(&res.key, p));
-                    }
-                    stack.extend(r.extends.iter().map(String::as_str));
-                }
-                self.resource_perms.insert((&res.key, key), perms);
-            }
-        }
-    }
-
-    /// The roles `user` holds on `instance` ("type:key"), direct and derived.
-    fn roles_on(&self, user: &str, instance: &str, depth: usize) -> HashSet<&'a str> {
-        let mut out: HashSet<&'a str> = HashSet::new();
-        let direct = self.direct.get(&(user, instance));
-        if let Some(d) = direct {
-            out.extend(d.iter().copied());
-        }
-        let Some((ty, _)) = split_instance(instance) else {
-            return out;
-        };
-        // The generator's tuples are acyclic; the bound only guards misuse.
-        if depth > 16 {
-            return out;
-        }
-        let Some(res) = self.doc.resources.iter().find(|r| r.key == ty) else {
-            return out;
-        };
-        let incoming = self.tuples_to.get(instance);
-        for (role_key, role) in &res.roles {
-            let Some(g) = &role.granted_to else { continue };
-            let role_wide = g.when.as_ref().is_some_and(|w| w.no_direct_roles_on_object);
-            for rule in &g.users_with_role {
-                let no_direct = role_wide
-                    || rule
-                        .when
-                        .as_ref()
-                        .is_some_and(|w| w.no_direct_roles_on_object);
-                if no_direct && direct.is_some_and(|d| !d.is_empty()) {
-                    continue;
-                }
-                let holds = incoming.into_iter().flatten().any(|(subject, rel)| {
-                    *rel == rule.linked_by_relation
-                        && split_instance(subject).is_some_and(|(st, _)| st == rule.on_resource)
-                        && self
-                            .roles_on(user, subject, depth + 1)
-                            .contains(rule.role.as_str())
-                });
-                if holds {
-                    out.insert(role_key);
-                }
-            }
-        }
-        out
-    }
-
-    /// The answer of `docs/semantics.md` for `q` on the generated document.
-    pub fn expected(&self, q: &Query) -> bool {
-        let Some(tenant) = q.tenant.as_deref().filter(|t| !t.is_empty()) else {
-            return false;
-        };
-        let perm = format!("{}:{}", q.resource_type, q.action);
-        let tenant_roles = self
-            .user_tenant_roles
-            .get(&(q.user.as_str(), tenant))
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let rbac = tenant_roles
-            .iter()
-            .any(|r| self.tenant_perms.get(r).is_some_and(|p| p.contains(&perm)));
-        if rbac {
-            return true;
-        }
-        if let Some(key) = &q.resource_key {
-            let inst = format!("{}:{key}", q.resource_type);
-            let rebac = self.roles_on(&q.user, &inst, 0).iter().any(|r| {
-                self.resource_perms
-                    .get(&(q.resource_type.as_str(), *r))
-                    .is_some_and(|p| p.contains(&q.action))
-            });
-            if rebac {
-                return true;
-            }
-        }
-        self.abac_allows(q, tenant, tenant_roles, &perm)
-    }
-
-    fn abac_allows(&self, q: &Query, tenant: &str, tenant_roles: &[&str], perm: &str) -> bool {
-        let mut user = Map::new();
-        user.insert("key".into(), json!(q.user));
-        if let Some(u) = self.users.get(q.user.as_str()) {
-            let mut roles: Vec<&str> = tenant_roles.to_vec();
-            roles.sort_unstable();
-            roles.dedup();
-            user.insert("roles".into(), json!(roles));
-            if let Some(a) = u.attributes.object() {
-                user.extend(a.clone());
-            }
-        }
-        let mut resource = Map::new();
-        resource.insert("type".into(), json!(q.resource_type));
-        resource.insert("tenant".into(), json!(tenant));
-        if let Some(k) = &q.resource_key {
-            resource.insert("key".into(), json!(k));
-            if let Some(i) = self.instances.get(&(q.resource_type.as_str(), k.as_str())) {
-                if let Some(a) = i.attributes.object() {
-                    resource.extend(a.clone());
-                }
-            }
-        }
-        let user = Value::Object(user);
-        let resource = Value::Object(resource);
-        let set = |key: &str| self.doc.condition_sets.iter().find(|s| s.key == key);
-        let set_holds = |key: &str, is_user: bool| -> bool {
-            if let Some(x) = key.strip_prefix("__autogen_") {
-                return if is_user {
-                    tenant_roles.contains(&x)
-                } else {
-                    q.resource_type == x
-                };
-            }
-            let mut cur = set(key);
-            let mut hops = 0;
-            while let Some(s) = cur {
-                let kind_ok = match s.kind {
-                    ConditionSetType::Userset => is_user,
-                    ConditionSetType::Resourceset => {
-                        !is_user && s.resource.as_ref().map(|r| r.key()) == Some(&q.resource_type)
-                    }
-                };
-                let entity = if is_user { &user } else { &resource };
-                if !kind_ok || !condition(&s.conditions.0, entity) {
-                    return false;
-                }
-                hops += 1;
-                cur = s
-                    .parent_id
-                    .as_deref()
-                    .and_then(|p| {
-                        self.doc
-                            .condition_sets
-                            .iter()
-                            .find(|c| c.key == p || c.id.as_deref() == Some(p))
-                    })
-                    .filter(|_| hops < 16);
-            }
-            set(key).is_some()
-        };
-        self.doc.condition_set_rules.iter().any(|r| {
-            r.permission == perm
-                && set_holds(&r.user_set, true)
-                && set_holds(&r.resource_set, false)
-        })
+    /// The reference evaluator's answer for `q`.
+    fn label(&self, q: &Query) -> bool {
+        reference::allowed(&self.reference, &q.to_json())
     }
 
     fn tenant_query(&mut self, want_allow: bool) -> Query {
@@ -1093,10 +880,10 @@ impl<'a> QueryMix<'a> {
             .flat_map(|t| t.actions.iter().map(move |a| (t.key, *a)))
             .collect();
         let granted: Vec<(&str, &str)> = if want_allow {
-            let perms = &self.tenant_perms[ra.role.as_str()];
+            let grants = reference::tenant_role_grants(&self.reference, &ra.role);
             all.iter()
                 .copied()
-                .filter(|(t, a)| perms.contains(&format!("{t}:{a}")))
+                .filter(|(t, a)| grants.contains(&(t.to_string(), a.to_string())))
                 .collect()
         } else {
             all
@@ -1129,7 +916,7 @@ impl<'a> QueryMix<'a> {
         (0..n)
             .map(|i| {
                 let mut q = self.tenant_query(i % 2 == 0);
-                q.expect_allow = self.expected(&q);
+                q.expect_allow = self.label(&q);
                 q
             })
             .collect()
@@ -1173,7 +960,7 @@ impl<'a> QueryMix<'a> {
                 tenant: ra.tenant.clone(),
                 expect_allow: false,
             };
-            q.expect_allow = self.expected(&q);
+            q.expect_allow = self.label(&q);
             // Keep the mix near half and half.
             let want_allow = out.len() % 2 == 0;
             if q.expect_allow == want_allow || attempts > n * 10 {
@@ -1204,7 +991,7 @@ impl<'a> QueryMix<'a> {
                 tenant: d.tenant.clone(),
                 expect_allow: false,
             };
-            q.expect_allow = self.expected(&q);
+            q.expect_allow = self.label(&q);
             let want_allow = out.len() % 2 == 0;
             if q.expect_allow == want_allow || attempts > n * 20 {
                 out.push(q);
@@ -1272,7 +1059,7 @@ impl<'a> QueryMix<'a> {
                     .find(|a| {
                         under
                             .first()
-                            .is_some_and(|key| self.expected(&self.file_query(&ra.user, a, key)))
+                            .is_some_and(|key| self.label(&self.file_query(&ra.user, a, key)))
                     })
                     .unwrap_or(actions[start]);
                 let mut keys: Vec<&str> = under;
@@ -1286,7 +1073,7 @@ impl<'a> QueryMix<'a> {
                 keys.into_iter()
                     .map(|key| {
                         let mut q = self.file_query(&ra.user, action, key);
-                        q.expect_allow = self.expected(&q);
+                        q.expect_allow = self.label(&q);
                         q
                     })
                     .collect()
@@ -1321,49 +1108,6 @@ impl<'a> QueryMix<'a> {
             })
             .collect()
     }
-
-    /// Tenants `user` holds a tenant role in, in assignment order.
-    pub fn tenants_of(&self, user: &str) -> &[&'a str] {
-        self.user_tenants
-            .get(user)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-    }
-}
-
-/// Evaluates the condition shapes the generator writes against one entity's
-/// attributes (`user.x` or `resource.x`).
-fn condition(c: &Value, entity: &Value) -> bool {
-    let Some(obj) = c.as_object() else {
-        return false;
-    };
-    obj.iter().all(|(k, v)| match k.as_str() {
-        "allOf" | "and" => v
-            .as_array()
-            .is_some_and(|cs| cs.iter().all(|c| condition(c, entity))),
-        "anyOf" | "or" => v
-            .as_array()
-            .is_some_and(|cs| cs.iter().any(|c| condition(c, entity))),
-        path => {
-            let name = path.split_once('.').map(|(_, n)| n).unwrap_or(path);
-            let Some(a) = entity.get(name) else {
-                return false;
-            };
-            v.as_object().is_some_and(|ops| {
-                ops.iter().all(|(op, operand)| match op.as_str() {
-                    "equals" => a == operand,
-                    "greater-than-equals" => {
-                        matches!((a.as_f64(), operand.as_f64()), (Some(x), Some(y)) if x >= y)
-                    }
-                    "less-than" => {
-                        matches!((a.as_f64(), operand.as_f64()), (Some(x), Some(y)) if x < y)
-                    }
-                    "in" => operand.as_array().is_some_and(|xs| xs.contains(a)),
-                    _ => false,
-                })
-            })
-        }
-    })
 }
 
 #[cfg(test)]
@@ -1485,7 +1229,7 @@ mod tests {
             .find(|f| mix.children.contains_key(*f))
             .unwrap();
         let file = mix.children[*folder][0];
-        let roles = mix.roles_on(&ra.user, file, 0);
+        let roles = reference::roles_on(&mix.reference, &ra.user, file);
         assert!(roles.contains("editor"), "{roles:?}");
         let q = Query {
             user: ra.user.clone(),
@@ -1495,45 +1239,12 @@ mod tests {
             tenant: ra.tenant.clone(),
             expect_allow: false,
         };
-        assert!(mix.expected(&q));
+        assert!(mix.label(&q));
         assert!(
-            !mix.expected(&Query {
+            !mix.label(&Query {
                 action: "share".into(),
                 ..q.clone()
             }) || roles.contains("owner")
-        );
-    }
-
-    #[test]
-    fn a_query_without_tenant_is_denied() {
-        let doc = generate(&tiny());
-        let mut mix = QueryMix::new(&doc, 1);
-        let mut q = mix.rbac(2).remove(0);
-        q.tenant = None;
-        assert!(!mix.expected(&q));
-    }
-
-    #[test]
-    fn the_engine_agrees_with_the_generators_evaluator() {
-        let doc = generate(&GenSpec::small());
-        let snap = crate::snapshot::Snapshot::build(&doc).expect("generated documents are valid");
-        let mut mix = QueryMix::new(&doc, 3);
-        let mut queries = mix.mixed(2_000);
-        queries.extend(mix.rebac(3, 300));
-        let mut wrong = Vec::new();
-        for q in &queries {
-            let body = q.to_json().to_string();
-            let parsed: crate::decide::AllowedQuery = serde_json::from_str(&body).unwrap();
-            if crate::decide::check(&snap, &parsed).allow != q.expect_allow {
-                wrong.push(body);
-            }
-        }
-        assert!(
-            wrong.is_empty(),
-            "{} of {} disagree, e.g. {:?}",
-            wrong.len(),
-            queries.len(),
-            &wrong[..wrong.len().min(5)]
         );
     }
 }

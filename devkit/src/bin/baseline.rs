@@ -4,7 +4,7 @@
 //! Every path answers the same, so `/ready` is 200 too.
 //!
 //! ```text
-//! cargo run --release --example baseline -- 7001     # or BASELINE_PORT / PDP_PORT
+//! cargo run --release -p pdp-devkit --bin baseline -- 7001     # or BASELINE_PORT / PDP_PORT
 //! ```
 
 use std::convert::Infallible;
