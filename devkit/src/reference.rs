@@ -546,11 +546,24 @@ fn lookup<'a>(attrs: &'a Attrs, path: &str) -> Option<&'a Value> {
 // ABAC conditions (§5.2)
 // ---------------------------------------------------------------------------
 
-/// JSON equality where numbers compare as numbers (`1` equals `1.0`) and
-/// nothing else is coerced.
+/// Two numbers compared: integers exactly, any other pair as floats.
+fn num_cmp(x: &serde_json::Number, y: &serde_json::Number) -> Option<std::cmp::Ordering> {
+    let int = |n: &serde_json::Number| {
+        n.as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from))
+    };
+    match (int(x), int(y)) {
+        (Some(a), Some(b)) => Some(a.cmp(&b)),
+        _ => x.as_f64()?.partial_cmp(&y.as_f64()?),
+    }
+}
+
+/// JSON equality where numbers compare as numbers (`1` equals `1.0`;
+/// integers exactly) and nothing else is coerced.
 pub fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Number(x), Value::Number(y)) => num_cmp(x, y) == Some(std::cmp::Ordering::Equal),
         (Value::Array(x), Value::Array(y)) => {
             x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q))
         }
@@ -570,7 +583,7 @@ fn member(arr: &[Value], v: &Value) -> bool {
 /// `a` compared with `b`, only between two numbers or two strings.
 fn order(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64()?.partial_cmp(&y.as_f64()?),
+        (Value::Number(x), Value::Number(y)) => num_cmp(x, y),
         (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
         _ => None,
     }
