@@ -1,26 +1,31 @@
 //! pdp: a Policy Decision Point sidecar that answers the Permit.io PDP API
 //! and OpenID AuthZEN 1.0 from an immutable in-memory snapshot.
 //!
-//! The request path is three hops: [`http`] accepts, routes and decodes;
-//! [`decide`] answers from the current [`snapshot::Snapshot`]; [`http`]
-//! encodes. Around it:
+//! A request takes three hops: [`http`] accepts it (`transport`), finds its
+//! row in the route table (`routes`) and decodes its body (`handlers`);
+//! [`decide`] answers from the snapshot the request loaded once from the
+//! [`store`]; [`http`] encodes the answer, or maps the error (`error`).
+//! Around it:
 //!
-//! - [`model`]: the data document, the one input format (control plane,
-//!   local file, backup).
-//! - [`snapshot`]: a document staged compactly as it is read, and the one
-//!   validating constructor from it to an interned, indexed, immutable
-//!   snapshot.
+//! - [`decide`]: `query` (request bodies), `check` (`/allowed` and bulk),
+//!   `walk` (derived roles), `attrs` (what ABAC sees), `listing` (the
+//!   multi-answer endpoints).
+//! - [`snapshot`]: the immutable snapshot. `staged` (a document packed as
+//!   it is read), `build` (the one validating constructor), `read` (what
+//!   decisions read, by typed id from `ids`).
+//! - [`store`]: the serving snapshot behind one `ArcSwap`, and
+//!   [`store::Store::install`], the one way in: embedded example, data
+//!   file, backup and sync alike.
+//! - [`model`]: the data document, the one input format.
 //! - [`abac`]: ABAC conditions, compiled once per snapshot.
 //! - [`authzen`]: OpenID AuthZEN 1.0 requests mapped onto [`decide`].
-//! - [`store`]: the serving snapshot behind one `ArcSwap`; requests load it
-//!   once and never wait for a writer.
-//! - [`config`]: defaults, `config/pdp.toml`, `PDP_*`, validated before bind.
-//! - [`metrics`]: Prometheus series, registered once, pre-resolved on the
-//!   hot path.
-//! - [`sync`]: the background sync from the control plane, its request
-//!   budget and the offline backup.
-//! - [`run`] wires them: load the first snapshot, start the background
-//!   refresh, serve until shutdown, drain.
+//! - [`sync`]: the control-plane sync, its request budget and the backup.
+//! - [`config`], [`metrics`]: settings validated before bind; Prometheus
+//!   series registered once.
+//! - [`run`] wires them: first snapshot, background refresh, serve, drain.
+//!
+//! Development tools (the generator, the reference evaluator, the fake
+//! control plane, benchmark drivers) live in the `devkit` workspace member.
 #![forbid(unsafe_code)]
 
 pub mod abac;

@@ -1,15 +1,15 @@
 //! Decisions: pure functions from a snapshot and a query to an answer.
 //!
 //! No I/O, no async, no logging, no locks: everything a decision needs is in
-//! the [`Snapshot`]. The rules are those of `docs/semantics.md`; the section
+//! the [`Snapshot`](crate::snapshot::Snapshot). The rules are those of `docs/semantics.md`; the section
 //! numbers in this module refer to it.
 //!
-//! - [`query`]: the request bodies, decoded as Permit's PDP reads them.
-//! - [`check`]: `/allowed` and `/allowed/bulk`, the hot path: ids looked up
+//! - `query`: the request bodies, decoded as Permit's PDP reads them.
+//! - `check`: `/allowed` and `/allowed/bulk`, the hot path: ids looked up
 //!   once, rows fetched before they are read.
-//! - [`walk`]: relationship walks (derived roles, ReBAC).
-//! - [`attrs`]: the attributes ABAC conditions see.
-//! - [`listing`]: the multi-answer endpoints (`/allowed/all-tenants`,
+//! - `walk`: relationship walks (derived roles, ReBAC).
+//! - `attrs`: the attributes ABAC conditions see.
+//! - `listing`: the multi-answer endpoints (`/allowed/all-tenants`,
 //!   `/user-tenants`, `/user-permissions`, `/authorized_users`).
 
 mod attrs;

@@ -2,8 +2,8 @@
 //!
 //! One hyper server answers the Permit PDP API, the AuthZEN API, health,
 //! readiness and metrics on one port, over HTTP/1.1 (keep-alive) and HTTP/2
-//! (h2c). [`transport`] accepts connections and drains them; [`routes`] is
-//! the route table; [`handlers`] answers a request; [`error`] turns every
+//! (h2c). `transport` accepts connections and drains them; `routes` is
+//! the route table; `handlers` answers a request; `error` turns every
 //! failure into its response in one place: bad input gets a 4xx with a JSON
 //! body naming the problem, and nothing a client sends can make the server
 //! panic or answer 500.
