@@ -46,7 +46,7 @@ pub const LISTS: [(&str, &str); 9] = [
     ("set_rules", "condition_set_rules"),
 ];
 
-/// How list responses are shaped (contract README decision 3).
+/// How list responses are shaped (docs/contract.md, Paging).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
     /// `[...]`; the listing ends at a short page.

@@ -107,7 +107,7 @@ impl Deref for Reference<'_> {
 }
 
 // ---------------------------------------------------------------------------
-// Reading the request (contract §1.4-§1.9)
+// Reading the request (docs/contract.md, Endpoints and Queries)
 // ---------------------------------------------------------------------------
 
 /// The parts of an `/allowed` query the rules read.
@@ -135,7 +135,7 @@ fn non_empty_str(v: Option<&Value>) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// `user` is an object with `key`, or a bare string (README decision 7).
+/// `user` is an object with `key`, or a bare string (docs/contract.md, Lenient input).
 fn user_of(q: &Value) -> (String, Map<String, Value>) {
     match q.get("user") {
         Some(Value::String(k)) => (k.clone(), Map::new()),

@@ -49,7 +49,8 @@ fn opt_str<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<Option<Str<'a>>, D
     Ok(Option::<Str<'a>>::deserialize(d)?.filter(|s| !s.is_empty()))
 }
 
-/// The `user` of a query: an object with a `key`, or (decision 7) a bare key.
+/// The `user` of a query: an object with a `key`, or a bare key
+/// (docs/contract.md, Lenient input).
 #[derive(Debug, Clone, Default)]
 pub struct UserInput<'a> {
     pub key: Str<'a>,

@@ -11,7 +11,7 @@ use super::ids::{
 use super::{BitSet, ResourceSet, Snapshot, UserSet, NONE};
 
 /// "Users with `from_role` on a `from_type` instance linked by `relation`
-/// to an instance hold a role there" (a derived role, §4).
+/// to an instance hold a role there" (a derived role, docs/semantics.md §4).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Derivation {
     pub from_type: TypeId,
