@@ -166,8 +166,8 @@ impl Interner {
 
     /// Frees the table that finds a key's id, keeping the keys: for an
     /// interner that is only read by id from here on (`get` then finds
-    /// nothing). Over half its memory: 8.5 of 14.7 MiB for the staged
-    /// strings at 1M assignments.
+    /// nothing). The table is over half an interner's memory
+    /// (docs/performance.md).
     pub fn drop_lookups(&mut self) {
         self.table = HashTable::new();
     }
@@ -243,8 +243,7 @@ impl<T: Copy + Ord> Csr<T> {
     /// and only each row is sorted, instead of sorting all the pairs.
     /// `pairs` is read twice (count, then place) rather than collected: the
     /// builder makes two indexes from one list of facts, each a view of it,
-    /// and a re-keyed copy per index (11 MB at 1M assignments) is memory a
-    /// reload need not hold.
+    /// and a re-keyed copy per index is memory a reload need not hold.
     pub fn build<I>(owners: usize, pairs: I) -> Self
     where
         I: IntoIterator<Item = (u32, T)>,

@@ -1,9 +1,9 @@
 //! A data document on its way into a snapshot, held compactly.
 //!
-//! A million role assignments parsed into [`DataDocument`] cost ~330 MB of
-//! `String`s and `serde_json::Value`s for what the snapshot then stores in
-//! ~100 MB; held beside the serving snapshot during a reload, that document
-//! was the memory peak. [`Staged`] takes the document one item at a time
+//! A parsed [`DataDocument`] costs about three times what the snapshot
+//! then stores (`String`s and `serde_json::Value`s; the figures are in
+//! docs/performance.md); held beside the serving snapshot during a reload,
+//! that document was the memory peak. [`Staged`] takes the document one item at a time
 //! (straight from the JSON reader, or page by page from the control plane),
 //! keeps the schema lists as they are (they are small), interns every string
 //! of the facts once and packs each fact into a few `u32`s. Attribute
