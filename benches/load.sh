@@ -385,7 +385,8 @@ fi
 READY_BACKUP=""
 GEN_HELP=$("$GEN_BIN" --help 2>&1 || true)
 if [[ -z "$(ls -A "$BACKUP_DIR" 2>/dev/null)" ]] && grep -q -- --backup-dir <<<"$GEN_HELP"; then
-  "$GEN_BIN" --preset "$PRESET" --seed "$SEED" --backup-dir "$BACKUP_DIR" >"$WORK/gen-backup.log" 2>&1 || true
+  "$GEN_BIN" --preset "$PRESET" --seed "$SEED" --backup-dir "$BACKUP_DIR" --api-key "$KEY" \
+    >"$WORK/gen-backup.log" 2>&1 || true
 fi
 if [[ -n "$(ls -A "$BACKUP_DIR" 2>/dev/null)" ]]; then
   # STARTS fresh processes: one start-up is a single noisy sample.

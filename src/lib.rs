@@ -191,6 +191,7 @@ pub async fn run(
                 backup_dir: config.backup_dir.clone(),
                 ..sync::SyncConfig::default()
             };
+            let state = Arc::new(sync::SyncState::new());
             // Ready from the backup at once; the first sync replaces it.
             if let Some(dir) = &sync_config.backup_dir {
                 match sync::remove_stale_temps(dir) {
@@ -201,15 +202,18 @@ pub async fn run(
                     ),
                     Err(e) => warn!(error = %e, "cannot clean the backup directory"),
                 }
-                match sync::restore_backup(&store, dir) {
+                let key = sync::BackupKey::derive(&sync_config.api_key);
+                match sync::restore_backup(&store, dir, &key) {
                     Ok(true) => {
                         info!(dir = %dir.display(), "serving the offline backup until the first sync")
                     }
                     Ok(false) => info!(dir = %dir.display(), "no offline backup yet"),
-                    Err(e) => warn!(error = %e, "offline backup ignored"),
+                    Err(e) => {
+                        warn!(error = %e, "offline backup ignored");
+                        state.backup_refused(e.to_string());
+                    }
                 }
             }
-            let state = Arc::new(sync::SyncState::new());
             let sync_metrics = Arc::new(sync::SyncMetrics::register(metrics.registry())?);
             let syncer = sync::Syncer::new(sync_config, state.clone(), sync_metrics)?;
             sync_state = Some(state);

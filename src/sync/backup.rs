@@ -10,12 +10,18 @@
 //! version  4  FORMAT_VERSION
 //! synced   8  unix seconds when the data was read from the control plane
 //! length   8  body length in bytes
-//! checksum 32 blake3(version ‖ synced ‖ body)
+//! env      64 the environment id, zero-padded
+//! mac      32 keyed blake3(version ‖ synced ‖ env ‖ body)
 //! body        bincode (standard config) of the staged document
 //! ```
 //!
-//! A file that is short, long, of another version or fails its checksum is
-//! refused as a whole: a backup is trusted completely or not at all.
+//! The MAC's key is derived from the environment API key ([`BackupKey`]):
+//! a backup written under another key (another environment's, or this
+//! one's before a rotation) or edited by anyone without the key is
+//! refused, so a shared or outlived directory never serves another
+//! environment's policy and cannot be used to forge one. A file that is
+//! short, long, of another version or fails its MAC is refused as a whole:
+//! a backup is trusted completely or not at all.
 
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
@@ -24,6 +30,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use crate::config::ApiKey;
 use crate::snapshot::Staged;
 
 pub const BACKUP_FILE: &str = "pdp-snapshot.bin";
@@ -33,9 +40,56 @@ pub const CONFIRMED_FILE: &str = "pdp-snapshot.confirmed";
 const MAGIC: &[u8; 8] = b"PDPSNAP\n";
 /// Bump on any change to the layout above or to `Staged`'s encoding.
 /// Version 1 held the parsed `DataDocument`; version 2 held each attribute
-/// value and profile string inline rather than in a pool.
-const FORMAT_VERSION: u32 = 3;
-const HEADER_LEN: usize = 8 + 4 + 8 + 8 + 32;
+/// value and profile string inline rather than in a pool; version 3 had an
+/// unkeyed checksum and no environment.
+const FORMAT_VERSION: u32 = 4;
+const ENV_LEN: usize = 64;
+const HEADER_LEN: usize = 8 + 4 + 8 + 8 + ENV_LEN + 32;
+
+/// The key that authenticates backups, derived from the environment API
+/// key: whoever holds the API key can write and read them, nobody else.
+#[derive(Clone)]
+pub struct BackupKey([u8; 32]);
+
+impl BackupKey {
+    pub fn derive(api_key: &ApiKey) -> BackupKey {
+        BackupKey(blake3::derive_key(
+            "pdp 2026-12 offline backup authentication",
+            api_key.expose().as_bytes(),
+        ))
+    }
+}
+
+/// What a written backup is sealed with: the key, and the environment the
+/// data is from.
+#[derive(Clone)]
+pub struct Seal {
+    pub key: BackupKey,
+    pub environment: String,
+}
+
+/// The environment id as stored: at most `ENV_LEN` bytes, zero-padded.
+fn env_field(environment: &str) -> io::Result<[u8; ENV_LEN]> {
+    let bytes = environment.as_bytes();
+    if bytes.len() > ENV_LEN || bytes.contains(&0) {
+        return Err(io::Error::other(format!(
+            "environment id {environment:?} does not fit a backup header"
+        )));
+    }
+    let mut field = [0u8; ENV_LEN];
+    field[..bytes.len()].copy_from_slice(bytes);
+    Ok(field)
+}
+
+/// The MAC so far, before the body. The length is not in it: it must equal
+/// the body's, which is.
+fn mac_hasher(key: &BackupKey, version: u32, synced: u64, env: &[u8]) -> blake3::Hasher {
+    let mut hasher = blake3::Hasher::new_keyed(&key.0);
+    hasher.update(&version.to_le_bytes());
+    hasher.update(&synced.to_le_bytes());
+    hasher.update(env);
+    hasher
+}
 /// The largest backup read (about 30 MiB hold a million role assignments).
 const MAX_BACKUP_BYTES: u64 = 4 << 30;
 
@@ -61,6 +115,8 @@ pub enum BackupError {
     },
     #[error("backup {path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("backup {path} was not written with this API key (another environment's, a rotated key's, or altered); it is ignored")]
+    Unauthenticated { path: PathBuf },
     #[error("backup data was refused by the snapshot builder: {0}")]
     Invalid(String),
 }
@@ -70,6 +126,8 @@ pub enum BackupError {
 pub struct Backup {
     pub staged: Staged,
     pub synced_at: SystemTime,
+    /// The environment the data is from.
+    pub environment: String,
     /// [`Staged::content_hash`] of the document: the body is exactly the
     /// encoding it hashes, so a restore need not encode it again.
     pub content_hash: String,
@@ -77,13 +135,18 @@ pub struct Backup {
 
 /// Write `staged` as the backup in `dir` (created if missing), replacing
 /// the previous one atomically. Returns the file's path.
-pub fn write_backup(dir: &Path, staged: &Staged) -> io::Result<PathBuf> {
-    write_backup_at(dir, staged, SystemTime::now())
+pub fn write_backup(dir: &Path, staged: &Staged, seal: &Seal) -> io::Result<PathBuf> {
+    write_backup_at(dir, staged, seal, SystemTime::now())
 }
 
 /// [`write_backup`], as synced at `synced_at`.
-pub fn write_backup_at(dir: &Path, staged: &Staged, synced_at: SystemTime) -> io::Result<PathBuf> {
-    prepare_at(dir, staged, synced_at)?.commit()
+pub fn write_backup_at(
+    dir: &Path,
+    staged: &Staged,
+    seal: &Seal,
+    synced_at: SystemTime,
+) -> io::Result<PathBuf> {
+    prepare_at(dir, staged, seal, synced_at)?.commit()
 }
 
 /// A backup written to a temp file beside the real one, not yet in its
@@ -120,8 +183,8 @@ impl Drop for Pending {
 
 /// Writes `staged` to a temp file in `dir` (created if missing), synced as
 /// of now.
-pub fn prepare(dir: &Path, staged: &Staged) -> io::Result<Pending> {
-    prepare_at(dir, staged, SystemTime::now())
+pub fn prepare(dir: &Path, staged: &Staged, seal: &Seal) -> io::Result<Pending> {
+    prepare_at(dir, staged, seal, SystemTime::now())
 }
 
 /// Creates `dir` if missing, readable by this user alone: it holds the
@@ -167,10 +230,16 @@ pub fn remove_stale_temps(dir: &Path) -> io::Result<usize> {
     Ok(removed)
 }
 
-fn prepare_at(dir: &Path, staged: &Staged, synced_at: SystemTime) -> io::Result<Pending> {
+fn prepare_at(
+    dir: &Path,
+    staged: &Staged,
+    seal: &Seal,
+    synced_at: SystemTime,
+) -> io::Result<Pending> {
+    let env = env_field(&seal.environment)?;
     create_dir(dir)?;
     let tmp = temp_path(dir, BACKUP_FILE);
-    match write_file(&tmp, staged, synced_at) {
+    match write_file(&tmp, staged, &seal.key, &env, synced_at) {
         Ok(()) => Ok(Pending {
             dir: dir.to_owned(),
             tmp: Some(tmp),
@@ -182,7 +251,13 @@ fn prepare_at(dir: &Path, staged: &Staged, synced_at: SystemTime) -> io::Result<
     }
 }
 
-fn write_file(tmp: &Path, staged: &Staged, synced_at: SystemTime) -> io::Result<()> {
+fn write_file(
+    tmp: &Path,
+    staged: &Staged,
+    key: &BackupKey,
+    env: &[u8; ENV_LEN],
+    synced_at: SystemTime,
+) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -192,9 +267,7 @@ fn write_file(tmp: &Path, staged: &Staged, synced_at: SystemTime) -> io::Result<
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&FORMAT_VERSION.to_le_bytes());
-    hasher.update(&synced.to_le_bytes());
+    let mut hasher = mac_hasher(key, FORMAT_VERSION, synced, env);
     // Stream the body behind a placeholder header, hashing as it goes, so a
     // large environment is not held twice in memory; then fill the header.
     file.write_all(&[0u8; HEADER_LEN])?;
@@ -213,6 +286,7 @@ fn write_file(tmp: &Path, staged: &Staged, synced_at: SystemTime) -> io::Result<
     header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     header.extend_from_slice(&synced.to_le_bytes());
     header.extend_from_slice(&length.to_le_bytes());
+    header.extend_from_slice(env);
     header.extend_from_slice(hasher.finalize().as_bytes());
     file.seek(SeekFrom::Start(0))?;
     file.write_all(&header)?;
@@ -285,7 +359,7 @@ pub fn confirmed_at(dir: &Path, content_hash: &str) -> Option<SystemTime> {
 
 /// The backup in `dir`, if the file there is a complete, current, intact
 /// backup.
-pub fn read_backup(dir: &Path) -> Result<Backup, BackupError> {
+pub fn read_backup(dir: &Path, key: &BackupKey) -> Result<Backup, BackupError> {
     let path = dir.join(BACKUP_FILE);
     let file = match File::open(&path) {
         Ok(f) => f,
@@ -310,7 +384,7 @@ pub fn read_backup(dir: &Path) -> Result<Backup, BackupError> {
     if bytes.len() as u64 > MAX_BACKUP_BYTES {
         return Err(too_large());
     }
-    decode(&bytes).map_err(|e| e.at(path))
+    decode(&bytes, key).map_err(|e| e.at(path))
 }
 
 /// Failures before the path is attached.
@@ -319,6 +393,7 @@ enum DecodeError {
     NotABackup,
     WrongVersion(u32),
     Corrupt(String),
+    Unauthenticated,
 }
 
 impl DecodeError {
@@ -336,11 +411,12 @@ impl DecodeError {
                 expected: FORMAT_VERSION,
             },
             DecodeError::Corrupt(reason) => BackupError::Corrupt { path, reason },
+            DecodeError::Unauthenticated => BackupError::Unauthenticated { path },
         }
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<Backup, DecodeError> {
+fn decode(bytes: &[u8], key: &BackupKey) -> Result<Backup, DecodeError> {
     let found = bytes.len() as u64;
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
         // A file cut inside the magic looks like a prefix of it.
@@ -380,13 +456,17 @@ fn decode(bytes: &[u8]) -> Result<Backup, DecodeError> {
             found - expected
         )));
     }
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&version.to_le_bytes());
-    hasher.update(&synced.to_le_bytes());
+    let env = field(28, ENV_LEN);
+    let mut hasher = mac_hasher(key, version, synced, env);
     hasher.update(body);
-    if hasher.finalize().as_bytes() != field(28, 32) {
-        return Err(DecodeError::Corrupt("checksum mismatch".to_owned()));
+    // blake3's Hash compares in constant time.
+    let mac: [u8; 32] = field(28 + ENV_LEN, 32).try_into().unwrap_or_default();
+    if hasher.finalize() != blake3::Hash::from(mac) {
+        return Err(DecodeError::Unauthenticated);
     }
+    let environment = std::str::from_utf8(env)
+        .map(|e| e.trim_end_matches('\0').to_owned())
+        .map_err(|_| DecodeError::Corrupt("the environment id is not UTF-8".to_owned()))?;
     let (staged, used): (Staged, usize) =
         bincode::serde::decode_from_slice(body, bincode::config::standard())
             .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
@@ -403,6 +483,7 @@ fn decode(bytes: &[u8]) -> Result<Backup, DecodeError> {
     Ok(Backup {
         staged,
         synced_at: SystemTime::UNIX_EPOCH + Duration::from_secs(synced),
+        environment,
         content_hash: blake3::hash(body).to_hex().to_string(),
     })
 }
@@ -413,11 +494,22 @@ mod tests {
 
     use super::*;
 
+    fn key() -> BackupKey {
+        BackupKey::derive(&ApiKey::new("permit_key_a"))
+    }
+
+    fn seal() -> Seal {
+        Seal {
+            key: key(),
+            environment: "env-a".to_owned(),
+        }
+    }
+
     #[test]
     fn the_stored_hash_is_the_documents_content_hash() {
         let dir = tempfile::tempdir().unwrap();
-        write_backup(dir.path(), &doc()).unwrap();
-        let b = read_backup(dir.path()).unwrap();
+        write_backup(dir.path(), &doc(), &seal()).unwrap();
+        let b = read_backup(dir.path(), &key()).unwrap();
         assert_eq!(b.content_hash, doc().content_hash());
     }
 
@@ -434,10 +526,10 @@ mod tests {
     fn round_trips_with_its_sync_time() {
         let dir = tempfile::tempdir().unwrap();
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let path = write_backup_at(dir.path(), &doc(), at).unwrap();
+        let path = write_backup_at(dir.path(), &doc(), &seal(), at).unwrap();
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let back = read_backup(dir.path()).unwrap();
+        let back = read_backup(dir.path(), &key()).unwrap();
         assert_eq!(back.staged.content_hash(), doc().content_hash());
         assert_eq!(back.synced_at, at);
         // Only the backup remains: no temp files left behind.
@@ -448,7 +540,7 @@ mod tests {
     fn the_directory_is_private_and_a_crash_leaves_nothing_for_long() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("backups");
-        write_backup(&dir, &doc()).unwrap();
+        write_backup(&dir, &doc(), &seal()).unwrap();
         let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
         // What a crash mid-write leaves, and a file that is not ours.
@@ -486,28 +578,31 @@ mod tests {
         let file = File::create(dir.path().join(BACKUP_FILE)).unwrap();
         // Sparse: no disk is used for it.
         file.set_len(MAX_BACKUP_BYTES + 1).unwrap();
-        let err = read_backup(dir.path()).unwrap_err();
+        let err = read_backup(dir.path(), &key()).unwrap_err();
         assert!(err.to_string().contains("larger than"), "{err}");
     }
 
     #[test]
     fn a_pending_backup_replaces_the_old_one_only_when_committed() {
         let dir = tempfile::tempdir().unwrap();
-        write_backup(dir.path(), &doc()).unwrap();
+        write_backup(dir.path(), &doc(), &seal()).unwrap();
         let other = Staged::from_json_str(r#"{"users": [{"key": "bob"}]}"#).unwrap();
-        drop(prepare(dir.path(), &other).unwrap());
+        drop(prepare(dir.path(), &other, &seal()).unwrap());
         assert_eq!(
             fs::read_dir(dir.path()).unwrap().count(),
             1,
             "dropped: no temp file left"
         );
         assert_eq!(
-            read_backup(dir.path()).unwrap().content_hash,
+            read_backup(dir.path(), &key()).unwrap().content_hash,
             doc().content_hash()
         );
-        prepare(dir.path(), &other).unwrap().commit().unwrap();
+        prepare(dir.path(), &other, &seal())
+            .unwrap()
+            .commit()
+            .unwrap();
         assert_eq!(
-            read_backup(dir.path()).unwrap().content_hash,
+            read_backup(dir.path(), &key()).unwrap().content_hash,
             other.content_hash()
         );
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
@@ -518,8 +613,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut bad = doc();
         bad.break_an_id();
-        write_backup(dir.path(), &bad).unwrap();
-        let err = read_backup(dir.path()).unwrap_err();
+        write_backup(dir.path(), &bad, &seal()).unwrap();
+        let err = read_backup(dir.path(), &key()).unwrap_err();
         assert!(
             matches!(&err, BackupError::Corrupt { reason, .. } if reason.contains("does not hold")),
             "{err}"
@@ -530,7 +625,7 @@ mod tests {
     fn missing_is_its_own_case() {
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(
-            read_backup(dir.path()),
+            read_backup(dir.path(), &key()),
             Err(BackupError::Missing(_))
         ));
     }
@@ -553,13 +648,50 @@ mod tests {
     }
 
     #[test]
+    fn another_key_or_a_forger_without_the_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_backup(dir.path(), &doc(), &seal()).unwrap();
+        let b = read_backup(dir.path(), &key()).unwrap();
+        assert_eq!(b.environment, "env-a");
+        // Restored under another environment's key, or this one's rotated.
+        let other = BackupKey::derive(&ApiKey::new("permit_key_b"));
+        assert!(matches!(
+            read_backup(dir.path(), &other),
+            Err(BackupError::Unauthenticated { .. })
+        ));
+        // A forger edits the body and seals it with anything but the key.
+        let mut forged = fs::read(&path).unwrap();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        let forger = Seal {
+            key: BackupKey::derive(&ApiKey::new("guess")),
+            environment: "env-a".to_owned(),
+        };
+        let mut mac = mac_hasher(&forger.key, FORMAT_VERSION, 0, &env_field("env-a").unwrap());
+        mac.update(&forged[HEADER_LEN..]);
+        forged[28 + ENV_LEN..HEADER_LEN].copy_from_slice(mac.finalize().as_bytes());
+        fs::write(&path, &forged).unwrap();
+        assert!(matches!(
+            read_backup(dir.path(), &key()),
+            Err(BackupError::Unauthenticated { .. })
+        ));
+        // An environment id that cannot be stored is a write error, not a
+        // truncated header.
+        let long = Seal {
+            environment: "e".repeat(65),
+            ..seal()
+        };
+        assert!(write_backup(dir.path(), &doc(), &long).is_err());
+    }
+
+    #[test]
     fn every_damage_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write_backup(dir.path(), &doc()).unwrap();
+        let path = write_backup(dir.path(), &doc(), &seal()).unwrap();
         let good = fs::read(&path).unwrap();
         let check = |bytes: &[u8]| {
             fs::write(&path, bytes).unwrap();
-            read_backup(dir.path()).unwrap_err()
+            read_backup(dir.path(), &key()).unwrap_err()
         };
         for cut in [0, 3, 8, HEADER_LEN - 1, HEADER_LEN, good.len() - 1] {
             assert!(
@@ -567,11 +699,20 @@ mod tests {
                 "cut at {cut}"
             );
         }
-        for at in [HEADER_LEN, good.len() / 2, good.len() - 1, 14, 30] {
+        // A flipped bit anywhere the MAC covers: the body, the sync time,
+        // the environment, the MAC itself.
+        for at in [
+            HEADER_LEN,
+            good.len() / 2,
+            good.len() - 1,
+            14,
+            30,
+            HEADER_LEN - 1,
+        ] {
             let mut bad = good.clone();
             bad[at] ^= 0x40;
             assert!(
-                matches!(check(&bad), BackupError::Corrupt { .. }),
+                matches!(check(&bad), BackupError::Unauthenticated { .. }),
                 "flip at {at}"
             );
         }

@@ -32,8 +32,8 @@ use crate::config::ApiKey;
 use crate::store::{Provenance, Source, Store};
 
 pub use backup::{
-    read_backup, remove_stale_temps, write_backup, write_backup_at, Backup, BackupError,
-    BACKUP_FILE,
+    read_backup, remove_stale_temps, write_backup, write_backup_at, Backup, BackupError, BackupKey,
+    Seal, BACKUP_FILE,
 };
 pub use client::{KeyKind, RequestError};
 pub use limiter::Class;
@@ -359,6 +359,10 @@ impl Syncer {
         self.state.set_phase("building");
         let store = store.clone();
         let backup_dir = self.config.backup_dir.clone();
+        let seal = Seal {
+            key: BackupKey::derive(&self.config.api_key),
+            environment: scope.environment_id.clone(),
+        };
         let backed_up = self.backed_up.clone();
         // Hashing, building and writing a million-assignment environment
         // takes CPU-seconds; keep it off the runtime's worker threads.
@@ -369,7 +373,7 @@ impl Syncer {
             // because the backup would then be refused at the next start.
             let pending = match &backup_dir {
                 Some(dir) if backed_up.as_deref() != Some(hash.as_str()) => {
-                    Some(backup::prepare(dir, &staged))
+                    Some(backup::prepare(dir, &staged, &seal))
                 }
                 _ => None,
             };
@@ -492,10 +496,15 @@ async fn wait_or_stop(wait: Duration, shutdown: &mut watch::Receiver<bool>) -> b
 
 /// Load the offline backup from `dir` into `store` (source `Backup`). Called
 /// at start, before the first sync, so the PDP is ready without the control
-/// plane. A missing backup is `Ok(false)`; a corrupt one is an error the
-/// caller logs and otherwise ignores.
-pub fn restore_backup(store: &Store, dir: &std::path::Path) -> Result<bool, BackupError> {
-    let backup = match read_backup(dir) {
+/// plane. A missing backup is `Ok(false)`; a corrupt one, or one not
+/// written with this key, is an error the caller logs and shows in the
+/// health detail, and otherwise ignores.
+pub fn restore_backup(
+    store: &Store,
+    dir: &std::path::Path,
+    key: &BackupKey,
+) -> Result<bool, BackupError> {
+    let backup = match read_backup(dir, key) {
         Ok(b) => b,
         Err(BackupError::Missing(_)) => return Ok(false),
         Err(e) => return Err(e),

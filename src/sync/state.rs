@@ -35,6 +35,8 @@ pub struct SyncStatus {
     pub last_duration_ms: Option<u64>,
     pub syncs_succeeded: u64,
     pub syncs_failed: u64,
+    /// Why the offline backup was not served at start, if it was refused.
+    pub backup_refused: Option<String>,
 }
 
 impl SyncState {
@@ -55,6 +57,11 @@ impl SyncState {
         self.lock()
             .last_success_unix
             .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+    }
+
+    /// Records that the backup found at start was refused, and why.
+    pub fn backup_refused(&self, why: String) {
+        self.lock().backup_refused = Some(why);
     }
 
     pub fn consecutive_failures(&self) -> u32 {

@@ -21,6 +21,19 @@ use pdp_devkit::fake_control_plane::{
     FakeControlPlane, Fault, RetryAfter, Shape, ENV_KEY, LISTS, ORG_KEY, PROJECT_KEY,
 };
 
+/// The key backups are sealed with under [`ENV_KEY`].
+fn backup_key() -> pdp::sync::BackupKey {
+    pdp::sync::BackupKey::derive(&pdp::config::ApiKey::new(ENV_KEY))
+}
+
+/// A seal for backups written by a test, as the sync writes them.
+fn seal() -> pdp::sync::Seal {
+    pdp::sync::Seal {
+        key: backup_key(),
+        environment: "test-environment".to_owned(),
+    }
+}
+
 /// An environment with `users` users, each a viewer in `default` (every
 /// third also an editor), 150 documents in 5 folders, and one ABAC rule,
 /// so every list the sync reads has items and most span several pages.
@@ -627,20 +640,20 @@ async fn an_unchanged_sync_confirms_the_backup() {
         Arc::new(Store::new()),
     );
     run.serves(&doc, "the first sync").await;
-    let written = read_backup(dir.path()).unwrap().synced_at;
+    let written = read_backup(dir.path(), &backup_key()).unwrap().synced_at;
     // Backup times are whole seconds.
     tokio::time::sleep(Duration::from_millis(2200)).await;
     let status = run.sync_now().await;
     assert_eq!(status.syncs_failed, 0);
     run.stop().await.unwrap();
     assert_eq!(
-        read_backup(dir.path()).unwrap().synced_at,
+        read_backup(dir.path(), &backup_key()).unwrap().synced_at,
         written,
         "not rewritten"
     );
 
     let store = Store::new();
-    assert!(restore_backup(&store, dir.path()).unwrap());
+    assert!(restore_backup(&store, dir.path(), &backup_key()).unwrap());
     let age = store.freshness_age();
     assert!(
         age < Duration::from_secs(2),
@@ -660,7 +673,7 @@ async fn a_restart_with_the_control_plane_down_serves_the_backup() {
     let run = Running::start(with_backup.clone(), Arc::new(Store::new()));
     let hash = Staged::from_document(&doc).content_hash();
     eventually("the backup to be written", Duration::from_secs(5), || {
-        read_backup(dir.path()).is_ok_and(|b| b.content_hash == hash)
+        read_backup(dir.path(), &backup_key()).is_ok_and(|b| b.content_hash == hash)
     })
     .await;
     run.stop().await.unwrap();
@@ -668,7 +681,7 @@ async fn a_restart_with_the_control_plane_down_serves_the_backup() {
     // The PDP restarts; the control plane is unreachable.
     fake.go_down();
     let store = Arc::new(Store::new());
-    assert!(restore_backup(&store, dir.path()).unwrap());
+    assert!(restore_backup(&store, dir.path(), &backup_key()).unwrap());
     let run = Running::start(with_backup, store);
     assert_eq!(run.hash(), Some(hash.clone()));
     assert_eq!(
@@ -704,16 +717,22 @@ async fn a_restart_with_the_control_plane_down_serves_the_backup() {
 async fn a_corrupted_backup_is_rejected_and_replaced_by_the_next_sync() {
     let doc = environment(40);
     let dir = tempfile::tempdir().unwrap();
-    let path = pdp::sync::write_backup(dir.path(), &Staged::from_document(&doc)).unwrap();
+    let path = pdp::sync::write_backup(dir.path(), &Staged::from_document(&doc), &seal()).unwrap();
     let mut bytes = std::fs::read(&path).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
     std::fs::write(&path, &bytes).unwrap();
 
     let store = Arc::new(Store::new());
-    let err = restore_backup(&store, dir.path()).unwrap_err();
-    assert!(matches!(err, BackupError::Corrupt { .. }), "{err:?}");
-    assert!(err.to_string().contains("checksum"), "{err}");
+    let err = restore_backup(&store, dir.path(), &backup_key()).unwrap_err();
+    assert!(
+        matches!(err, BackupError::Unauthenticated { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("not written with this API key"),
+        "{err}"
+    );
     assert!(
         store.load().is_none(),
         "a corrupt backup must not be served"
@@ -721,7 +740,7 @@ async fn a_corrupted_backup_is_rejected_and_replaced_by_the_next_sync() {
 
     // Truncated (a crash mid-copy) is refused as well.
     std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
-    let err = restore_backup(&store, dir.path()).unwrap_err();
+    let err = restore_backup(&store, dir.path(), &backup_key()).unwrap_err();
     assert!(matches!(err, BackupError::Truncated { .. }), "{err:?}");
     assert!(store.load().is_none());
 
@@ -735,11 +754,75 @@ async fn a_corrupted_backup_is_rejected_and_replaced_by_the_next_sync() {
     );
     let hash = Staged::from_document(&doc).content_hash();
     eventually("a good backup", Duration::from_secs(5), || {
-        read_backup(dir.path()).is_ok_and(|b| b.content_hash == hash)
+        read_backup(dir.path(), &backup_key()).is_ok_and(|b| b.content_hash == hash)
     })
     .await;
     assert_eq!(run.hash(), Some(hash));
     run.stop().await.unwrap();
+}
+
+/// A backup directory that outlives a key change, or is shared between
+/// environments, never serves the other key's data: the PDP starts not
+/// ready, with the reason in its health detail.
+#[tokio::test]
+async fn a_backup_written_under_another_key_is_refused() {
+    use crate::binary::free_port;
+
+    let dir = tempfile::tempdir().unwrap();
+    let other = pdp::sync::Seal {
+        key: pdp::sync::BackupKey::derive(&pdp::config::ApiKey::new("permit_key_other_env")),
+        environment: "another-environment".to_owned(),
+    };
+    pdp::sync::write_backup(dir.path(), &Staged::from_document(&environment(5)), &other).unwrap();
+    let store = Store::new();
+    let err = restore_backup(&store, dir.path(), &backup_key()).unwrap_err();
+    assert!(
+        matches!(err, BackupError::Unauthenticated { .. }),
+        "{err:?}"
+    );
+    assert!(store.load().is_none());
+
+    // The binary, with its control plane down: not ready, and says why.
+    let fake = FakeControlPlane::start(&environment(5), Shape::Bare).await;
+    fake.go_down();
+    let port = free_port();
+    let mut pdp = std::process::Command::new(env!("CARGO_BIN_EXE_pdp"))
+        .env_clear()
+        .env("PDP_API_KEY", ENV_KEY)
+        .env("PDP_CONTROL_PLANE", fake.url())
+        .env("PDP_HOST", "127.0.0.1")
+        .env("PDP_PORT", port.to_string())
+        .env("PDP_BACKUP_DIR", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("pdp binary runs");
+    let client = reqwest::Client::new();
+    let until = Instant::now() + Duration::from_secs(15);
+    let health = loop {
+        let got = client
+            .get(format!("http://127.0.0.1:{port}/health"))
+            .bearer_auth(ENV_KEY)
+            .send()
+            .await;
+        if let Ok(resp) = got {
+            let status = resp.status().as_u16();
+            break (status, resp.json::<serde_json::Value>().await.unwrap());
+        }
+        assert!(Instant::now() < until, "the PDP never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = pdp.kill();
+    let _ = pdp.wait();
+    assert_eq!(health.0, 503, "{}", health.1);
+    let refused = health.1["sync"]["backup_refused"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        refused.contains("not written with this API key"),
+        "{}",
+        health.1
+    );
 }
 
 #[tokio::test]
@@ -748,7 +831,7 @@ async fn with_no_backup_and_no_control_plane_nothing_is_served_and_it_keeps_tryi
     fake.go_down();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::new());
-    assert!(!restore_backup(&store, dir.path()).unwrap());
+    assert!(!restore_backup(&store, dir.path(), &backup_key()).unwrap());
     let run = Running::start(config(&fake), store);
     eventually("repeated attempts", Duration::from_secs(5), || {
         run.state.status().consecutive_failures >= 5
@@ -852,7 +935,7 @@ async fn the_binary_syncs_refreshes_on_demand_and_restarts_from_its_backup() {
     // Give the backup of B a moment to land, then crash and restart offline.
     let hash_b = Staged::from_document(&b).content_hash();
     eventually("the backup of the change", Duration::from_secs(5), || {
-        read_backup(backups.path()).is_ok_and(|b| b.content_hash == hash_b)
+        read_backup(backups.path(), &backup_key()).is_ok_and(|b| b.content_hash == hash_b)
     })
     .await;
     pdp.kill().unwrap();
@@ -1149,14 +1232,14 @@ async fn an_endless_page_fails_the_sync_not_the_process() {
 fn a_backup_from_the_future_is_not_fresh_for_ever() {
     let dir = tempfile::tempdir().unwrap();
     let doc = environment(3);
-    let path = pdp::sync::write_backup(dir.path(), &Staged::from_document(&doc)).unwrap();
+    let path = pdp::sync::write_backup(dir.path(), &Staged::from_document(&doc), &seal()).unwrap();
     // Rewrite the sync time a year ahead, as a wrong clock would.
     let ahead = std::time::SystemTime::now() + Duration::from_secs(365 * 24 * 3600);
-    let staged = read_backup(dir.path()).unwrap().staged;
+    let staged = read_backup(dir.path(), &backup_key()).unwrap().staged;
     std::fs::remove_file(&path).unwrap();
-    pdp::sync::write_backup_at(dir.path(), &staged, ahead).unwrap();
+    pdp::sync::write_backup_at(dir.path(), &staged, &seal(), ahead).unwrap();
     let store = Store::new();
-    assert!(restore_backup(&store, dir.path()).unwrap());
+    assert!(restore_backup(&store, dir.path(), &backup_key()).unwrap());
     std::thread::sleep(Duration::from_millis(1100));
     assert!(store.freshness_age() >= Duration::from_secs(1));
 }

@@ -2,12 +2,13 @@
 //!
 //! ```text
 //! cargo run --release -p pdp-devkit --bin gen -- --preset large --seed 7 --out env.json \
-//!     [--load-dir DIR [--queries 20000]] [--backup-dir DIR]
+//!     [--load-dir DIR [--queries 20000]] [--backup-dir DIR --api-key KEY]
 //! ```
 //!
 //! `--backup-dir` also writes the document as the PDP's offline backup
-//! (`pdp::sync::write_backup`), for timing a start from a backup; `--out` may
-//! then be left out.
+//! (`pdp::sync::write_backup`), sealed with `--api-key` (the key the PDP
+//! will run with, which must match), for timing a start from a backup;
+//! `--out` may then be left out.
 //!
 //! `--load-dir` writes one request body per line, for `benches/load/*.lua`:
 //! `allowed.jsonl` (the mixed `/allowed` queries), `bulk.jsonl` (arrays of 100
@@ -30,6 +31,7 @@ struct Args {
     out: Option<PathBuf>,
     load_dir: Option<PathBuf>,
     backup_dir: Option<PathBuf>,
+    api_key: Option<String>,
     queries: usize,
 }
 
@@ -39,6 +41,7 @@ fn parse() -> Result<Args, String> {
     let mut out = None;
     let mut load_dir = None;
     let mut backup_dir = None;
+    let mut api_key = None;
     let mut queries = 20_000;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -49,6 +52,7 @@ fn parse() -> Result<Args, String> {
             "--out" => out = Some(PathBuf::from(value()?)),
             "--load-dir" => load_dir = Some(PathBuf::from(value()?)),
             "--backup-dir" => backup_dir = Some(PathBuf::from(value()?)),
+            "--api-key" => api_key = Some(value()?),
             "--queries" => queries = value()?.parse().map_err(|e| format!("--queries: {e}"))?,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
@@ -62,11 +66,15 @@ fn parse() -> Result<Args, String> {
     if out.is_none() && backup_dir.is_none() {
         return Err("--out or --backup-dir is required".into());
     }
+    if backup_dir.is_some() && api_key.is_none() {
+        return Err("--backup-dir needs --api-key: a backup is sealed with the PDP's key".into());
+    }
     Ok(Args {
         spec,
         out,
         load_dir,
         backup_dir,
+        api_key,
         queries,
     })
 }
@@ -99,10 +107,14 @@ fn run(args: Args) -> std::io::Result<()> {
         w.flush()?;
         eprintln!("gen: wrote {} in {:.2?}", out.display(), t.elapsed());
     }
-    if let Some(dir) = &args.backup_dir {
+    if let (Some(dir), Some(key)) = (&args.backup_dir, &args.api_key) {
         let t = Instant::now();
         let staged = pdp::snapshot::Staged::from_document(&doc);
-        let path = pdp::sync::write_backup(dir, &staged)?;
+        let seal = pdp::sync::Seal {
+            key: pdp::sync::BackupKey::derive(&pdp::config::ApiKey::new(key.as_str())),
+            environment: "generated".to_owned(),
+        };
+        let path = pdp::sync::write_backup(dir, &staged, &seal)?;
         eprintln!(
             "gen: wrote backup {} in {:.2?}",
             path.display(),
@@ -170,7 +182,7 @@ fn main() -> ExitCode {
             }
             eprintln!(
                 "usage: gen --preset small|medium|large|rebac_large [--seed N] [--out FILE] \
-                 [--load-dir DIR] [--queries N] [--backup-dir DIR]"
+                 [--load-dir DIR] [--queries N] [--backup-dir DIR --api-key KEY]"
             );
             return ExitCode::from(64);
         }

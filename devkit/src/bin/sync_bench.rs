@@ -309,10 +309,12 @@ async fn measure(users: usize, assignments: usize) {
     // as a restart does it: read the backup, build the snapshot.
     let started = Instant::now();
     let restored = Store::new();
-    pdp::sync::restore_backup(&restored, backups.path()).expect("the backup just written loads");
+    let key = pdp::sync::BackupKey::derive(&pdp::config::ApiKey::new(ENV_KEY));
+    pdp::sync::restore_backup(&restored, backups.path(), &key)
+        .expect("the backup just written loads");
     let from_backup = started.elapsed();
     let started = Instant::now();
-    let backup = pdp::sync::read_backup(backups.path()).expect("backup");
+    let backup = pdp::sync::read_backup(backups.path(), &key).expect("backup");
     let read_only = started.elapsed();
     let started = Instant::now();
     let snapshot = pdp::snapshot::Snapshot::from_staged(backup.staged).expect("builds");
