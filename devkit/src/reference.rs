@@ -420,9 +420,17 @@ pub fn roles_on(doc: &Reference, user: &str, instance: &str) -> BTreeSet<String>
 }
 
 pub fn rebac(doc: &Reference, q: &Query) -> bool {
-    let (Some(_), Some(key)) = (&q.tenant, &q.key) else {
+    let (Some(tenant), Some(key)) = (&q.tenant, &q.key) else {
         return false;
     };
+    // An instance known to live in another tenant grants nothing here.
+    let elsewhere = doc
+        .instance(&q.ty, key)
+        .and_then(|i| i.tenant.as_deref())
+        .is_some_and(|t| t != tenant);
+    if elsewhere {
+        return false;
+    }
     let instance = format!("{}:{}", q.ty, key);
     roles_on(doc, &q.user, &instance).iter().any(|r| {
         is_resource_role(doc, &q.ty, r) && resource_role_actions(doc, &q.ty, r).contains(&q.action)
@@ -1063,6 +1071,13 @@ pub fn authorized_users(doc: &Reference, q: &Value) -> Value {
     let mut users: BTreeSet<String> = doc.users.iter().map(|u| u.key.clone()).collect();
     users.extend(doc.role_assignments.iter().map(|a| a.user.clone()));
     let instance = q.key.as_ref().map(|k| format!("{}:{k}", q.ty));
+    // As for a check: an instance known to live in another tenant gives
+    // no one an instance role in this one.
+    let elsewhere = q.key.as_ref().is_some_and(|k| {
+        doc.instance(&q.ty, k)
+            .and_then(|i| i.tenant.as_deref())
+            .is_some_and(|it| it != t)
+    });
     let mut out = Map::new();
     for u in users {
         let mut entries = Vec::new();
@@ -1073,7 +1088,7 @@ pub fn authorized_users(doc: &Reference, q: &Value) -> Value {
                 );
             }
         }
-        if let Some(instance) = &instance {
+        if let Some(instance) = instance.as_ref().filter(|_| !elsewhere) {
             for r in roles_on(doc, &u, instance) {
                 if is_resource_role(doc, &q.ty, &r)
                     && resource_role_actions(doc, &q.ty, &r).contains(&q.action)

@@ -157,8 +157,13 @@ fn check_with(snap: &Snapshot, q: &AllowedQuery, tenant: Option<&str>, ids: Ids)
             sources |= RBAC;
         }
     }
-    // ReBAC (§4).
-    if let (Some(u), Some(inst)) = (user, inst) {
+    // ReBAC (§4): an instance known to live in another tenant grants no
+    // instance role in this one.
+    let in_tenant = |inst: InstanceId| {
+        snap.instance_tenant(inst)
+            .is_none_or(|it| Some(it) == tenant)
+    };
+    if let (Some(u), Some(inst)) = (user, inst.filter(|&i| in_tenant(i))) {
         if has_role(snap, u, inst, ty, snap.resource_roles_granting(ty, action)) {
             sources |= REBAC;
         }

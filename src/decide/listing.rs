@@ -368,7 +368,13 @@ pub fn authorized_users(snap: &Snapshot, q: &AuthorizedUsersQuery) -> Authorized
         .resource
         .key
         .as_deref()
-        .and_then(|k| snap.instance_id(ty, k));
+        .and_then(|k| snap.instance_id(ty, k))
+        // As for a check (§4): an instance of another tenant gives no one
+        // an instance role in this one.
+        .filter(|&i| {
+            snap.instance_tenant(i)
+                .is_none_or(|it| snap.tenant_id(tenant_key) == Some(it))
+        });
     if let Some(inst) = inst {
         let mut goal_roles: Vec<ResourceRoleId> = snap.resource_roles_granting(ty, a).collect();
         goal_roles.sort_unstable_by(|&x, &y| {

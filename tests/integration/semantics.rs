@@ -460,13 +460,13 @@ fn rebac_folder_editor_is_file_editor() {
                 false,
             ),
             (
-                "the instance is the scope: the query's tenant is not compared",
+                "an instance of another tenant: no derived role in this one",
                 ask(
                     "alice",
                     "write",
                     json!({"type": "file", "key": "2023_report", "tenant": "other"}),
                 ),
-                true,
+                false,
             ),
             (
                 "depth 2 through an implicit folder",
@@ -653,7 +653,8 @@ fn rebac_grants_users_without_tenant_roles_and_ignores_assignment_tenant() {
         "resources": [{"key": "doc", "actions": {"read": {}}, "roles": {"reader": {"permissions": ["read"]}}}],
         "tenants": [{"key": "t1"}, {"key": "t2"}],
         "users": [{"key": "una"}],
-        "role_assignments": [{"user": "una", "role": "reader", "tenant": "t2", "resource_instance": "doc:d1"}],
+        "role_assignments": [{"user": "una", "role": "reader", "tenant": "t2", "resource_instance": "doc:d1"},
+                             {"user": "una", "role": "reader", "tenant": "t2", "resource_instance": "doc:d3"}],
         "resource_instances": [{"key": "d1", "resource": "doc", "tenant": "t2"}]
     });
     table(
@@ -669,11 +670,20 @@ fn rebac_grants_users_without_tenant_roles_and_ignores_assignment_tenant() {
                 true,
             ),
             (
-                "assignment tenant not compared",
+                "an instance of another tenant grants nothing in this one",
                 ask(
                     "una",
                     "read",
                     json!({"type": "doc", "key": "d1", "tenant": "t1"}),
+                ),
+                false,
+            ),
+            (
+                "assignment tenant not compared (d3 has no tenant of its own)",
+                ask(
+                    "una",
+                    "read",
+                    json!({"type": "doc", "key": "d3", "tenant": "t1"}),
                 ),
                 true,
             ),
@@ -1697,10 +1707,15 @@ fn authorized_users_rbac_and_rebac_parts() {
             json!({"resource": "document:*", "tenant": "default", "users": {}}),
         ),
         (
-            "ReBAC part reported under the query's tenant",
+            "the ReBAC part in the instance's own tenant",
+            json!({"action": "write", "resource": {"type": "document", "key": "d2", "tenant": "beta"}}),
+            json!({"resource": "document:d2", "tenant": "beta", "users": {
+                "cy": [{"user": "cy", "tenant": "beta", "resource": "document:d2", "role": "editor"}]}}),
+        ),
+        (
+            "no ReBAC part for an instance of another tenant",
             json!({"action": "write", "resource": {"type": "document", "key": "d2", "tenant": "zeta"}}),
-            json!({"resource": "document:d2", "tenant": "zeta", "users": {
-                "cy": [{"user": "cy", "tenant": "zeta", "resource": "document:d2", "role": "editor"}]}}),
+            json!({"resource": "document:d2", "tenant": "zeta", "users": {}}),
         ),
     ];
     for (name, q, want) in rows {
