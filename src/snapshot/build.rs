@@ -368,7 +368,7 @@ impl Builder {
                         Some(role) => UserSet::Role(roles.get(role).map(RoleId)),
                         None => UserSet::Cond(full_condition(key)?),
                     };
-                    user_set_ids.insert(key.to_owned(), user_sets.len() as u32);
+                    user_set_ids.insert(key.to_owned(), checked(user_sets.len(), "user sets")?);
                     user_sets.push(set);
                 }
                 ConditionSetType::Resourceset => {
@@ -393,7 +393,8 @@ impl Builder {
                             None => ResourceSet::Never,
                         }
                     };
-                    resource_set_ids.insert(key.to_owned(), resource_sets.len() as u32);
+                    let id = checked(resource_sets.len(), "resource sets")?;
+                    resource_set_ids.insert(key.to_owned(), id);
                     resource_sets.push(set);
                 }
             }
@@ -406,25 +407,31 @@ impl Builder {
         for rule in &doc.condition_set_rules {
             let us = match user_set_ids.get(&rule.user_set) {
                 Some(&id) => Some(id),
-                None => rule.user_set.strip_prefix(AUTOGEN).map(|role| {
-                    let id = user_sets.len() as u32;
-                    user_sets.push(UserSet::Role(roles.get(role).map(RoleId)));
-                    user_set_ids.insert(rule.user_set.clone(), id);
-                    id
-                }),
+                None => match rule.user_set.strip_prefix(AUTOGEN) {
+                    Some(role) => {
+                        let id = checked(user_sets.len(), "user sets")?;
+                        user_sets.push(UserSet::Role(roles.get(role).map(RoleId)));
+                        user_set_ids.insert(rule.user_set.clone(), id);
+                        Some(id)
+                    }
+                    None => None,
+                },
             };
             let rs = match resource_set_ids.get(&rule.resource_set) {
                 Some(&id) => Some(id),
-                None => rule.resource_set.strip_prefix(AUTOGEN).map(|ty| {
-                    let id = resource_sets.len() as u32;
-                    resource_sets.push(
-                        types
-                            .get(ty)
-                            .map_or(ResourceSet::Never, |t| ResourceSet::Type(TypeId(t))),
-                    );
-                    resource_set_ids.insert(rule.resource_set.clone(), id);
-                    id
-                }),
+                None => match rule.resource_set.strip_prefix(AUTOGEN) {
+                    Some(ty) => {
+                        let id = checked(resource_sets.len(), "resource sets")?;
+                        resource_sets.push(
+                            types
+                                .get(ty)
+                                .map_or(ResourceSet::Never, |t| ResourceSet::Type(TypeId(t))),
+                        );
+                        resource_set_ids.insert(rule.resource_set.clone(), id);
+                        Some(id)
+                    }
+                    None => None,
+                },
             };
             let perm = split_pair(&rule.permission).and_then(|(ty, a)| Some((types.get(ty)?, a)));
             let (Some(us), Some(rs), Some((t, action))) = (us, rs, perm) else {
@@ -544,6 +551,15 @@ impl Builder {
     }
 }
 
+/// Refuses a schema list that ran past 32-bit ids or text offsets (the
+/// interner then stops adding keys).
+fn fits(interner: &Interner, what: &'static str) -> Result<(), BuildError> {
+    if interner.overflowed() {
+        return Err(BuildError::TooMany { what });
+    }
+    Ok(())
+}
+
 /// `"type:key"` as a known type's id and the key.
 fn parse_inst<'s>(types: &Interner, s: &'s str) -> Option<(u32, &'s str)> {
     let (ty, key) = split_pair(s)?;
@@ -571,6 +587,7 @@ impl Schema {
                 return Err(BuildError::EmptyKey { what: "a resource" });
             }
             let t = types.intern(&r.key);
+            fits(&types, "resource types")?;
             if t as usize == type_info.len() {
                 type_info.push(TypeInfo::default());
                 groups.push(HashMap::new());
@@ -593,7 +610,10 @@ impl Schema {
             for rel in r.relations.keys() {
                 relations.intern(rel);
             }
+            fits(&info.actions, "actions of a resource type")?;
+            fits(&info.roles, "roles of a resource type")?;
         }
+        fits(&relations, "relations")?;
         Ok(Schema {
             types,
             type_info,
@@ -609,11 +629,12 @@ impl Schema {
     fn tenant_roles(&mut self, doc: &Staged) -> Result<(), BuildError> {
         let mut perm_base = Vec::with_capacity(self.type_info.len());
         let mut perm_owner: Vec<(u32, u32)> = Vec::new();
-        for (t, info) in self.type_info.iter().enumerate() {
-            perm_base.push(perm_owner.len() as u32);
-            perm_owner.extend((0..info.actions.len() as u32).map(|a| (t as u32, a)));
+        for (t, info) in (0u32..).zip(&self.type_info) {
+            perm_base.push(checked(perm_owner.len(), "permissions")?);
+            perm_owner.extend((0u32..).take(info.actions.len()).map(|a| (t, a)));
         }
         let perm_count = perm_owner.len();
+        checked(perm_count, "permissions")?;
         let roles = &mut self.roles;
         for r in &doc.roles {
             if r.key.is_empty() {
@@ -621,6 +642,7 @@ impl Schema {
             }
             roles.intern(&r.key);
         }
+        fits(roles, "roles")?;
         let mut direct = vec![BitSet::with_len(perm_count); roles.len()];
         let mut parents = vec![Vec::new(); roles.len()];
         for r in &doc.roles {
@@ -650,10 +672,10 @@ impl Schema {
         for info in self.type_info.iter_mut() {
             info.tenant_grants = vec![BitSet::with_len(roles.len()); info.actions.len()];
         }
-        for (role, bits) in flat.iter().enumerate() {
+        for (role, bits) in (0u32..).zip(&flat) {
             let perms: Vec<(u32, u32)> = bits.iter().map(|p| perm_owner[p as usize]).collect();
             for &(t, a) in &perms {
-                self.type_info[t as usize].tenant_grants[a as usize].insert(role as u32);
+                self.type_info[t as usize].tenant_grants[a as usize].insert(role);
             }
             self.role_perms.push(perms);
         }
@@ -696,9 +718,9 @@ impl Schema {
             let info = &mut self.type_info[t as usize];
             let flat = flatten("resource role", &info.roles, direct, &parents)?;
             info.role_grants = vec![BitSet::with_len(n_roles); n_actions];
-            for (role, bits) in flat.iter().enumerate() {
+            for (role, bits) in (0u32..).zip(&flat) {
                 for a in bits.iter() {
-                    info.role_grants[a as usize].insert(role as u32);
+                    info.role_grants[a as usize].insert(role);
                 }
             }
             info.role_actions = flat;
@@ -735,6 +757,7 @@ impl Schema {
                         .get(&rule.role)
                         .ok_or_else(unknown)?;
                     let relation = self.relations.intern(&rule.linked_by_relation);
+                    fits(&self.relations, "relations")?;
                     let no_direct = all_no_direct
                         || rule
                             .when
