@@ -166,6 +166,9 @@ impl Builder {
         self.instances(&mut doc, &schema, &mut facts);
         self.tuples(&mut doc, &mut schema, &mut facts);
         self.assignments(&mut doc, &schema, &mut facts);
+        // Users, tenants and instances are bounded by the staged keys checked
+        // above; relations also count the schema's, so they are checked here.
+        fits(&schema.relations, "relations")?;
         // The strings of the facts are all in the snapshot's own interners now.
         drop(std::mem::take(&mut doc.keys));
         let indexes = facts.indexes(schema.types.len())?;
