@@ -504,13 +504,22 @@ pub fn into_allowed_query<'a>(
 // ---------------------------------------------------------------------------
 // Evaluation
 
+/// `options`: absent, `null` or an object, in every operation.
+fn options(top: &Map<String, Value>) -> Result<Option<&Map<String, Value>>, AuthzenError> {
+    match top.get("options") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(o)) => Ok(Some(o)),
+        Some(_) => Err(AuthzenError::wrong("options", "an object")),
+    }
+}
+
 /// Whether the caller asked for the decision's reasons (`options.include_reasons`,
 /// an extension: the interop harnesses require bare `{"decision": bool}`).
-fn wants_reasons(top: &Map<String, Value>) -> bool {
-    top.get("options")
+fn wants_reasons(top: &Map<String, Value>) -> Result<bool, AuthzenError> {
+    Ok(options(top)?
         .and_then(|o| o.get("include_reasons"))
         .and_then(Value::as_bool)
-        .unwrap_or(false)
+        .unwrap_or(false))
 }
 
 fn decide_parsed(snap: &Snapshot, req: EvaluationRequest) -> Option<Decision> {
@@ -540,7 +549,7 @@ pub fn evaluation(snap: &Snapshot, body: &Value) -> Result<EvaluationResponse, A
     let decision = decide_parsed(snap, req);
     Ok(decision_body(
         decision.as_ref(),
-        wants_reasons(as_object(body)?),
+        wants_reasons(as_object(body)?)?,
     ))
 }
 
@@ -554,10 +563,8 @@ pub enum Semantic {
 
 impl Semantic {
     fn parse(top: &Map<String, Value>) -> Result<Semantic, AuthzenError> {
-        let options = match top.get("options") {
-            None | Some(Value::Null) => return Ok(Semantic::ExecuteAll),
-            Some(Value::Object(o)) => o,
-            Some(_) => return Err(AuthzenError::wrong("options", "an object")),
+        let Some(options) = options(top)? else {
+            return Ok(Semantic::ExecuteAll);
         };
         match options.get("evaluations_semantic") {
             None | Some(Value::Null) => Ok(Semantic::ExecuteAll),
@@ -602,7 +609,7 @@ pub fn evaluations(
             limit: limits.max_batch_items,
         });
     }
-    let reasons = wants_reasons(top);
+    let reasons = wants_reasons(top)?;
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let answer = match batch_item(top, item, i) {

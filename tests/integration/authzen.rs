@@ -613,6 +613,24 @@ fn a_bad_batch_item_is_a_denied_item_and_the_rest_still_run() {
     assert_eq!(items[3], json!({"decision": true}));
 }
 
+/// `options` is an object (or absent, or null) in every operation, as
+/// `/evaluations` always required.
+#[test]
+fn options_that_are_not_an_object_are_refused_everywhere() {
+    let snap = snapshot("todo");
+    for op in [Op::Evaluation, Op::Evaluations] {
+        for options in [json!(5), json!("x"), json!([1])] {
+            let mut body = todo_eval(RICK, "can_read_todos", "x");
+            body["options"] = options.clone();
+            let err = call(&snap, op, body).expect_err("refused");
+            assert_eq!(err["field"], "options", "{op:?} {options}: {err}");
+        }
+        let mut body = todo_eval(RICK, "can_read_todos", "x");
+        body["options"] = Value::Null;
+        assert!(call(&snap, op, body).is_ok(), "{op:?}: null is no options");
+    }
+}
+
 #[test]
 fn an_oversized_batch_is_413_like_bulk() {
     let snap = snapshot("todo");
