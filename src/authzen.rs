@@ -216,8 +216,9 @@ pub fn handle(
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(AuthzenError::NotJson("the body is empty".into()));
     }
-    let body: Value =
-        serde_json::from_slice(body).map_err(|e| AuthzenError::NotJson(e.to_string()))?;
+    let body: Value = serde_json::from_slice::<Unique>(body)
+        .map_err(|e| AuthzenError::NotJson(e.to_string()))?
+        .0;
     Ok(match op {
         Op::Evaluation => Response::Evaluation(evaluation(snap, &body)?),
         Op::Evaluations => evaluations(snap, &body, limits)?,
@@ -503,6 +504,80 @@ pub fn into_allowed_query<'a>(
 
 // ---------------------------------------------------------------------------
 // Evaluation
+
+/// A JSON value in which no object repeats a key. `serde_json` keeps the
+/// last of duplicate keys, so `{"id": "nobody", "id": "alice"}` would be
+/// decided as alice while a proxy in front that read the first saw nobody:
+/// a request that two readers can read two ways is refused instead.
+struct Unique(Value);
+
+impl<'de> serde::Deserialize<'de> for Unique {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueVisitor).map(Unique)
+    }
+}
+
+struct UniqueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Unique(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Unique(v) = map.next_value()?;
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
 
 /// `options`: absent, `null` or an object, in every operation.
 fn options(top: &Map<String, Value>) -> Result<Option<&Map<String, Value>>, AuthzenError> {

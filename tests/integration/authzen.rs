@@ -631,6 +631,29 @@ fn options_that_are_not_an_object_are_refused_everywhere() {
     }
 }
 
+/// A body that two JSON readers could read two ways (a repeated key, of
+/// which serde keeps the last and others the first) is refused, at any
+/// depth, rather than decided as one of them.
+#[test]
+fn duplicate_keys_are_refused() {
+    let snap = snapshot("todo");
+    let limits = Limits::default();
+    for body in [
+        r#"{"subject": {"type": "user", "id": "nobody", "id": "alice"}, "action": {"name": "can_read_todos"}, "resource": {"type": "todo", "id": "1"}}"#,
+        r#"{"subject": {"type": "user", "id": "a"}, "subject": {"type": "user", "id": "b"}, "action": {"name": "x"}, "resource": {"type": "todo", "id": "1"}}"#,
+        r#"{"subject": {"type": "user", "id": "a", "properties": {"k": 1, "k": 2}}, "action": {"name": "x"}, "resource": {"type": "todo", "id": "1"}}"#,
+    ] {
+        let err = authzen::handle(Op::Evaluation, &snap, body.as_bytes(), &limits)
+            .expect_err("a repeated key");
+        let err = ApiError::from(err);
+        assert_eq!(err.status(), 400, "{body}");
+        assert!(err.to_string().contains("duplicate key"), "{err}");
+    }
+    // The same keys in different objects are no repeat.
+    let fine = r#"{"subject": {"type": "user", "id": "a"}, "action": {"name": "x"}, "resource": {"type": "todo", "id": "1"}}"#;
+    assert!(authzen::handle(Op::Evaluation, &snap, fine.as_bytes(), &limits).is_ok());
+}
+
 #[test]
 fn an_oversized_batch_is_413_like_bulk() {
     let snap = snapshot("todo");
