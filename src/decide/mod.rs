@@ -27,7 +27,7 @@ pub use listing::{
     PermissionEntry, TenantInfo, UserPermissionsResponse, UserTenantsResponse,
 };
 pub use query::{
-    AllowedQuery, AuthorizedUsersQuery, ResourceInput, Str, UserInput, UserPermissionsQuery,
+    AllowedQuery, AuthorizedUsersQuery, Obj, ResourceInput, Str, UserInput, UserPermissionsQuery,
     UserTenantsQuery,
 };
 

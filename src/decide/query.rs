@@ -118,7 +118,7 @@ pub struct AllowedQuery<'a> {
     pub user: UserInput<'a>,
     #[serde(borrow)]
     pub action: Str<'a>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "object")]
     pub resource: ResourceInput<'a>,
     #[serde(default, deserialize_with = "nullable")]
     pub context: Map<String, Value>,
@@ -142,7 +142,7 @@ pub struct UserPermissionsQuery<'a> {
 pub struct AuthorizedUsersQuery<'a> {
     #[serde(borrow)]
     pub action: Str<'a>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "object")]
     pub resource: ResourceInput<'a>,
     #[serde(default, deserialize_with = "nullable")]
     pub context: Map<String, Value>,
@@ -154,4 +154,31 @@ pub struct UserTenantsQuery<'a> {
     pub user: UserInput<'a>,
     #[serde(default, deserialize_with = "nullable")]
     pub context: Map<String, Value>,
+}
+
+/// A query that must be a JSON object. serde's derived structs also accept
+/// an array of their fields in order, so `["alice", "read", {...}]` would
+/// be decided as a check; the endpoints take objects only (a 422 names the
+/// problem).
+pub struct Obj<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Obj<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<Obj<T>, M::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Obj)
+            }
+        }
+        d.deserialize_map(V(PhantomData))
+    }
+}
+
+/// A field that must be a JSON object (see [`Obj`]).
+fn object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    Obj::deserialize(d).map(|o| o.0)
 }

@@ -19,7 +19,7 @@ use super::routes::Route;
 use super::transport::{BodyRead, Progress};
 use crate::authzen;
 use crate::config::ApiKey;
-use crate::decide::{self, AllowedQuery};
+use crate::decide::{self, AllowedQuery, Obj};
 use crate::metrics::Metrics;
 use crate::store::{Loaded, Source, Store};
 use crate::sync::SyncState;
@@ -69,7 +69,7 @@ fn answer<'b, Q: Deserialize<'b>, R: Serialize>(
     body: &'b [u8],
     f: impl FnOnce(&Q) -> R,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let q: Q = decode(body)?;
+    let Obj(q): Obj<Q> = decode(body)?;
     Ok(json_response(StatusCode::OK, &f(&q)))
 }
 
@@ -263,7 +263,7 @@ impl App {
         let debug = self.settings.debug;
         match route {
             Route::Allowed => {
-                let q: AllowedQuery = decode(body)?;
+                let Obj(q): Obj<AllowedQuery> = decode(body)?;
                 let d = decide::check(snap, &q);
                 let resp = if debug {
                     json_response(StatusCode::OK, &d.to_response(debug))
@@ -278,7 +278,9 @@ impl App {
                 Ok((resp, d.allow as u64, !d.allow as u64))
             }
             Route::Bulk => {
-                let qs: Vec<AllowedQuery> = decode(body)?;
+                let qs: Vec<Obj<AllowedQuery>> = decode(body)?;
+                // The same layout: collected in place, no copy.
+                let qs: Vec<AllowedQuery> = qs.into_iter().map(|Obj(q)| q).collect();
                 if qs.len() > self.settings.max_bulk_items {
                     return Err(ApiError::TooManyItems {
                         count: qs.len(),
@@ -307,7 +309,7 @@ impl App {
                 Ok((resp, allowed, decisions.len() as u64 - allowed))
             }
             Route::AllTenants => {
-                let q: AllowedQuery = decode(body)?;
+                let Obj(q): Obj<AllowedQuery> = decode(body)?;
                 let r = decide::allowed_tenants(snap, &q);
                 let n = r.allowed_tenants.len() as u64;
                 Ok((json_response(StatusCode::OK, &r), n, (n == 0) as u64))
