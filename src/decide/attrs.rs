@@ -11,6 +11,7 @@ use crate::abac::{self, Attributes, Entity};
 use crate::snapshot::{InstanceId, ResourceSet, Snapshot, TenantId, TypeId, UserId, UserSet};
 
 /// Attributes visible to conditions, layered as in §5.1 without merging maps.
+#[derive(Clone, Copy)]
 pub(super) struct AttrCtx<'a> {
     snap: &'a Snapshot,
     user: Option<UserId>,
@@ -50,6 +51,47 @@ impl<'a> AttrCtx<'a> {
             res_input: &q.resource.attributes,
             ctx_top: &q.context,
             ctx_res: &q.resource.context,
+        }
+    }
+
+    /// What `/user-permissions` evaluates a rule in: the request's user and
+    /// context, and a resource of `ty` in `tenant` with no attributes of its
+    /// own, as a check on the type would see it. Borrowed, not copied: the
+    /// request's maps may be large and this is made per tenant and rule.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn for_listing(
+        snap: &'a Snapshot,
+        user_key: &'a str,
+        user_input: &'a Map<String, Value>,
+        context: &'a Map<String, Value>,
+        empty: &'a Map<String, Value>,
+        user: Option<UserId>,
+        tenant: TenantId,
+        tenant_key: &'a str,
+        ty: TypeId,
+    ) -> Self {
+        AttrCtx {
+            snap,
+            user,
+            user_key,
+            user_input,
+            tenant: Some(tenant),
+            tenant_key,
+            ty,
+            res_key: None,
+            inst: None,
+            res_input: empty,
+            ctx_top: context,
+            ctx_res: empty,
+        }
+    }
+
+    /// The same on instance `inst`, keyed `key`, as a check on it would see.
+    pub(super) fn on_instance(self, key: &'a str, inst: InstanceId) -> Self {
+        AttrCtx {
+            res_key: Some(key),
+            inst: Some(inst),
+            ..self
         }
     }
 

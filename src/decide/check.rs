@@ -118,11 +118,6 @@ impl Ids {
     }
 }
 
-/// The instance a query names on type `ty`, if the snapshot has it.
-pub(super) fn instance_of(snap: &Snapshot, ty: TypeId, q: &AllowedQuery) -> Option<InstanceId> {
-    snap.instance_id(ty, q.resource.key.as_deref()?)
-}
-
 pub(super) fn check_in(snap: &Snapshot, q: &AllowedQuery, tenant: Option<&str>) -> Decision {
     let ids = Ids::of(snap, q, tenant);
     std::hint::black_box(ids.first_rows(snap));

@@ -1,7 +1,6 @@
 //! The multi-answer endpoints (§6): `/allowed/all-tenants`,
 //! `/user-tenants`, `/user-permissions` and `/authorized_users`.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use hashbrown::HashSet;
@@ -9,11 +8,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::attrs::{resource_set_matches, user_set_matches, AttrCtx};
-use super::check::{check_in, instance_of};
+use super::check::check_in;
 use super::walk::{all_instance_roles, has_role, push_derivation_sources, WalkStack};
-use super::{
-    AllowedQuery, AuthorizedUsersQuery, ResourceInput, Str, UserPermissionsQuery, UserTenantsQuery,
-};
+use super::{AllowedQuery, AuthorizedUsersQuery, UserPermissionsQuery, UserTenantsQuery};
 use crate::snapshot::{
     ActionId, InstanceId, ResourceRoleId, ResourceSet, RoleId, Snapshot, TenantId, TypeId, UserId,
 };
@@ -249,24 +246,24 @@ fn add_abac_permissions(
             tenants.insert(id);
         }
     }
+    let empty = Map::new();
     for t in tenants {
         let tenant_key = snap.tenant_key(t);
         for ty in snap.all_types() {
             for a in snap.actions(ty) {
                 for rule in snap.abac_rules(ty, a) {
                     let (us, rs) = (rule.user_set, rule.resource_set);
-                    let base = AllowedQuery {
-                        user: q.user.clone(),
-                        action: Str(Cow::Borrowed(snap.action_key(ty, a))),
-                        resource: ResourceInput {
-                            kind: Str(Cow::Borrowed(snap.type_key(ty))),
-                            tenant: Some(Str(Cow::Borrowed(tenant_key))),
-                            ..ResourceInput::default()
-                        },
-                        context: q.context.clone(),
-                    };
-                    let inst = instance_of(snap, ty, &base);
-                    let ctx = AttrCtx::new(snap, &base, user, Some(t), tenant_key, ty, inst);
+                    let ctx = AttrCtx::for_listing(
+                        snap,
+                        &q.user.key,
+                        &q.user.attributes,
+                        &q.context,
+                        &empty,
+                        user,
+                        t,
+                        tenant_key,
+                        ty,
+                    );
                     let perm = perm_name(snap, ty, a);
                     match snap.resource_set(rs) {
                         ResourceSet::Type(_) => {
@@ -284,12 +281,8 @@ fn add_abac_permissions(
                                     continue;
                                 }
                                 let key = snap.instance_key(inst);
-                                let mut iq = base.clone();
-                                iq.resource.key = Some(Str(Cow::Borrowed(key)));
                                 // Exactly what /allowed would see on this instance.
-                                let iinst = instance_of(snap, ty, &iq);
-                                let ictx =
-                                    AttrCtx::new(snap, &iq, user, Some(t), tenant_key, ty, iinst);
+                                let ictx = ctx.on_instance(key, inst);
                                 if user_set_matches(snap, us, &ictx)
                                     && resource_set_matches(snap, rs, &ictx)
                                 {
