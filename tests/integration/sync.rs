@@ -1243,3 +1243,79 @@ fn a_backup_from_the_future_is_not_fresh_for_ever() {
     std::thread::sleep(Duration::from_millis(1100));
     assert!(store.freshness_age() >= Duration::from_secs(1));
 }
+
+/// A control plane whose cursors go round in a circle (c1 → c2 → c1): the
+/// listing fails as inconsistent within a few requests, instead of paging
+/// until the sync deadline.
+#[tokio::test]
+async fn a_cursor_cycle_fails_the_listing_at_once() {
+    use pdp_devkit::fake_control_plane::{ENV_ID, ORG_ID, PROJECT_ID};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let pages = Arc::new(AtomicU64::new(0));
+    let served = pages.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let served = served.clone();
+            tokio::spawn(async move {
+                let mut head = vec![0u8; 8192];
+                let n = conn.read(&mut head).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&head[..n]).into_owned();
+                let body = if head.contains("/v2/api-key/scope") {
+                    json!({"organization_id": ORG_ID, "project_id": PROJECT_ID,
+                           "environment_id": ENV_ID})
+                } else {
+                    // Every page a new resource, and a cursor that leads on
+                    // from the first page to c1, c2, c1, ...
+                    let n = served.fetch_add(1, Ordering::SeqCst);
+                    let next = if head.contains("cursor=c1") {
+                        "c2"
+                    } else {
+                        "c1"
+                    };
+                    json!({"data": [{"key": format!("r{n}"), "actions": {}}],
+                           "pagination": {"cursor": next, "hasMore": true}})
+                }
+                .to_string();
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let fake = FakeControlPlane::start(&environment(1), Shape::Bare).await;
+    let run = Running::start(
+        SyncConfig {
+            control_plane: url,
+            sync_deadline: Duration::from_secs(30),
+            ..config(&fake)
+        },
+        Arc::new(Store::new()),
+    );
+    eventually("the sync fails", Duration::from_secs(10), || {
+        run.state.status().syncs_failed > 0
+    })
+    .await;
+    let status = run.state.status();
+    assert_eq!(status.last_error_cause, Some("inconsistent"), "{status:?}");
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("came round again")),
+        "{status:?}"
+    );
+    assert!(
+        pages.load(Ordering::SeqCst) <= 4,
+        "{} pages",
+        pages.load(Ordering::SeqCst)
+    );
+    run.stop().await.unwrap();
+    server.abort();
+}
