@@ -59,6 +59,10 @@ const KEYS: &[Key] = &[
         default: "10000",
     },
     Key {
+        name: "max_connections",
+        default: "10000",
+    },
+    Key {
         name: "header_read_timeout",
         default: "10s",
     },
@@ -169,6 +173,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub max_body_bytes: usize,
     pub max_bulk_items: usize,
+    /// Connections served at once; past it, a few more are kept for probes.
+    pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
     pub control_plane: String,
@@ -410,6 +416,10 @@ impl Parser<'_> {
             Some(0) => self.fail("max_bulk_items", "above zero"),
             v => v,
         };
+        let max_connections = match self.value::<usize>("max_connections", "a count") {
+            Some(0) => self.fail("max_connections", "above zero"),
+            v => v,
+        };
         let header_read_timeout = self.positive_duration("header_read_timeout");
         let shutdown_grace = self.duration("shutdown_grace");
         let control_plane = self
@@ -466,6 +476,7 @@ impl Parser<'_> {
             log_format: log_format?,
             max_body_bytes: max_body_bytes?,
             max_bulk_items: max_bulk_items?,
+            max_connections: max_connections?,
             header_read_timeout: header_read_timeout?,
             shutdown_grace: shutdown_grace?,
             control_plane,

@@ -243,6 +243,7 @@ pub async fn run(
             debug: config.debug,
             max_body_bytes: config.max_body_bytes,
             max_bulk_items: config.max_bulk_items,
+            max_connections: config.max_connections,
             header_read_timeout: config.header_read_timeout,
             shutdown_grace: config.shutdown_grace,
             max_staleness,

@@ -42,6 +42,8 @@ pub enum ApiError {
     WrongShape(String),
     #[error("not ready: {0}")]
     NotReady(String),
+    #[error("too many connections; only /livez, /ready and /health are answered on this one")]
+    TooManyConnections,
     #[error("could not read the request body: {0}")]
     BodyRead(String),
     #[error(transparent)]
@@ -65,7 +67,7 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::WrongShape(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotReady(_) | ApiError::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -83,6 +85,7 @@ impl ApiError {
             ApiError::BadJson(_) => "invalid_json",
             ApiError::WrongShape(_) | ApiError::Authzen(_) => "invalid_request",
             ApiError::NotReady(_) => "not_ready",
+            ApiError::TooManyConnections => "too_many_connections",
             ApiError::BodyRead(_) => "body_read_error",
         }
     }

@@ -31,6 +31,8 @@ pub struct HttpSettings {
     pub debug: bool,
     pub max_body_bytes: usize,
     pub max_bulk_items: usize,
+    /// Connections served at once (see `transport::serve`).
+    pub max_connections: usize,
     /// A connection with no request in flight that begins none for this
     /// long, or whose request's body stops arriving for this long, is
     /// closed (see `idle_watchdog`).
@@ -46,6 +48,7 @@ impl Default for HttpSettings {
             debug: false,
             max_body_bytes: 1 << 20,
             max_bulk_items: 10_000,
+            max_connections: 10_000,
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(20),
             max_staleness: None,
@@ -125,15 +128,17 @@ impl App {
         B: Body,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        self.serve_request(req, &Progress::default()).await
+        self.serve_request(req, &Progress::default(), false).await
     }
 
     /// [`App::handle`], reporting to the connection's watchdog while the
-    /// body is read.
+    /// body is read. With `probes_only` (a connection past the cap), only
+    /// `/livez`, `/ready` and `/health` are answered; the rest get a 503.
     pub(super) async fn serve_request<B>(
         &self,
         req: Request<B>,
         progress: &Progress,
+        probes_only: bool,
     ) -> Response<Full<Bytes>>
     where
         B: Body,
@@ -141,7 +146,14 @@ impl App {
     {
         let request_id = req.headers().get("x-request-id").cloned();
         let head = req.method() == Method::HEAD;
-        let (label, mut resp) = match Route::find(req.method(), req.uri().path()) {
+        let found = Route::find(req.method(), req.uri().path()).and_then(|route| {
+            let probe = matches!(route, Route::Live | Route::Ready | Route::Health);
+            if probes_only && !probe {
+                return Err(ApiError::TooManyConnections);
+            }
+            Ok(route)
+        });
+        let (label, mut resp) = match found {
             Ok(route) => {
                 let resp = match self.dispatch(route, req, progress).await {
                     Ok(resp) => resp,

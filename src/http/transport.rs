@@ -12,9 +12,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use super::App;
+
+/// Connections accepted past `max_connections` for the probes alone.
+const PROBE_RESERVE: usize = 32;
 
 /// Requests a connection has begun and finished, and the bodies it is
 /// reading: its service bumps them, its [`idle_watchdog`] reads them. Over
@@ -112,6 +116,12 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().keep_alive(true);
     builder.http2().timer(TokioTimer::new());
+    // Connections past the cap, for probes only: one request each.
+    let mut probe_builder = auto::Builder::new(TokioExecutor::new());
+    probe_builder.http1().keep_alive(false);
+    probe_builder.http2().timer(TokioTimer::new());
+    let served = Arc::new(Semaphore::new(app.settings.max_connections));
+    let reserve = Arc::new(Semaphore::new(PROBE_RESERVE));
     let graceful = GracefulShutdown::new();
     let idle_limit = app.settings.header_read_timeout;
     tokio::pin!(shutdown);
@@ -127,6 +137,19 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
                         continue;
                     }
                 };
+                // At the cap, a connection from the reserve answers the
+                // probes alone, so a flood of idle clients cannot make the
+                // kubelet restart the pod; past the reserve it is closed.
+                let (permit, probes_only) = match served.clone().try_acquire_owned() {
+                    Ok(p) => (p, false),
+                    Err(_) => match reserve.clone().try_acquire_owned() {
+                        Ok(p) => (p, true),
+                        Err(_) => {
+                            debug!(%peer, "connection refused: at the connection cap and its reserve");
+                            continue;
+                        }
+                    },
+                };
                 let _ = stream.set_nodelay(true);
                 let progress = Arc::new(Progress::default());
                 let service = service_fn({
@@ -135,15 +158,17 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
                         let app = app.clone();
                         let in_flight = InFlight::begin(progress.clone());
                         async move {
-                            let resp = app.serve_request(req, &in_flight.0).await;
+                            let resp = app.serve_request(req, &in_flight.0, probes_only).await;
                             drop(in_flight);
                             Ok::<_, Infallible>(resp)
                         }
                     }
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let which = if probes_only { &probe_builder } else { &builder };
+                let conn = which.serve_connection(TokioIo::new(stream), service).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
+                    let _permit = permit;
                     tokio::select! {
                         ended = conn => if let Err(e) = ended {
                             debug!(%peer, error = %e, "connection ended with an error");

@@ -897,3 +897,59 @@ async fn the_handler_answers_without_a_socket() {
         "{metrics}"
     );
 }
+
+/// Past `max_connections`, a connection answers the probes alone: a flood
+/// of idle clients cannot fail the kubelet's probes, and other requests
+/// get a 503 that says why.
+#[tokio::test]
+async fn at_the_connection_cap_the_probes_still_get_through() {
+    let s = TestServer::start_with(
+        Some(document(env())),
+        HttpSettings {
+            max_connections: 2,
+            ..settings()
+        },
+    )
+    .await;
+    // Two connections that hold their places and send nothing.
+    let _idle: Vec<_> = [0, 1]
+        .iter()
+        .map(|_| std::net::TcpStream::connect(s.addr).unwrap())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let fresh = || {
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap()
+    };
+    for path in ["/livez", "/ready", "/health"] {
+        let resp = fresh().get(s.url(path)).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{path}");
+    }
+    let resp = fresh()
+        .post(s.url("/allowed"))
+        .bearer_auth(KEY)
+        .json(&q(
+            json!("alice"),
+            "read",
+            json!({"type": "document", "tenant": "acme"}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "too_many_connections", "{body}");
+    // Their places come back when they close.
+    drop(_idle);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let resp = fresh()
+        .post(s.url("/allowed"))
+        .bearer_auth(KEY)
+        .json(&q(json!("alice"), "read", json!({"type": "document", "tenant": "acme"})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+}
