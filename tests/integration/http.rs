@@ -947,7 +947,11 @@ async fn at_the_connection_cap_the_probes_still_get_through() {
     let resp = fresh()
         .post(s.url("/allowed"))
         .bearer_auth(KEY)
-        .json(&q(json!("alice"), "read", json!({"type": "document", "tenant": "acme"})))
+        .json(&q(
+            json!("alice"),
+            "read",
+            json!({"type": "document", "tenant": "acme"}),
+        ))
         .send()
         .await
         .unwrap();

@@ -1136,54 +1136,78 @@ async fn unauthenticated_health_shows_no_sync_detail() {
     let _ = pdp.wait();
 }
 
-/// A control plane that streams a list without end: the sync reads one
-/// page's worth, fails as malformed within seconds, and the snapshot that
-/// was serving keeps serving.
-#[tokio::test]
-async fn an_endless_page_fails_the_sync_not_the_process() {
+/// A control plane of raw HTTP/1.1, for faults the fake cannot make: it
+/// answers the key's scope as an environment key's and hands every other
+/// request (its head, and the connection) to `page`.
+async fn raw_control_plane<F, Fut>(page: F) -> (String, JoinHandle<()>)
+where
+    F: Fn(String, tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     use pdp_devkit::fake_control_plane::{ENV_ID, ORG_ID, PROJECT_ID};
-    use std::sync::atomic::{AtomicU64, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let streamed = Arc::new(AtomicU64::new(0));
-    let counter = streamed.clone();
+    let page = Arc::new(page);
     let server = tokio::spawn(async move {
         loop {
             let (mut conn, _) = listener.accept().await.unwrap();
-            let counter = counter.clone();
+            let page = page.clone();
             tokio::spawn(async move {
                 let mut head = vec![0u8; 8192];
                 let n = conn.read(&mut head).await.unwrap_or(0);
                 let head = String::from_utf8_lossy(&head[..n]).into_owned();
                 if head.contains("/v2/api-key/scope") {
-                    let body = json!({"organization_id": ORG_ID, "project_id": PROJECT_ID,
-                                      "environment_id": ENV_ID})
-                    .to_string();
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = conn.write_all(answer.as_bytes()).await;
-                    return;
-                }
-                let _ = conn
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
-                    .await;
-                // Up to 1 GiB, one MiB a chunk, until the reader hangs up.
-                let chunk = vec![b' '; 1 << 20];
-                for _ in 0..1024 {
-                    let framed =
-                        [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
-                    if conn.write_all(&framed).await.is_err() {
-                        return;
-                    }
-                    counter.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                    let scope = json!({"organization_id": ORG_ID, "project_id": PROJECT_ID,
+                                       "environment_id": ENV_ID});
+                    let _ = conn.write_all(json_answer(&scope).as_bytes()).await;
+                } else {
+                    page(head, conn).await;
                 }
             });
         }
     });
+    (url, server)
+}
+
+/// A whole HTTP/1.1 answer with a JSON body.
+fn json_answer(body: &serde_json::Value) -> String {
+    let body = body.to_string();
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A control plane that streams a list without end: the sync reads one
+/// page's worth, fails as malformed within seconds, and the snapshot that
+/// was serving keeps serving.
+#[tokio::test]
+async fn an_endless_page_fails_the_sync_not_the_process() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::AsyncWriteExt;
+
+    let streamed = Arc::new(AtomicU64::new(0));
+    let counter = streamed.clone();
+    let (url, server) = raw_control_plane(move |_, mut conn| {
+        let counter = counter.clone();
+        async move {
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .await;
+            // Up to 1 GiB, one MiB a chunk, until the reader hangs up.
+            let chunk = vec![b' '; 1 << 20];
+            for _ in 0..1024 {
+                let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+                if conn.write_all(&framed).await.is_err() {
+                    return;
+                }
+                counter.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+            }
+        }
+    })
+    .await;
     let doc = environment(5);
     let store = Arc::new(Store::new());
     store
@@ -1249,46 +1273,27 @@ fn a_backup_from_the_future_is_not_fresh_for_ever() {
 /// until the sync deadline.
 #[tokio::test]
 async fn a_cursor_cycle_fails_the_listing_at_once() {
-    use pdp_devkit::fake_control_plane::{ENV_ID, ORG_ID, PROJECT_ID};
     use std::sync::atomic::{AtomicU64, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let pages = Arc::new(AtomicU64::new(0));
     let served = pages.clone();
-    let server = tokio::spawn(async move {
-        loop {
-            let (mut conn, _) = listener.accept().await.unwrap();
-            let served = served.clone();
-            tokio::spawn(async move {
-                let mut head = vec![0u8; 8192];
-                let n = conn.read(&mut head).await.unwrap_or(0);
-                let head = String::from_utf8_lossy(&head[..n]).into_owned();
-                let body = if head.contains("/v2/api-key/scope") {
-                    json!({"organization_id": ORG_ID, "project_id": PROJECT_ID,
-                           "environment_id": ENV_ID})
-                } else {
-                    // Every page a new resource, and a cursor that leads on
-                    // from the first page to c1, c2, c1, ...
-                    let n = served.fetch_add(1, Ordering::SeqCst);
-                    let next = if head.contains("cursor=c1") {
-                        "c2"
-                    } else {
-                        "c1"
-                    };
-                    json!({"data": [{"key": format!("r{n}"), "actions": {}}],
-                           "pagination": {"cursor": next, "hasMore": true}})
-                }
-                .to_string();
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = conn.write_all(answer.as_bytes()).await;
-            });
+    let (url, server) = raw_control_plane(move |head, mut conn| {
+        // Every page a new resource, and a cursor that leads on from the
+        // first page to c1, c2, c1, ...
+        let n = served.fetch_add(1, Ordering::SeqCst);
+        let next = if head.contains("cursor=c1") {
+            "c2"
+        } else {
+            "c1"
+        };
+        let page = json!({"data": [{"key": format!("r{n}"), "actions": {}}],
+                          "pagination": {"cursor": next, "hasMore": true}});
+        async move {
+            let _ = conn.write_all(json_answer(&page).as_bytes()).await;
         }
-    });
+    })
+    .await;
     let fake = FakeControlPlane::start(&environment(1), Shape::Bare).await;
     let run = Running::start(
         SyncConfig {
