@@ -31,7 +31,7 @@ use std::borrow::Cow;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use crate::decide::{self, AllowedQuery, Decision, ResourceInput, Str, UserInput};
+use crate::decide::{self, AllowedQuery, Attrs, Decision, ResourceInput, Str, UserInput};
 use crate::http::ApiError;
 use crate::snapshot::Snapshot;
 
@@ -251,22 +251,24 @@ pub fn configuration(base_url: &str) -> Value {
 pub struct Entity<'a> {
     pub kind: &'a str,
     pub id: Option<&'a str>,
-    pub properties: Map<String, Value>,
+    /// Borrowed from the body unless pre-1.0 sibling fields were merged in.
+    pub properties: Attrs<'a>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Action<'a> {
     pub name: &'a str,
-    pub properties: Map<String, Value>,
+    pub properties: Attrs<'a>,
 }
 
-/// One access evaluation: every entity present and identified.
+/// One access evaluation: every entity present and identified. The maps
+/// borrow from the body, so the items of a batch share its defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvaluationRequest<'a> {
     pub subject: Entity<'a>,
     pub action: Action<'a>,
     pub resource: Entity<'a>,
-    pub context: Map<String, Value>,
+    pub context: Attrs<'a>,
 }
 
 impl<'a> EvaluationRequest<'a> {
@@ -321,13 +323,13 @@ fn required_str<'a>(
     }
 }
 
-fn optional_object(
-    v: Option<&Value>,
+fn optional_object<'a>(
+    v: Option<&'a Value>,
     field: impl FnOnce() -> String,
-) -> Result<Map<String, Value>, AuthzenError> {
+) -> Result<Attrs<'a>, AuthzenError> {
     match v {
-        None | Some(Value::Null) => Ok(Map::new()),
-        Some(Value::Object(m)) => Ok(m.clone()),
+        None | Some(Value::Null) => Ok(Attrs::default()),
+        Some(Value::Object(m)) => Ok(Cow::Borrowed(m)),
         Some(_) => Err(AuthzenError::wrong(field(), "an object")),
     }
 }
@@ -352,7 +354,7 @@ fn parse_entity<'a>(
     // Pre-1.0 drafts carried properties as sibling fields (`resource.ownerID`).
     for (k, v) in obj {
         if !matches!(k.as_str(), "type" | "id" | "properties") && !properties.contains_key(k) {
-            properties.insert(k.clone(), v.clone());
+            properties.to_mut().insert(k.clone(), v.clone());
         }
     }
     Ok(Entity {
@@ -391,7 +393,7 @@ fn parse_action<'a>(v: Option<&'a Value>, field: &str) -> Result<Action<'a>, Aut
     })
 }
 
-fn parse_context(v: Option<&Value>) -> Result<Map<String, Value>, AuthzenError> {
+fn parse_context(v: Option<&Value>) -> Result<Attrs<'_>, AuthzenError> {
     optional_object(v, || "context".to_owned())
 }
 
@@ -416,31 +418,45 @@ fn borrowed(s: &str) -> Str<'_> {
     Str(Cow::Borrowed(s))
 }
 
-/// Adds the action to the context as `context.action` (`{name,
-/// properties?}`), unless the caller already put something there.
-fn add_action(context: &mut Map<String, Value>, name: &str, props: &Map<String, Value>) {
+/// What conditions see as `context.action` (`{name, properties?}`), unless
+/// the caller's context already has an `action`, which then stands: a map
+/// of that one entry, for the query's resource context, which conditions
+/// read before the request's context.
+fn action_context<'a>(context: &Map<String, Value>, action: &Action) -> Attrs<'a> {
     if context.contains_key("action") {
-        return;
+        return Attrs::default();
     }
-    let mut a = Map::new();
-    a.insert("name".into(), Value::String(name.to_owned()));
-    if !props.is_empty() {
-        a.insert("properties".into(), Value::Object(props.clone()));
-    }
-    context.insert("action".into(), Value::Object(a));
+    Cow::Owned(action_entry(action))
 }
 
-/// The Permit `/allowed` query for one (user, action, resource), taking the
-/// attribute maps by value. Search builds it once and swaps each candidate
-/// in (see [`set_action`]).
+/// `{"action": {name, properties?}}`.
+fn action_entry(action: &Action) -> Map<String, Value> {
+    let mut out = Map::new();
+    let mut a = Map::new();
+    a.insert("name".into(), Value::String(action.name.to_owned()));
+    if !action.properties.is_empty() {
+        a.insert(
+            "properties".into(),
+            Value::Object(action.properties.as_ref().clone()),
+        );
+    }
+    out.insert("action".into(), Value::Object(a));
+    out
+}
+
+/// The Permit `/allowed` query for one (user, action, resource). The maps
+/// are lent, not copied: a batch's defaults serve every item. Search builds
+/// it once and swaps each candidate in (see [`set_action`]).
+#[allow(clippy::too_many_arguments)]
 fn permit_query<'a>(
     user_key: &'a str,
-    user_attributes: Map<String, Value>,
+    user_attributes: Attrs<'a>,
     action: &'a str,
     resource_kind: &'a str,
     resource_key: Option<&'a str>,
-    resource_attributes: Map<String, Value>,
-    context: Map<String, Value>,
+    resource_attributes: Attrs<'a>,
+    context: Attrs<'a>,
+    action_context: Attrs<'a>,
 ) -> AllowedQuery<'a> {
     // `parse_resource` has refused a tenant that is not a string.
     let tenant = match resource_attributes.get("tenant") {
@@ -458,20 +474,18 @@ fn permit_query<'a>(
             key: resource_key.map(borrowed),
             tenant: Some(tenant),
             attributes: resource_attributes,
-            context: Map::new(),
+            context: action_context,
         },
         context,
     }
 }
 
 /// Points `q` at another action, keeping `context.action.name` in step
-/// when this module put it there.
+/// when this module put it there (see [`action_context`]).
 fn set_action<'a>(q: &mut AllowedQuery<'a>, name: &'a str) {
     q.action = borrowed(name);
-    if let Some(Value::Object(a)) = q.context.get_mut("action") {
-        if a.len() == 1 && a.contains_key("name") {
-            a.insert("name".into(), Value::String(name.to_owned()));
-        }
+    if let Some(Value::Object(a)) = q.resource.context.to_mut().get_mut("action") {
+        a.insert("name".into(), Value::String(name.to_owned()));
     }
 }
 
@@ -481,6 +495,17 @@ pub fn into_allowed_query<'a>(
     snap: &'a Snapshot,
     req: EvaluationRequest<'a>,
 ) -> Option<AllowedQuery<'a>> {
+    let action = action_context(&req.context, &req.action);
+    query_with(snap, req, action)
+}
+
+/// [`into_allowed_query`] with `context.action` already made (shared by
+/// the items of a batch that take the default action).
+fn query_with<'a>(
+    snap: &'a Snapshot,
+    req: EvaluationRequest<'a>,
+    action_context: Attrs<'a>,
+) -> Option<AllowedQuery<'a>> {
     if !is_user_type(req.subject.kind) {
         return None;
     }
@@ -488,9 +513,8 @@ pub fn into_allowed_query<'a>(
         subject,
         action,
         resource,
-        mut context,
+        context,
     } = req;
-    add_action(&mut context, action.name, &action.properties);
     Some(permit_query(
         resolve_user(snap, subject.id.unwrap_or_default()),
         subject.properties,
@@ -499,6 +523,7 @@ pub fn into_allowed_query<'a>(
         resource.id,
         resource.properties,
         context,
+        action_context,
     ))
 }
 
@@ -685,10 +710,23 @@ pub fn evaluations(
         });
     }
     let reasons = wants_reasons(top)?;
+    // `context.action` of the default action, made once and lent to every
+    // item that takes it: the defaults may be large and the items many.
+    let default_action = std::cell::OnceCell::new();
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let answer = match batch_item(top, item, i) {
-            Ok(req) => decision_body(decide_parsed(snap, req).as_ref(), reasons),
+            Ok((req, takes_default_action)) => {
+                let action = if req.context.contains_key("action") {
+                    Attrs::default()
+                } else if takes_default_action {
+                    Cow::Borrowed(default_action.get_or_init(|| action_entry(&req.action)))
+                } else {
+                    Cow::Owned(action_entry(&req.action))
+                };
+                let decision = query_with(snap, req, action).map(|q| decide::check(snap, &q));
+                decision_body(decision.as_ref(), reasons)
+            }
             Err(e) => item_error(&e),
         };
         let allow = answer.decision;
@@ -708,12 +746,12 @@ pub fn evaluations(
 }
 
 /// Merges one item with the defaults (whole entities, never field by field)
-/// and parses the result.
+/// and parses the result; and whether it took the default action.
 fn batch_item<'a>(
     top: &'a Map<String, Value>,
     item: &'a Value,
     index: usize,
-) -> Result<EvaluationRequest<'a>, AuthzenError> {
+) -> Result<(EvaluationRequest<'a>, bool), AuthzenError> {
     let item = item
         .as_object()
         .ok_or_else(|| AuthzenError::wrong(format!("evaluations[{index}]"), "an object"))?;
@@ -721,12 +759,14 @@ fn batch_item<'a>(
         Some(v) if !v.is_null() => Some(v),
         _ => top.get(key),
     };
-    Ok(EvaluationRequest {
+    let req = EvaluationRequest {
         subject: parse_entity(pick("subject"), "subject", true)?,
         action: parse_action(pick("action"), "action")?,
         resource: parse_resource(pick("resource"), "resource", true)?,
         context: parse_context(pick("context"))?,
-    })
+    };
+    let takes_default_action = matches!(item.get("action"), None | Some(Value::Null));
+    Ok((req, takes_default_action))
 }
 
 /// A batch item that could not be parsed: denied, with the 400 it would
@@ -826,12 +866,12 @@ pub fn search_subject(snap: &Snapshot, body: &Value) -> Result<SearchResponse, A
     let subject = parse_entity(top.get("subject"), "subject", false)?;
     let action = parse_action(top.get("action"), "action")?;
     let resource = parse_resource(top.get("resource"), "resource", true)?;
-    let mut context = parse_context(top.get("context"))?;
+    let context = parse_context(top.get("context"))?;
     let page = Page::parse(top)?;
     if !is_user_type(subject.kind) {
         return Ok(empty_search());
     }
-    add_action(&mut context, action.name, &action.properties);
+    let action_context = action_context(&context, &action);
     let mut q = permit_query(
         "",
         subject.properties,
@@ -840,6 +880,7 @@ pub fn search_subject(snap: &Snapshot, body: &Value) -> Result<SearchResponse, A
         resource.id,
         resource.properties,
         context,
+        action_context,
     );
     let (keys, next) = paginate(snap.user_keys(), page, |user| {
         q.user.key = borrowed(user);
@@ -855,12 +896,12 @@ pub fn search_resource(snap: &Snapshot, body: &Value) -> Result<SearchResponse, 
     let subject = parse_entity(top.get("subject"), "subject", true)?;
     let action = parse_action(top.get("action"), "action")?;
     let resource = parse_resource(top.get("resource"), "resource", false)?;
-    let mut context = parse_context(top.get("context"))?;
+    let context = parse_context(top.get("context"))?;
     let page = Page::parse(top)?;
     if !is_user_type(subject.kind) {
         return Ok(empty_search());
     }
-    add_action(&mut context, action.name, &action.properties);
+    let action_context = action_context(&context, &action);
     let mut q = permit_query(
         resolve_user(snap, subject.id.unwrap_or_default()),
         subject.properties,
@@ -869,6 +910,7 @@ pub fn search_resource(snap: &Snapshot, body: &Value) -> Result<SearchResponse, 
         None,
         resource.properties,
         context,
+        action_context,
     );
     let (keys, next) = paginate(snap.instance_keys_of_type(resource.kind), page, |key| {
         q.resource.key = Some(borrowed(key));
@@ -883,13 +925,17 @@ pub fn search_action(snap: &Snapshot, body: &Value) -> Result<SearchResponse, Au
     let top = as_object(body)?;
     let subject = parse_entity(top.get("subject"), "subject", true)?;
     let resource = parse_resource(top.get("resource"), "resource", true)?;
-    let mut context = parse_context(top.get("context"))?;
+    let context = parse_context(top.get("context"))?;
     let page = Page::parse(top)?;
     if !is_user_type(subject.kind) {
         return Ok(empty_search());
     }
     // The request names no action: each candidate's name is swapped in.
-    add_action(&mut context, "", &Map::new());
+    let no_action = Action {
+        name: "",
+        properties: Attrs::default(),
+    };
+    let action_context = action_context(&context, &no_action);
     let mut q = permit_query(
         resolve_user(snap, subject.id.unwrap_or_default()),
         subject.properties,
@@ -898,6 +944,7 @@ pub fn search_action(snap: &Snapshot, body: &Value) -> Result<SearchResponse, Au
         resource.id,
         resource.properties,
         context,
+        action_context,
     );
     let (names, next) = paginate(snap.actions_of_type(resource.kind), page, |name| {
         set_action(&mut q, name);
@@ -933,15 +980,22 @@ mod tests {
         });
         let req = EvaluationRequest::parse(&body).expect("valid");
         assert_eq!(
-            req.subject.properties,
+            *req.subject.properties,
             *json!({"identity": "PID"}).as_object().unwrap()
         );
         assert_eq!(
-            req.resource.properties,
+            *req.resource.properties,
             *json!({"ownerID": "new", "userID": "u"})
                 .as_object()
                 .unwrap()
         );
+        // Without sibling fields the properties are lent by the body.
+        let body = json!({
+            "subject": {"type": "user", "id": "a", "properties": {"big": "x"}},
+            "action": {"name": "x"}, "resource": {"type": "t", "id": "1"},
+        });
+        let req = EvaluationRequest::parse(&body).expect("valid");
+        assert!(matches!(req.subject.properties, Cow::Borrowed(_)));
     }
 
     #[test]
@@ -967,20 +1021,19 @@ mod tests {
 
     #[test]
     fn the_action_reaches_the_context_without_overriding_the_caller() {
-        let props = json!({"soft": true}).as_object().unwrap().clone();
-        let mut ctx = Map::new();
-        add_action(&mut ctx, "delete", &props);
+        let props = json!({"soft": true});
+        let action = Action {
+            name: "delete",
+            properties: Cow::Borrowed(props.as_object().unwrap()),
+        };
+        let entry = action_context(&Map::new(), &action);
         assert_eq!(
-            Value::Object(ctx),
+            Value::Object(entry.into_owned()),
             json!({"action": {"name": "delete", "properties": {"soft": true}}})
         );
-        let mine = json!({"action": "caller's own"})
-            .as_object()
-            .unwrap()
-            .clone();
-        let mut ctx = mine.clone();
-        add_action(&mut ctx, "delete", &props);
-        assert_eq!(ctx, mine);
+        let mine = json!({"action": "caller's own"});
+        let entry = action_context(mine.as_object().unwrap(), &action);
+        assert!(entry.is_empty(), "the caller's context.action stands");
     }
 
     #[test]

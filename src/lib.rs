@@ -48,7 +48,7 @@ use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use crate::config::{ApiKey, Config, Mode};
-use crate::http::{App, HttpSettings};
+use crate::http::{App, HeavyWork, HttpSettings};
 use crate::metrics::Metrics;
 use crate::model::DataDocument;
 use crate::snapshot::Staged;
@@ -251,6 +251,7 @@ pub async fn run(
         metrics,
         refresh,
         sync_state,
+        heavy: HeavyWork::default(),
     });
     let serving = http::serve(app, listener, shutdown);
     tokio::pin!(serving);

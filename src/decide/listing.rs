@@ -247,56 +247,61 @@ fn add_abac_permissions(
         }
     }
     let empty = Map::new();
-    for t in tenants {
-        let tenant_key = snap.tenant_key(t);
-        for ty in snap.all_types() {
-            for a in snap.actions(ty) {
-                for rule in snap.abac_rules(ty, a) {
-                    let (us, rs) = (rule.user_set, rule.resource_set);
-                    let ctx = AttrCtx::for_listing(
-                        snap,
-                        &q.user.key,
-                        &q.user.attributes,
-                        &q.context,
-                        &empty,
-                        user,
-                        t,
-                        tenant_key,
-                        ty,
-                    );
-                    let perm = perm_name(snap, ty, a);
-                    match snap.resource_set(rs) {
-                        ResourceSet::Type(_) => {
-                            if !user_set_matches(snap, us, &ctx) {
-                                continue;
-                            }
-                            out.entry(format!("__tenant:{tenant_key}"))
-                                .or_insert_with(|| tenant_entry(snap, t))
-                                .permissions
-                                .insert(perm);
-                        }
-                        ResourceSet::Cond(..) => {
-                            for inst in snap.instances_of(ty) {
-                                if snap.instance_tenant(inst) != Some(t) {
-                                    continue;
-                                }
-                                let key = snap.instance_key(inst);
-                                // Exactly what /allowed would see on this instance.
-                                let ictx = ctx.on_instance(key, inst);
-                                if user_set_matches(snap, us, &ictx)
-                                    && resource_set_matches(snap, rs, &ictx)
-                                {
-                                    let ekey = format!("{}:{}", snap.type_key(ty), key);
-                                    out.entry(ekey.clone())
-                                        .or_insert_with(|| instance_entry(snap, inst))
-                                        .permissions
-                                        .insert(perm.clone());
-                                    inst_tenant_of.insert(ekey, Some(tenant_key.to_owned()));
-                                }
+    let ctx_in = |t: TenantId, ty: TypeId| {
+        AttrCtx::for_listing(
+            snap,
+            &q.user.key,
+            &q.user.attributes,
+            &q.context,
+            &empty,
+            user,
+            t,
+            snap.tenant_key(t),
+            ty,
+        )
+    };
+    for ty in snap.all_types() {
+        for a in snap.actions(ty) {
+            for rule in snap.abac_rules(ty, a) {
+                let (us, rs) = (rule.user_set, rule.resource_set);
+                let perm = perm_name(snap, ty, a);
+                match snap.resource_set(rs) {
+                    ResourceSet::Type(_) => {
+                        for &t in &tenants {
+                            if user_set_matches(snap, us, &ctx_in(t, ty)) {
+                                out.entry(format!("__tenant:{}", snap.tenant_key(t)))
+                                    .or_insert_with(|| tenant_entry(snap, t))
+                                    .permissions
+                                    .insert(perm.clone());
                             }
                         }
-                        ResourceSet::Never => {}
                     }
+                    // One pass over the type's instances, not one per
+                    // tenant: the work is the instances, whatever the
+                    // number of tenants asked for.
+                    ResourceSet::Cond(..) => {
+                        for inst in snap.instances_of(ty) {
+                            let Some(t) =
+                                snap.instance_tenant(inst).filter(|t| tenants.contains(t))
+                            else {
+                                continue;
+                            };
+                            let key = snap.instance_key(inst);
+                            // Exactly what /allowed would see on this instance.
+                            let ictx = ctx_in(t, ty).on_instance(key, inst);
+                            if user_set_matches(snap, us, &ictx)
+                                && resource_set_matches(snap, rs, &ictx)
+                            {
+                                let ekey = format!("{}:{}", snap.type_key(ty), key);
+                                out.entry(ekey.clone())
+                                    .or_insert_with(|| instance_entry(snap, inst))
+                                    .permissions
+                                    .insert(perm.clone());
+                                inst_tenant_of.insert(ekey, Some(snap.tenant_key(t).to_owned()));
+                            }
+                        }
+                    }
+                    ResourceSet::Never => {}
                 }
             }
         }
@@ -392,6 +397,69 @@ pub fn authorized_users(snap: &Snapshot, q: &AuthorizedUsersQuery) -> Authorized
         }
     }
     resp
+}
+
+// ---------------------------------------------------------------------------
+// Work estimates: about how many rows and checks a listing will take, read
+// off the snapshot's indexes before it runs, so that the long ones can be
+// moved off the async workers (`http::HeavyWork`). Not exact; the same
+// order of magnitude.
+
+/// [`user_permissions`]: the user's rows; with ABAC, for each rule, the
+/// tenants, or the instances of its type.
+pub fn user_permissions_work(snap: &Snapshot, q: &UserPermissionsQuery) -> usize {
+    let user = snap.user_id(&q.user.key);
+    let rows = user.map_or(0, |u| {
+        snap.user_tenant_roles(u).len() + snap.user_instance_roles(u).len()
+    });
+    if q.context.get("enable_abac_user_permissions") != Some(&Value::Bool(true)) {
+        return rows;
+    }
+    let tenants = user.map_or(0, |u| snap.user_tenant_roles(u).len())
+        + q.tenants.as_ref().map_or(0, Vec::len);
+    let mut work = rows;
+    for ty in snap.all_types() {
+        for a in snap.actions(ty) {
+            for rule in snap.abac_rules(ty, a) {
+                work += match snap.resource_set(rule.resource_set) {
+                    ResourceSet::Cond(..) => snap.instances_of(ty).len(),
+                    ResourceSet::Type(_) | ResourceSet::Never => tenants,
+                };
+            }
+        }
+    }
+    work
+}
+
+/// [`allowed_tenants`]: a check per candidate tenant.
+pub fn allowed_tenants_work(snap: &Snapshot, q: &AllowedQuery) -> usize {
+    match snap.user_id(&q.user.key) {
+        Some(u) => snap.user_tenant_roles(u).len(),
+        None => snap.all_tenants().count(),
+    }
+}
+
+/// [`user_tenants`]: the user's tenant rows.
+pub fn user_tenants_work(snap: &Snapshot, q: &UserTenantsQuery) -> usize {
+    snap.user_id(&q.user.key)
+        .map_or(0, |u| snap.user_tenant_roles(u).len())
+}
+
+/// [`authorized_users`]: the tenant's members; with an instance named,
+/// twice that, for the walk up its derivations (its cost is the members of
+/// the instances on the way, which no index counts up front).
+pub fn authorized_users_work(snap: &Snapshot, q: &AuthorizedUsersQuery) -> usize {
+    let members = q
+        .resource
+        .tenant
+        .as_deref()
+        .and_then(|t| snap.tenant_id(t))
+        .or_else(|| snap.tenant_id("default"))
+        .map_or(0, |t| snap.tenant_members(t).len());
+    match q.resource.key {
+        Some(_) => 2 * members.max(1),
+        None => members,
+    }
 }
 
 /// Users with a direct role somewhere on a derivation path into `inst`:

@@ -22,13 +22,14 @@ use serde::Serialize;
 
 pub use check::{check, check_bulk};
 pub use listing::{
-    allowed_tenants, authorized_users, user_permissions, user_tenants, AllTenantsResponse,
+    allowed_tenants, allowed_tenants_work, authorized_users, authorized_users_work,
+    user_permissions, user_permissions_work, user_tenants, user_tenants_work, AllTenantsResponse,
     AllowedTenant, AuthorizedAssignment, AuthorizedUsersResponse, PermResource, PermTenant,
     PermissionEntry, TenantInfo, UserPermissionsResponse, UserTenantsResponse,
 };
 pub use query::{
-    AllowedQuery, AuthorizedUsersQuery, Obj, ResourceInput, Str, UserInput, UserPermissionsQuery,
-    UserTenantsQuery,
+    AllowedQuery, Attrs, AuthorizedUsersQuery, Obj, ResourceInput, Str, UserInput,
+    UserPermissionsQuery, UserTenantsQuery,
 };
 
 /// Why a decision came out as it did (§7).

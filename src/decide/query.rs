@@ -49,12 +49,16 @@ fn opt_str<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<Option<Str<'a>>, D
     Ok(Option::<Str<'a>>::deserialize(d)?.filter(|s| !s.is_empty()))
 }
 
+/// A map of attributes or context: owned when decoded from a request,
+/// borrowed when an AuthZEN batch lends its defaults to every item.
+pub type Attrs<'a> = Cow<'a, Map<String, Value>>;
+
 /// The `user` of a query: an object with a `key`, or a bare key
 /// (docs/contract.md, Lenient input).
 #[derive(Debug, Clone, Default)]
 pub struct UserInput<'a> {
     pub key: Str<'a>,
-    pub attributes: Map<String, Value>,
+    pub attributes: Attrs<'a>,
 }
 
 #[derive(Deserialize)]
@@ -76,20 +80,20 @@ impl<'de: 'a, 'a> Deserialize<'de> for UserInput<'a> {
             fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
                 Ok(UserInput {
                     key: Str(Cow::Borrowed(v)),
-                    attributes: Map::new(),
+                    attributes: Attrs::default(),
                 })
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
                 Ok(UserInput {
                     key: Str(Cow::Owned(v.to_owned())),
-                    attributes: Map::new(),
+                    attributes: Attrs::default(),
                 })
             }
             fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<Self::Value, M::Error> {
                 let u = UserObject::deserialize(de::value::MapAccessDeserializer::new(map))?;
                 Ok(UserInput {
                     key: u.key,
-                    attributes: u.attributes,
+                    attributes: Cow::Owned(u.attributes),
                 })
             }
         }
@@ -106,9 +110,9 @@ pub struct ResourceInput<'a> {
     #[serde(default, borrow, deserialize_with = "opt_str")]
     pub tenant: Option<Str<'a>>,
     #[serde(default, deserialize_with = "nullable")]
-    pub attributes: Map<String, Value>,
+    pub attributes: Attrs<'a>,
     #[serde(default, deserialize_with = "nullable")]
-    pub context: Map<String, Value>,
+    pub context: Attrs<'a>,
 }
 
 /// The body of `POST /allowed` (and of `/allowed/all-tenants`).
@@ -121,7 +125,7 @@ pub struct AllowedQuery<'a> {
     #[serde(borrow, deserialize_with = "object")]
     pub resource: ResourceInput<'a>,
     #[serde(default, deserialize_with = "nullable")]
-    pub context: Map<String, Value>,
+    pub context: Attrs<'a>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -12,10 +12,11 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::Notify;
+use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 
 use super::error::{decode, json_bytes, json_response, ApiError};
-use super::routes::Route;
+use super::routes::{Cost, Route};
 use super::transport::{BodyRead, Progress};
 use crate::authzen;
 use crate::config::ApiKey;
@@ -56,6 +57,56 @@ impl Default for HttpSettings {
     }
 }
 
+/// Where the requests that can run long are decided: listings, and batches
+/// with a large body. They leave the async workers (`block_in_place`), at
+/// most `concurrency` at a time, so that the probes and the single checks
+/// on the same workers are answered meanwhile: a liveness probe must not
+/// time out behind two listings, even with one worker thread. A request
+/// waiting for its turn waits asynchronously, holding no thread.
+pub struct HeavyWork {
+    permits: Semaphore,
+}
+
+impl HeavyWork {
+    /// A request with a body over this is heavy, unless it is one check:
+    /// about a thousand checks, a millisecond of work.
+    pub const BODY_BYTES: usize = 64 << 10;
+    /// A listing estimated at more rows and checks than this is heavy
+    /// (`decide::*_work`). Below it, moving the work costs more than the
+    /// work: a thread hand-off is tens of microseconds on one core.
+    pub const LISTING_WORK: usize = 10_000;
+
+    pub fn new(concurrency: usize) -> Self {
+        HeavyWork {
+            permits: Semaphore::new(concurrency.max(1)),
+        }
+    }
+
+    async fn permit(&self) -> SemaphorePermit<'_> {
+        // Never closed: `acquire` fails only on a closed semaphore.
+        self.permits
+            .acquire()
+            .await
+            .expect("the heavy-work semaphore is never closed")
+    }
+
+    /// Runs `f` off the async worker. A current-thread runtime (a test's)
+    /// has no worker to spare, so there it runs in place.
+    fn offload<R>(&self, f: impl FnOnce() -> R) -> R {
+        match Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+            _ => f(),
+        }
+    }
+}
+
+impl Default for HeavyWork {
+    /// As many at once as there are cores.
+    fn default() -> Self {
+        HeavyWork::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+}
+
 /// Shared state of the server: cheap to clone behind an `Arc`.
 pub struct App {
     pub store: Arc<Store>,
@@ -65,6 +116,7 @@ pub struct App {
     pub refresh: Arc<Notify>,
     /// The sync task's status, shown by `/health` when syncing.
     pub sync_state: Option<Arc<SyncState>>,
+    pub heavy: HeavyWork,
 }
 
 /// Decodes a query, answers it with `f`, and encodes the answer.
@@ -197,6 +249,12 @@ impl App {
             return Ok(self.serve(route, &req));
         };
         let body = self.read_json_body(req, progress).await?;
+        let heavy = self.is_heavy(route, spec.cost, &body)?;
+        let _turn = if heavy {
+            Some(self.heavy.permit().await)
+        } else {
+            None
+        };
         let guard = self.snapshot()?;
         let Some(loaded) = guard.as_deref() else {
             return Err(ApiError::NotReady(
@@ -204,10 +262,44 @@ impl App {
             ));
         };
         let started = Instant::now();
-        let (resp, allowed, denied) = self.decide(route, loaded, &body)?;
+        let (resp, allowed, denied) = if heavy {
+            self.heavy.offload(|| self.decide(route, loaded, &body))?
+        } else {
+            self.decide(route, loaded, &body)?
+        };
         self.metrics
             .decisions(endpoint, allowed, denied, started.elapsed());
         Ok(resp)
+    }
+
+    /// Whether a request goes to [`HeavyWork`]: by its body's size, and a
+    /// listing by what it asks of the snapshot. A body that does not decode
+    /// is not heavy: deciding it answers the 4xx.
+    fn is_heavy(&self, route: Route, cost: Cost, body: &[u8]) -> Result<bool, ApiError> {
+        match cost {
+            Cost::Small => return Ok(false),
+            _ if body.len() > HeavyWork::BODY_BYTES => return Ok(true),
+            Cost::PerItem => return Ok(false),
+            Cost::Listing => {}
+        }
+        let guard = self.snapshot()?;
+        let Some(loaded) = guard.as_deref() else {
+            return Ok(false);
+        };
+        let snap = &loaded.snapshot;
+        fn work<'b, Q: Deserialize<'b>>(body: &'b [u8], f: impl FnOnce(&Q) -> usize) -> usize {
+            decode::<Obj<Q>>(body).map_or(0, |Obj(q)| f(&q))
+        }
+        let work = match route {
+            Route::UserPermissions => work(body, |q| decide::user_permissions_work(snap, q)),
+            Route::AllTenants => work(body, |q| decide::allowed_tenants_work(snap, q)),
+            Route::UserTenants => work(body, |q| decide::user_tenants_work(snap, q)),
+            Route::AuthorizedUsers => work(body, |q| decide::authorized_users_work(snap, q)),
+            // The AuthZEN searches scan every user, or every instance of a
+            // type, by definition.
+            _ => usize::MAX,
+        };
+        Ok(work > HeavyWork::LISTING_WORK)
     }
 
     /// The routes that read no body and make no decision.
@@ -503,5 +595,107 @@ mod tests {
             };
             assert_eq!(serde_json::to_vec(&d.to_response(false)).unwrap(), body);
         }
+    }
+
+    /// 20,000 documents in two tenants, and an ABAC rule on a condition
+    /// over them: `/user-permissions` with ABAC scans them all.
+    fn app_on_many_documents() -> App {
+        let instances: Vec<_> = (0..20_000)
+            .map(|i| json!({"key": format!("d{i}"), "resource": "document", "tenant": if i % 2 == 0 { "a" } else { "b" }, "attributes": {"public": i % 3 == 0}}))
+            .collect();
+        let doc: crate::model::DataDocument = serde_json::from_value(json!({
+            "resources": [{"key": "document", "actions": {"read": {}}}],
+            "roles": [{"key": "viewer", "permissions": ["document:read"]}],
+            "tenants": [{"key": "a"}, {"key": "b"}],
+            "users": [{"key": "u"}],
+            "role_assignments": [{"user": "u", "role": "viewer", "tenant": "a"}],
+            "resource_instances": instances,
+            "condition_sets": [
+                {"key": "all", "type": "userset", "conditions": {"allOf": []}},
+                {"key": "public", "type": "resourceset", "resource": {"key": "document"},
+                 "conditions": {"allOf": [{"resource.public": {"equals": true}}]}}
+            ],
+            "condition_set_rules": [{"user_set": "all", "permission": "document:read", "resource_set": "public"}]
+        }))
+        .unwrap();
+        let store = Arc::new(Store::new());
+        store
+            .install(
+                crate::snapshot::Staged::from_document(&doc),
+                Source::Embedded,
+            )
+            .unwrap();
+        App {
+            store,
+            settings: HttpSettings::default(),
+            metrics: Arc::new(Metrics::new(prometheus::Registry::new()).unwrap()),
+            refresh: Default::default(),
+            sync_state: None,
+            heavy: HeavyWork::new(1),
+        }
+    }
+
+    #[test]
+    fn large_bodies_and_long_listings_are_heavy_single_checks_never() {
+        let app = app_on_many_documents();
+        let heavy = |route: Route, body: &str| {
+            app.is_heavy(route, route.spec().cost, body.as_bytes())
+                .unwrap()
+        };
+        let check =
+            r#"{"user": "u", "action": "read", "resource": {"type": "document", "tenant": "a"}}"#;
+        assert!(!heavy(Route::Allowed, check));
+        let padded = format!(
+            r#"{{"user": {{"key": "u", "attributes": {{"pad": "{}"}}}}, "action": "read", "resource": {{"type": "document"}}}}"#,
+            "x".repeat(HeavyWork::BODY_BYTES)
+        );
+        assert!(
+            !heavy(Route::Allowed, &padded),
+            "one check, whatever its size"
+        );
+        let bulk = format!("[{}]", vec![check; 100].join(","));
+        assert!(!heavy(Route::Bulk, &bulk));
+        assert!(heavy(Route::Bulk, &format!("[{padded}]")));
+        let listing = r#"{"user": {"key": "u"}, "tenants": ["a"]}"#;
+        assert!(!heavy(Route::UserPermissions, listing));
+        let abac = r#"{"user": {"key": "u"}, "context": {"enable_abac_user_permissions": true}}"#;
+        assert!(
+            heavy(Route::UserPermissions, abac),
+            "a scan of 20,000 documents"
+        );
+        assert!(
+            !heavy(Route::UserPermissions, "[1]"),
+            "a 422, answered in place"
+        );
+        assert!(heavy(Route::Authzen(authzen::Op::SearchSubject), "{}"));
+        assert!(!heavy(
+            Route::AuthorizedUsers,
+            r#"{"action": "read", "resource": {"type": "document", "tenant": "a"}}"#
+        ));
+    }
+
+    /// With one worker thread, a task spawned while heavy work runs is run
+    /// before that work ends: the work holds until it hears from the task,
+    /// so run in place it would wait out its timeout instead.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn heavy_work_leaves_the_worker_to_the_other_tasks() {
+        let heavy = Arc::new(HeavyWork::new(1));
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let work = {
+            let heavy = heavy.clone();
+            tokio::spawn(async move {
+                let _turn = heavy.permit().await;
+                heavy.offload(|| rx.recv_timeout(Duration::from_secs(20)).is_ok())
+            })
+        };
+        // Spawned after the work has its permit and runs: the only worker
+        // is the one the work started on.
+        tokio::task::yield_now().await;
+        let probe = tokio::spawn(async move { tx.send(()).is_ok() });
+        assert!(probe.await.unwrap());
+        assert!(
+            work.await.unwrap(),
+            "the task ran only after the heavy work"
+        );
     }
 }

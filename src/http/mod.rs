@@ -14,6 +14,6 @@ mod routes;
 mod transport;
 
 pub use error::{decode, ApiError};
-pub use handlers::{App, HttpSettings};
-pub use routes::{Route, Spec, Verb};
+pub use handlers::{App, HeavyWork, HttpSettings};
+pub use routes::{Cost, Route, Spec, Verb};
 pub use transport::serve;

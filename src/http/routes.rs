@@ -66,6 +66,20 @@ pub struct Spec {
     pub needs_key: bool,
     /// The decision series the route counts in, for routes that decide.
     pub decisions: Option<Endpoint>,
+    /// How the work of one request grows (see `handlers::HeavyWork`).
+    pub cost: Cost,
+}
+
+/// How much work one request of a route can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cost {
+    /// Bounded by the body: one check, or no decision at all.
+    Small,
+    /// One check per item of the body: large when the body is.
+    PerItem,
+    /// A listing over the snapshot (tenants, users, instances), whatever
+    /// the body's size.
+    Listing,
 }
 
 const fn spec(path: &'static str, verb: Verb, needs_key: bool) -> Spec {
@@ -76,12 +90,14 @@ const fn spec(path: &'static str, verb: Verb, needs_key: bool) -> Spec {
         verb,
         needs_key,
         decisions: None,
+        cost: Cost::Small,
     }
 }
 
-const fn deciding(path: &'static str, endpoint: Endpoint) -> Spec {
+const fn deciding(path: &'static str, endpoint: Endpoint, cost: Cost) -> Spec {
     Spec {
         decisions: Some(endpoint),
+        cost,
         ..spec(path, Verb::Post, true)
     }
 }
@@ -116,12 +132,16 @@ impl Route {
     pub const fn spec(self) -> Spec {
         use Endpoint as E;
         match self {
-            Route::Allowed => deciding("/allowed", E::Allowed),
-            Route::Bulk => deciding("/allowed/bulk", E::Bulk),
-            Route::AllTenants => deciding("/allowed/all-tenants", E::AllTenants),
-            Route::UserPermissions => deciding("/user-permissions", E::UserPermissions),
-            Route::AuthorizedUsers => deciding("/authorized_users", E::AuthorizedUsers),
-            Route::UserTenants => deciding("/user-tenants", E::UserTenants),
+            Route::Allowed => deciding("/allowed", E::Allowed, Cost::Small),
+            Route::Bulk => deciding("/allowed/bulk", E::Bulk, Cost::PerItem),
+            Route::AllTenants => deciding("/allowed/all-tenants", E::AllTenants, Cost::Listing),
+            Route::UserPermissions => {
+                deciding("/user-permissions", E::UserPermissions, Cost::Listing)
+            }
+            Route::AuthorizedUsers => {
+                deciding("/authorized_users", E::AuthorizedUsers, Cost::Listing)
+            }
+            Route::UserTenants => deciding("/user-tenants", E::UserTenants, Cost::Listing),
             Route::Sync => spec("/sync", Verb::Post, true),
             Route::Health => Spec {
                 alias: Some("/healthy"),
@@ -130,14 +150,13 @@ impl Route {
             Route::Ready => spec("/ready", Verb::Get, false),
             Route::Live => spec("/livez", Verb::Get, false),
             Route::Metrics => spec("/metrics", Verb::Get, false),
-            Route::Authzen(op) => deciding(
-                op.path(),
-                match op {
-                    Op::Evaluation => E::AuthzenEvaluation,
-                    Op::Evaluations => E::AuthzenEvaluations,
-                    Op::SearchSubject | Op::SearchResource | Op::SearchAction => E::AuthzenSearch,
-                },
-            ),
+            Route::Authzen(op) => match op {
+                Op::Evaluation => deciding(op.path(), E::AuthzenEvaluation, Cost::Small),
+                Op::Evaluations => deciding(op.path(), E::AuthzenEvaluations, Cost::PerItem),
+                Op::SearchSubject | Op::SearchResource | Op::SearchAction => {
+                    deciding(op.path(), E::AuthzenSearch, Cost::Listing)
+                }
+            },
             // Also the per-tenant form `/.well-known/authzen-configuration/<tenant>`.
             Route::AuthzenConfiguration => Spec {
                 subpaths: true,

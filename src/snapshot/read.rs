@@ -160,7 +160,10 @@ impl Snapshot {
     }
 
     /// Instances of a type, in id order.
-    pub(crate) fn instances_of(&self, ty: TypeId) -> impl Iterator<Item = InstanceId> + '_ {
+    pub(crate) fn instances_of(
+        &self,
+        ty: TypeId,
+    ) -> impl ExactSizeIterator<Item = InstanceId> + '_ {
         self.type_instances.row(ty.0).iter().map(|&i| InstanceId(i))
     }
 
@@ -267,7 +270,7 @@ impl Snapshot {
     pub(crate) fn user_tenant_roles(
         &self,
         u: UserId,
-    ) -> impl DoubleEndedIterator<Item = (TenantId, RoleId)> + Clone + '_ {
+    ) -> impl ExactSizeIterator<Item = (TenantId, RoleId)> + DoubleEndedIterator + Clone + '_ {
         self.user_roles
             .row(u.0)
             .iter()
@@ -290,7 +293,7 @@ impl Snapshot {
     pub(crate) fn tenant_members(
         &self,
         t: TenantId,
-    ) -> impl Iterator<Item = (UserId, RoleId)> + '_ {
+    ) -> impl ExactSizeIterator<Item = (UserId, RoleId)> + '_ {
         self.tenant_users
             .row(t.0)
             .iter()
@@ -313,7 +316,7 @@ impl Snapshot {
     pub(crate) fn user_instance_roles(
         &self,
         u: UserId,
-    ) -> impl Iterator<Item = (InstanceId, ResourceRoleId)> + '_ {
+    ) -> impl ExactSizeIterator<Item = (InstanceId, ResourceRoleId)> + '_ {
         self.user_inst_roles
             .row(u.0)
             .iter()

@@ -835,6 +835,7 @@ async fn the_handler_answers_without_a_socket() {
         metrics: std::sync::Arc::new(Metrics::new(prometheus::Registry::new()).unwrap()),
         refresh: Default::default(),
         sync_state: None,
+        heavy: Default::default(),
     };
     let call = |method: &str, path: &str, key: Option<&str>, body: &str| {
         let mut req = http::Request::builder()
@@ -956,4 +957,85 @@ async fn at_the_connection_cap_the_probes_still_get_through() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
+}
+
+/// A JSON object of `n` string attributes of 90 bytes: about `n` × 100
+/// bytes of request, as the review's amplified requests carried.
+fn padding(n: usize) -> Value {
+    (0..n)
+        .map(|i| (format!("k{i}"), json!("x".repeat(90))))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// The security review's amplified requests, on the generated environment:
+/// `/user-permissions` with ABAC over every tenant and ~900 KB of user
+/// attributes, and an AuthZEN batch of 10,000 items sharing ~300 KB of
+/// subject properties. With one worker thread, both are answered, and
+/// `/livez`, asked again and again while they run, answers at once (they
+/// run off the worker: `HeavyWork`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn amplified_requests_leave_the_probes_answered() {
+    use pdp_devkit::gen::{generate, GenSpec};
+
+    let doc = generate(&GenSpec::small());
+    let tenants: Vec<&str> = doc.tenants.iter().map(|t| t.key.as_str()).collect();
+    let s = TestServer::start(doc.clone()).await;
+    let user_permissions = json!({
+        "user": {"key": "user-1", "attributes": padding(9_000)},
+        "tenants": tenants,
+        "context": {"enable_abac_user_permissions": true},
+    });
+    let items: Vec<Value> = (0..10_000)
+        .map(|i| json!({"action": {"name": "read"}, "resource": {"type": "document", "id": format!("doc-{i}")}}))
+        .collect();
+    let evaluations = json!({
+        "subject": {"type": "user", "id": "user-1", "properties": padding(3_000)},
+        "evaluations": items,
+    });
+    let bodies = [
+        ("/user-permissions", user_permissions),
+        ("/access/v1/evaluations", evaluations),
+    ];
+    let heavy: Vec<_> = bodies
+        .into_iter()
+        .map(|(path, body)| {
+            let body = body.to_string();
+            assert!(body.len() < 1 << 20, "{path}: {} bytes", body.len());
+            let req = s
+                .client
+                .post(s.url(path))
+                .bearer_auth(KEY)
+                .header("content-type", "application/json")
+                .body(body);
+            tokio::spawn(async move {
+                let resp = req.send().await.unwrap();
+                let status = resp.status().as_u16();
+                (status, resp.bytes().await.unwrap().len())
+            })
+        })
+        .collect();
+    let mut probes = Vec::new();
+    while heavy.iter().any(|h| !h.is_finished()) {
+        let started = std::time::Instant::now();
+        let resp = s.client.get(s.url("/livez")).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        probes.push(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for h in heavy {
+        let (status, len) = h.await.unwrap();
+        assert_eq!(status, 200, "an amplified request is answered");
+        assert!(len > 100, "with a real answer ({len} bytes)");
+    }
+    // Not a speed target (those are in benches/): the probes answered
+    // between the heavy work, not after it. Run in place, the first probe
+    // waits for both requests (over 300 ms in a debug build) and it is the
+    // only one.
+    let slowest = probes.iter().max().copied().unwrap_or_default();
+    assert!(
+        probes.len() >= 3 && slowest < Duration::from_millis(100),
+        "{} probes while the heavy requests ran, the slowest {slowest:?}",
+        probes.len()
+    );
 }

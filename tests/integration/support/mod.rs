@@ -68,6 +68,7 @@ impl TestServer {
             metrics: Arc::new(Metrics::new(prometheus::Registry::new()).unwrap()),
             refresh: Arc::new(Notify::new()),
             sync_state: None,
+            heavy: Default::default(),
         });
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(pdp::http::serve(app, listener, async {
