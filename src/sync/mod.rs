@@ -32,8 +32,8 @@ use crate::config::ApiKey;
 use crate::store::{Provenance, Source, Store};
 
 pub use backup::{
-    read_backup, remove_stale_temps, write_backup, write_backup_at, Backup, BackupError, BackupKey,
-    Seal, BACKUP_FILE,
+    decode_backup, frame, read_backup, remove_stale_temps, write_backup, write_backup_at, Backup,
+    BackupError, BackupKey, Seal, BACKUP_FILE,
 };
 pub use client::{KeyKind, RequestError};
 pub use limiter::Class;
