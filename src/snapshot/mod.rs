@@ -36,6 +36,7 @@ use serde_json::{Map, Value};
 
 use crate::abac::Cond;
 use crate::model::DataDocument;
+pub use build::MAX_PARENT_DEPTH;
 pub use ids::{ActionId, InstanceId, RelationId, ResourceRoleId, RoleId, TenantId, TypeId, UserId};
 pub(crate) use intern::{BitSet, Csr, Interner, NONE};
 pub use staged::Staged;

@@ -1407,6 +1407,54 @@ fn malformed_conditions_are_refused_naming_the_set() {
     }
 }
 
+/// A chain of `n` sets, `s0` ← `s1` ← … ← `s{n-1}` (each the parent of the
+/// next), with the rule on the last; only the root `s0` tests anything.
+fn chain_doc(n: usize) -> Value {
+    let mut d = abac_doc(json!({"allOf": []}));
+    let sets: Vec<Value> = (0..n)
+        .map(|i| {
+            let conditions = if i == 0 {
+                json!({"allOf": [{"user.dept": {"equals": "eng"}}]})
+            } else {
+                json!({"allOf": []})
+            };
+            let mut set = json!({"key": format!("s{i}"), "id": format!("id-{i}"), "type": "userset", "conditions": conditions});
+            if i > 0 {
+                set["parent_id"] = json!(format!("id-{}", i - 1));
+            }
+            set
+        })
+        .collect();
+    d["condition_sets"] = Value::Array(sets);
+    d["condition_set_rules"][0]["user_set"] = json!(format!("s{}", n - 1));
+    d
+}
+
+#[test]
+fn parent_chains_are_bounded_and_each_link_is_compiled_once() {
+    use pdp::snapshot::MAX_PARENT_DEPTH;
+    // The longest chain allowed: the root's condition still decides.
+    let e = Engine::from_json(&chain_doc(MAX_PARENT_DEPTH));
+    let ask = |dept: &str| {
+        json!({"user": {"key": "alice", "attributes": {"dept": dept}}, "action": "read",
+               "resource": {"type": "document", "tenant": "acme"}})
+    };
+    assert!(e.allowed(&ask("eng")));
+    assert!(!e.allowed(&ask("ops")));
+    // One longer, or the 5,000 of the review (38 s and 4.8 GB to build
+    // before), is refused at once, naming a set too deep and the limit.
+    for n in [MAX_PARENT_DEPTH + 1, 5_000] {
+        let err = Engine::build(&doc(&chain_doc(n)))
+            .err()
+            .unwrap_or_else(|| panic!("a chain of {n} is refused"));
+        let text = err.to_string();
+        assert!(
+            text.contains("condition set `s") && text.contains("longer than 32"),
+            "{text}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // §6: multi-answer endpoints
 // ---------------------------------------------------------------------------
