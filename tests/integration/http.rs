@@ -442,6 +442,42 @@ async fn bad_input_gets_a_clear_4xx() {
     )
     .await;
     assert_eq!(st, 422, "{body}");
+    assert_eq!(body["field"], "user", "{body}");
+    // A value of the wrong type is named by its path, in the body and the
+    // detail, also inside a bulk body.
+    for (path, body, field) in [
+        (
+            "/allowed",
+            r#"{"user": "a", "action": 5, "resource": {"type": "d"}}"#,
+            "action",
+        ),
+        (
+            "/allowed",
+            r#"{"user": "a", "action": "read", "resource": {"type": "d", "tenant": 7}}"#,
+            "resource.tenant",
+        ),
+        (
+            "/allowed",
+            r#"{"user": {"key": "a", "attributes": [1]}, "action": "read", "resource": {"type": "d"}}"#,
+            "user.attributes",
+        ),
+        (
+            "/allowed/bulk",
+            r#"[{"user": "a", "action": "read", "resource": {"type": "d"}}, {"user": {"key": true}, "action": "read", "resource": {"type": "d"}}]"#,
+            "[1].user.key",
+        ),
+        (
+            "/user-permissions",
+            r#"{"user": "a", "tenants": "acme"}"#,
+            "tenants",
+        ),
+    ] {
+        let (st, reply) = raw(path, json_ct, body.as_bytes().to_vec()).await;
+        assert_eq!(st, 422, "{path} {body}: {reply}");
+        assert_eq!(reply["field"], field, "{path} {body}: {reply}");
+        let detail = reply["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(&format!("`{field}`")), "{reply}");
+    }
     let (st, _) = raw(
         "/allowed",
         json_ct,
