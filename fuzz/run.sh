@@ -19,8 +19,9 @@ cargo afl build --release
 for t in "${TARGETS[@]}"; do
   mkdir -p out
   # -V: stop after that many seconds. The environment skips the checks of
-  # the host's CPU governor and core_pattern, which a container cannot set.
-  AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1 \
+  # the host's CPU governor and core_pattern, which a container cannot set,
+  # and leaves the cores unpinned (a benchmark may have pinned them).
+  AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1 AFL_NO_AFFINITY=1 \
     cargo afl fuzz -i "seeds/$t" -o "out/$t" -V "$SECONDS_EACH" "target/release/$t" \
     >"out/$t.log" 2>&1 || { echo "$t: afl-fuzz failed, see fuzz/out/$t.log"; exit 1; }
 done

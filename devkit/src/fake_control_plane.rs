@@ -72,6 +72,9 @@ pub enum Fault {
     /// front of the list: the next page repeats an item (and the total
     /// changes), as when data changes between pages. Users list only.
     GrowBetweenPages,
+    /// Before serving any page after the first, delete the list's first
+    /// item: the rest shift back, and one item would go unread.
+    DeleteBetweenPages,
     /// Go down while answering: this connection and every other one is
     /// dropped and the port stops accepting until `come_up`.
     GoDown,
@@ -458,6 +461,7 @@ fn route(s: &mut State, req: &Request<Incoming>) -> Reply {
             && match fault {
                 Fault::ExpireCursors => cursor.is_some(),
                 Fault::GrowBetweenPages => list == "users" && (page > 1 || cursor.is_some()),
+                Fault::DeleteBetweenPages => page > 1 || cursor.is_some(),
                 _ => true,
             };
         if !applies {
@@ -484,6 +488,11 @@ fn route(s: &mut State, req: &Request<Incoming>) -> Reply {
                     .or_default()
                     .insert(0, item.to_string());
             }
+            Fault::DeleteBetweenPages => {
+                if let Some(items) = s.lists.get_mut(list).filter(|l| !l.is_empty()) {
+                    items.remove(0);
+                }
+            }
         }
     }
 
@@ -509,7 +518,17 @@ fn route(s: &mut State, req: &Request<Incoming>) -> Reply {
         }
         body.push(']');
     };
-    match s.shape {
+    // The bare lists that document `include_total_count` answer paged
+    // when asked for it, as Permit's do (contract §4.4).
+    let counted = query
+        .get("include_total_count")
+        .is_some_and(|v| v == "true")
+        && matches!(list, "role_assignments" | "roles" | "resources");
+    let shape = match s.shape {
+        Shape::Bare if counted => Shape::Paged,
+        shape => shape,
+    };
+    match shape {
         Shape::Bare => array(&mut body),
         Shape::Paged => {
             body.push_str(r#"{"data":"#);

@@ -102,8 +102,14 @@ impl Lister<'_> {
             // Every cursor followed in this listing: one that comes round
             // again is a cycle, however long, not a list.
             let mut cursors = HashSet::new();
+            // The first page's items, to compare with a second reading of
+            // it when the list gives no total (below).
+            let mut first_page: Vec<u64> = Vec::new();
             loop {
                 let mut query = vec![("per_page", self.per_page.to_string())];
+                if offers_totals(list) {
+                    query.push(("include_total_count", "true".to_owned()));
+                }
                 match &cursor {
                     Some(c) => query.push(("cursor", c.clone())),
                     None => query.push(("page", page.to_string())),
@@ -145,6 +151,9 @@ impl Lister<'_> {
                     }
                 }
                 let n = body.data.len();
+                if page == 1 && cursor.is_none() {
+                    first_page = body.data.iter().map(|i| seen.hash(&i.identity())).collect();
+                }
                 for item in std::mem::take(&mut body.data) {
                     if !seen.insert(&item.identity()) {
                         return Err(inconsistent(format!(
@@ -184,10 +193,54 @@ impl Lister<'_> {
                         detail: format!("read {read} items but total_count is {t}"),
                     });
                 }
+            } else if page > 1 && cursors.is_empty() {
+                // A bare list gives no total to watch: an item deleted
+                // while it was paged shifts the rest back, and one item
+                // goes unread. Read the first page again: a shift there
+                // fails the sync rather than lose a fact, which can grant
+                // access (a `not` condition, `no_direct_roles_on_object`).
+                self.first_page_unchanged::<T>(list, &path, &seen, &first_page)
+                    .await?;
             }
             tracing::debug!(list, items = read, "list read");
             return Ok(());
         }
+    }
+}
+
+/// The lists whose endpoint documents `include_total_count` (contract
+/// §4.4): asked for it, they answer `{data, total_count, page_count}`, and
+/// a total that moves between pages shows the list changed under us.
+fn offers_totals(list: &str) -> bool {
+    matches!(list, "role_assignments" | "roles" | "resources")
+}
+
+impl Lister<'_> {
+    async fn first_page_unchanged<T: Listed>(
+        &self,
+        list: &'static str,
+        path: &str,
+        seen: &Seen,
+        first: &[u64],
+    ) -> Result<(), SyncError> {
+        let query = [
+            ("per_page", self.per_page.to_string()),
+            ("page", "1".to_owned()),
+        ];
+        let body: PageBody<T> = match self.client.get_json(path, &query, self.deadline).await {
+            Ok(body) => body,
+            Err(Failure::Final(error)) => return Err(SyncError::Rejected { list, error }),
+            Err(Failure::Exhausted(last)) => return Err(SyncError::Exhausted { list, last }),
+        };
+        let again: Vec<u64> = body.data.iter().map(|i| seen.hash(&i.identity())).collect();
+        if again != first {
+            return Err(SyncError::Inconsistent {
+                list,
+                detail: "its first page changed while the list was read (no total_count to check)"
+                    .to_owned(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -202,8 +255,12 @@ struct Seen {
 }
 
 impl Seen {
+    fn hash(&self, identity: &impl Hash) -> u64 {
+        self.hasher.hash_one(identity)
+    }
+
     fn insert(&mut self, identity: &impl Hash) -> bool {
-        self.hashes.insert(self.hasher.hash_one(identity))
+        self.hashes.insert(self.hash(identity))
     }
 }
 
