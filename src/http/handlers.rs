@@ -295,8 +295,9 @@ impl App {
             Route::AllTenants => work(body, |q| decide::allowed_tenants_work(snap, q)),
             Route::UserTenants => work(body, |q| decide::user_tenants_work(snap, q)),
             Route::AuthorizedUsers => work(body, |q| decide::authorized_users_work(snap, q)),
-            // The AuthZEN searches scan every user, or every instance of a
-            // type, by definition.
+            // The subject and resource searches scan every user, or every
+            // instance of a type, by definition; the action search, a few
+            // actions and rarely asked, goes with them.
             _ => usize::MAX,
         };
         Ok(work > HeavyWork::LISTING_WORK)
