@@ -15,6 +15,7 @@
 mod attrs;
 mod check;
 mod listing;
+mod local;
 mod query;
 mod walk;
 
@@ -26,6 +27,9 @@ pub use listing::{
     user_permissions, user_permissions_work, user_tenants, user_tenants_work, AllTenantsResponse,
     AllowedTenant, AuthorizedAssignment, AuthorizedUsersResponse, PermResource, PermTenant,
     PermissionEntry, TenantInfo, UserPermissionsResponse, UserTenantsResponse,
+};
+pub use local::{
+    local_role_assignments, local_role_assignments_work, AssignmentFilter, LocalAssignment,
 };
 pub use query::{
     AllowedQuery, Attrs, AuthorizedUsersQuery, Obj, ResourceInput, Str, UserInput,

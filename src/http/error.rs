@@ -52,6 +52,11 @@ pub enum ApiError {
     BodyRead(String),
     #[error(transparent)]
     Authzen(#[from] AuthzenError),
+    /// A query parameter out of range or malformed.
+    #[error("`{param}` {detail}")]
+    BadParam { param: &'static str, detail: String },
+    #[error("the cursor has expired: the list it was read from has been replaced by a newer snapshot; start again without a cursor")]
+    ExpiredCursor,
 }
 
 impl ApiError {
@@ -67,10 +72,13 @@ impl ApiError {
             ApiError::BodyTooLarge(_)
             | ApiError::TooManyItems { .. }
             | ApiError::Authzen(AuthzenError::TooManyItems { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::BadJson(_) | ApiError::BodyRead(_) | ApiError::Authzen(_) => {
-                StatusCode::BAD_REQUEST
+            ApiError::BadJson(_)
+            | ApiError::BodyRead(_)
+            | ApiError::Authzen(_)
+            | ApiError::ExpiredCursor => StatusCode::BAD_REQUEST,
+            ApiError::WrongShape { .. } | ApiError::BadParam { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
             }
-            ApiError::WrongShape { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotReady(_) | ApiError::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -87,7 +95,10 @@ impl ApiError {
             ApiError::TooManyItems { .. }
             | ApiError::Authzen(AuthzenError::TooManyItems { .. }) => "too_many_items",
             ApiError::BadJson(_) => "invalid_json",
-            ApiError::WrongShape { .. } | ApiError::Authzen(_) => "invalid_request",
+            ApiError::WrongShape { .. } | ApiError::BadParam { .. } | ApiError::Authzen(_) => {
+                "invalid_request"
+            }
+            ApiError::ExpiredCursor => "expired_cursor",
             ApiError::NotReady(_) => "not_ready",
             ApiError::TooManyConnections => "too_many_connections",
             ApiError::BodyRead(_) => "body_read_error",
@@ -101,6 +112,7 @@ impl ApiError {
         let field = match self {
             ApiError::Authzen(e) => e.field(),
             ApiError::WrongShape { field, .. } => field.as_deref(),
+            ApiError::BadParam { param, .. } => Some(*param),
             _ => None,
         };
         if let Some(field) = field {

@@ -245,6 +245,9 @@ impl App {
         if spec.needs_key {
             self.authenticate(&req)?;
         }
+        if route == Route::LocalRoleAssignments {
+            return self.local_role_assignments(req.uri().query()).await;
+        }
         let Some(endpoint) = spec.decisions else {
             return Ok(self.serve(route, &req));
         };
@@ -303,6 +306,69 @@ impl App {
         Ok(work > HeavyWork::LISTING_WORK)
     }
 
+    /// `GET /local/role_assignments`: page form (`page`, `per_page`) → a
+    /// bare array; cursor form (`limit`, `cursor`) → `{data, pagination}`.
+    async fn local_role_assignments(
+        &self,
+        query: Option<&str>,
+    ) -> Result<Response<Full<Bytes>>, ApiError> {
+        let params = ListParams::parse(query.unwrap_or(""))?;
+        let filter = params.filter();
+        let heavy = {
+            let guard = self.snapshot()?;
+            guard.as_deref().is_some_and(|l| {
+                decide::local_role_assignments_work(&l.snapshot, &filter) > HeavyWork::LISTING_WORK
+            })
+        };
+        let _turn = if heavy {
+            Some(self.heavy.permit().await)
+        } else {
+            None
+        };
+        let guard = self.snapshot()?;
+        let Some(loaded) = guard.as_deref() else {
+            return Err(ApiError::NotReady(
+                "no policy snapshot has been loaded yet".into(),
+            ));
+        };
+        let version = snapshot_version(loaded);
+        let list = |offset, limit| {
+            decide::local_role_assignments(&loaded.snapshot, &filter, offset, limit)
+        };
+        let run = |offset, limit| {
+            if heavy {
+                self.heavy.offload(|| list(offset, limit))
+            } else {
+                list(offset, limit)
+            }
+        };
+        match params.paging {
+            Paging::Page { page, per_page } => {
+                let offset = (page - 1).saturating_mul(per_page);
+                let (items, _) = run(offset, per_page);
+                Ok(json_response(StatusCode::OK, &items))
+            }
+            Paging::Cursor { ref cursor, limit } => {
+                let offset = match cursor {
+                    None => 0,
+                    Some(c) => {
+                        let (v, offset) = c.split_once('.').ok_or_else(bad_cursor)?;
+                        if v != version {
+                            return Err(ApiError::ExpiredCursor);
+                        }
+                        offset.parse::<usize>().map_err(|_| bad_cursor())?
+                    }
+                };
+                let (items, more) = run(offset, limit);
+                let next = more.then(|| format!("{version}.{}", offset + items.len()));
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({"data": items, "pagination": {"cursor": next, "hasMore": more}}),
+                ))
+            }
+        }
+    }
+
     /// The routes that read no body and make no decision.
     fn serve<B>(&self, route: Route, req: &Request<B>) -> Response<Full<Bytes>> {
         match route {
@@ -352,6 +418,7 @@ impl App {
             | Route::UserPermissions
             | Route::AuthorizedUsers
             | Route::UserTenants
+            | Route::LocalRoleAssignments
             | Route::Authzen(_) => unreachable_decision(route).to_response(),
         }
     }
@@ -446,7 +513,8 @@ impl App {
             | Route::Ready
             | Route::Live
             | Route::Metrics
-            | Route::AuthzenConfiguration => Err(unreachable_decision(route)),
+            | Route::AuthzenConfiguration
+            | Route::LocalRoleAssignments => Err(unreachable_decision(route)),
         }
     }
 
@@ -580,6 +648,140 @@ where
 /// as an unknown route rather than a panic.
 fn unreachable_decision(route: Route) -> ApiError {
     ApiError::NotFound(route.spec().path.to_owned())
+}
+
+/// The version a list cursor is tied to: the snapshot's content, so that
+/// reloading the same document keeps cursors valid and any change expires
+/// them.
+fn snapshot_version(loaded: &Loaded) -> String {
+    let hash = &loaded.meta.content_hash;
+    if hash.is_empty() {
+        let at = loaded
+            .meta
+            .loaded_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        format!("t{:x}", at.as_nanos())
+    } else {
+        hash.chars().take(16).collect()
+    }
+}
+
+fn bad_cursor() -> ApiError {
+    ApiError::BadParam {
+        param: "cursor",
+        detail: "is not a cursor this PDP gave".into(),
+    }
+}
+
+/// How a list is paged.
+#[derive(Debug, PartialEq)]
+enum Paging {
+    Page {
+        page: usize,
+        per_page: usize,
+    },
+    Cursor {
+        cursor: Option<String>,
+        limit: usize,
+    },
+}
+
+/// The query of `GET /local/role_assignments`.
+#[derive(Debug)]
+struct ListParams {
+    user: Option<String>,
+    role: Option<String>,
+    tenant: Option<String>,
+    resource: Option<String>,
+    resource_instance: Option<String>,
+    paging: Paging,
+}
+
+impl ListParams {
+    const MAX_CURSOR: usize = 1024;
+
+    fn parse(query: &str) -> Result<ListParams, ApiError> {
+        let (mut user, mut role, mut tenant, mut resource, mut resource_instance) =
+            (None, None, None, None, None);
+        let (mut page, mut per_page, mut limit, mut cursor) = (None, None, None, None);
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            let (param, slot): (&'static str, &mut Option<String>) = match k.as_ref() {
+                "user" => ("user", &mut user),
+                "role" => ("role", &mut role),
+                "tenant" => ("tenant", &mut tenant),
+                "resource" => ("resource", &mut resource),
+                "resource_instance" => ("resource_instance", &mut resource_instance),
+                "page" => ("page", &mut page),
+                "per_page" => ("per_page", &mut per_page),
+                "limit" => ("limit", &mut limit),
+                "cursor" => ("cursor", &mut cursor),
+                _ => continue,
+            };
+            if slot.replace(v.into_owned()).is_some() {
+                return Err(ApiError::BadParam {
+                    param,
+                    detail: "is given more than once".into(),
+                });
+            }
+        }
+        let number = |param: &'static str, v: Option<String>, max: usize, default: usize| match v {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| ApiError::BadParam {
+                    param,
+                    detail: format!("must be an integer from 1 to {max}, not {v:?}"),
+                }),
+        };
+        let paging = if limit.is_some() || cursor.is_some() {
+            if let Some(param) = [("page", &page), ("per_page", &per_page)]
+                .into_iter()
+                .find_map(|(name, v)| v.is_some().then_some(name))
+            {
+                return Err(ApiError::BadParam {
+                    param,
+                    detail:
+                        "cannot be combined with `limit` or `cursor`: page by number or by cursor"
+                            .into(),
+                });
+            }
+            if let Some(c) = &cursor {
+                if c.is_empty() || c.len() > Self::MAX_CURSOR {
+                    return Err(bad_cursor());
+                }
+            }
+            Paging::Cursor {
+                cursor,
+                limit: number("limit", limit, 100, 30)?,
+            }
+        } else {
+            Paging::Page {
+                page: number("page", page, usize::MAX, 1)?,
+                per_page: number("per_page", per_page, 100, 30)?,
+            }
+        };
+        Ok(ListParams {
+            user,
+            role,
+            tenant,
+            resource,
+            resource_instance,
+            paging,
+        })
+    }
+
+    fn filter(&self) -> decide::AssignmentFilter<'_> {
+        decide::AssignmentFilter {
+            user: self.user.as_deref(),
+            role: self.role.as_deref(),
+            tenant: self.tenant.as_deref(),
+            resource: self.resource.as_deref(),
+            resource_instance: self.resource_instance.as_deref(),
+        }
+    }
 }
 
 #[cfg(test)]

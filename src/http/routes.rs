@@ -26,6 +26,8 @@ pub enum Route {
     /// The AuthZEN API; each operation declares its own path.
     Authzen(Op),
     AuthzenConfiguration,
+    /// `GET /local/role_assignments`: the snapshot's assignments, listed.
+    LocalRoleAssignments,
 }
 
 /// `GET` routes answer `HEAD` too.
@@ -104,7 +106,7 @@ const fn deciding(path: &'static str, endpoint: Endpoint, cost: Cost) -> Spec {
 
 impl Route {
     /// Every route, in the order requests are matched; `/allowed` first.
-    pub const ALL: [Route; 17] = [
+    pub const ALL: [Route; 18] = [
         Route::Allowed,
         Route::Bulk,
         Route::AllTenants,
@@ -122,6 +124,7 @@ impl Route {
         Route::Authzen(Op::SearchResource),
         Route::Authzen(Op::SearchAction),
         Route::AuthzenConfiguration,
+        Route::LocalRoleAssignments,
     ];
 
     /// The metrics label of requests that matched no route.
@@ -156,6 +159,10 @@ impl Route {
                 Op::SearchSubject | Op::SearchResource | Op::SearchAction => {
                     deciding(op.path(), E::AuthzenSearch, Cost::Listing)
                 }
+            },
+            Route::LocalRoleAssignments => Spec {
+                cost: Cost::Listing,
+                ..spec("/local/role_assignments", Verb::Get, true)
             },
             // Also the per-tenant form `/.well-known/authzen-configuration/<tenant>`.
             Route::AuthzenConfiguration => Spec {
@@ -208,6 +215,7 @@ impl Route {
             Route::Metrics => 10,
             Route::Authzen(op) => 11 + op as usize,
             Route::AuthzenConfiguration => 16,
+            Route::LocalRoleAssignments => 17,
         }
     }
 

@@ -147,6 +147,10 @@ impl Snapshot {
 
     // Enumerations.
 
+    pub(crate) fn all_users(&self) -> impl Iterator<Item = UserId> + '_ {
+        (0..self.users.len() as u32).map(UserId)
+    }
+
     pub(crate) fn all_tenants(&self) -> impl Iterator<Item = TenantId> + '_ {
         (0..self.tenants.len() as u32).map(TenantId)
     }

@@ -1075,3 +1075,106 @@ async fn amplified_requests_leave_the_probes_answered() {
         probes.len()
     );
 }
+
+/// `GET /local/role_assignments` with the key; status and body.
+async fn local(s: &TestServer, query: &str) -> (u16, Value) {
+    let resp = s
+        .client
+        .get(s.url(&format!("/local/role_assignments{query}")))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn local_role_assignments_are_listed_filtered_and_paged() {
+    let s = server().await;
+    let alice_acme = json!({"user": "alice", "role": "editor", "tenant": "acme"});
+    let alice_default = json!({"user": "alice", "role": "viewer", "tenant": "default"});
+    let bob_globex = json!({"user": "bob", "role": "billing", "tenant": "globex"});
+    // The instance's tenant is not known (no instance listed): `default`.
+    let bob_d1 = json!({"user": "bob", "role": "owner", "tenant": "default", "resource_instance": "document:d1"});
+    // By user, then tenant roles in the snapshot's order, then instances.
+    let all = json!([alice_default, alice_acme, bob_globex, bob_d1]);
+    assert_eq!(local(&s, "").await, (200, all.clone()));
+    assert_eq!(
+        s.get("/local/role_assignments").await.0,
+        401,
+        "the key is needed"
+    );
+    for (query, want) in [
+        ("?user=alice", json!([alice_default, alice_acme])),
+        ("?user=nobody", json!([])),
+        ("?role=owner", json!([bob_d1])),
+        ("?tenant=acme", json!([alice_acme])),
+        ("?resource=document", json!([bob_d1])),
+        ("?resource_instance=document:d1", json!([bob_d1])),
+        ("?resource_instance=d1&user=bob", json!([bob_d1])),
+        ("?user=bob&tenant=globex", json!([bob_globex])),
+        (
+            "?per_page=3",
+            json!([alice_default, alice_acme, bob_globex]),
+        ),
+        ("?per_page=3&page=2", json!([bob_d1])),
+        ("?per_page=3&page=3", json!([])),
+        ("?unknown=1", all.clone()),
+    ] {
+        assert_eq!(local(&s, query).await, (200, want), "{query}");
+    }
+    // Out of range or malformed: a 422 naming the parameter.
+    for (query, param) in [
+        ("?per_page=0", "per_page"),
+        ("?per_page=101", "per_page"),
+        ("?page=0", "page"),
+        ("?page=x", "page"),
+        ("?limit=101", "limit"),
+        ("?page=1&limit=2", "page"),
+        ("?cursor=nonsense", "cursor"),
+        ("?user=a&user=b", "user"),
+    ] {
+        let (status, body) = local(&s, query).await;
+        assert_eq!(status, 422, "{query}: {body}");
+        assert_eq!(body["field"], param, "{query}: {body}");
+        assert_eq!(body["error"], "invalid_request", "{query}: {body}");
+    }
+    let long = format!("?cursor={}", "a".repeat(1025));
+    assert_eq!(local(&s, &long).await.0, 422);
+
+    // The cursor form reads the same list, two at a time.
+    let mut read = Vec::new();
+    let mut query = "?limit=2".to_owned();
+    loop {
+        let (status, body) = local(&s, &query).await;
+        assert_eq!(status, 200, "{body}");
+        read.extend(body["data"].as_array().unwrap().iter().cloned());
+        let cursor = &body["pagination"]["cursor"];
+        if body["pagination"]["hasMore"] == false {
+            assert!(cursor.is_null(), "{body}");
+            break;
+        }
+        let cursor = cursor.as_str().unwrap();
+        assert!(cursor.len() <= 1024);
+        query = format!("?limit=2&cursor={cursor}");
+    }
+    assert_eq!(Value::Array(read), all);
+
+    // A cursor from a replaced snapshot has expired; a reload of the same
+    // document keeps it.
+    let (_, body) = local(&s, "?limit=1").await;
+    let cursor = body["pagination"]["cursor"].as_str().unwrap().to_owned();
+    s.store
+        .install(Staged::from_document(&document(env())), Source::Embedded)
+        .unwrap();
+    assert_eq!(local(&s, &format!("?limit=1&cursor={cursor}")).await.0, 200);
+    let mut changed = env();
+    changed["users"] = json!([{"key": "carol"}]);
+    s.store
+        .install(Staged::from_document(&document(changed)), Source::Embedded)
+        .unwrap();
+    let (status, body) = local(&s, &format!("?limit=1&cursor={cursor}")).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "expired_cursor", "{body}");
+}

@@ -377,6 +377,38 @@ async def authorized(t: Tally, permit: Permit) -> None:
         )
 
 
+def _ra(user: str, role: str, tenant: str, instance: str = None) -> dict:
+    return {"user": user, "role": role, "tenant": tenant, "resource_instance": instance}
+
+
+async def local_assignments(t: Tally, permit: Permit) -> None:
+    # pdp_api.role_assignments.list reads GET /local/role_assignments: the
+    # fixture's assignments (README table), filtered by the PDP, as the SDK's
+    # RoleAssignment models. Compared sorted: the order carries no meaning.
+    async def listed(**filters):
+        got = await permit.pdp_api.role_assignments.list(**filters)
+        return sorted((a.dict() for a in got), key=lambda a: (a["user"], a["tenant"], a["role"]))
+
+    for name, filters, expected in [
+        ("carol's", {"user_key": "carol"},
+         [_ra("carol", "owner", "default", "document:d1"), _ra("carol", "viewer", "default")]),
+        ("the editors'", {"role_key": "editor"}, [_ra("bob", "editor", "acme")]),
+        ("globex's", {"tenant_key": "globex"}, [_ra("bob", "accountant", "globex")]),
+        ("on document:d1", {"resource_instance_key": "document:d1"},
+         [_ra("carol", "owner", "default", "document:d1")]),
+        ("on documents", {"resource_key": "document"}, [_ra("carol", "owner", "default", "document:d1")]),
+        ("dave's (none)", {"user_key": "dave"}, []),
+        ("alice's, one a page, page 2 of 2", {"user_key": "alice", "per_page": 1, "page": 2},
+         [_ra("alice", "viewer", "acme")]),
+    ]:
+        await t.equal(
+            f"pdp_api.role_assignments.list: {name}",
+            {"method": "pdp_api.role_assignments.list", **filters},
+            expected,
+            lambda f=filters: listed(**f),
+        )
+
+
 async def wrong_key(t: Tally, url: str, key: str) -> None:
     # The PDP must refuse a key other than its own with 403 (docs/contract.md, Authentication);
     # the SDK turns that into PermitConnectionError carrying the status.
@@ -414,7 +446,7 @@ async def main() -> int:
 
     t = Tally()
     permit = Permit(token=key, pdp=url)
-    for part in (checks, bulk, filtering, user_permissions, authorized):
+    for part in (checks, bulk, filtering, user_permissions, authorized, local_assignments):
         try:
             await part(t, permit)
         except Exception:  # noqa: BLE001 - a bug in the scenario itself must still end in a count
