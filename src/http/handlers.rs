@@ -90,6 +90,24 @@ impl HeavyWork {
             .expect("the heavy-work semaphore is never closed")
     }
 
+    /// A turn for heavy work, waited for; none needed for light work.
+    async fn turn(&self, heavy: bool) -> Option<SemaphorePermit<'_>> {
+        if heavy {
+            Some(self.permit().await)
+        } else {
+            None
+        }
+    }
+
+    /// `f`, off the worker if it is heavy.
+    fn run<R>(&self, heavy: bool, f: impl FnOnce() -> R) -> R {
+        if heavy {
+            self.offload(f)
+        } else {
+            f()
+        }
+    }
+
     /// Runs `f` off the async worker. A current-thread runtime (a test's)
     /// has no worker to spare, so there it runs in place.
     fn offload<R>(&self, f: impl FnOnce() -> R) -> R {
@@ -156,9 +174,7 @@ impl App {
     fn snapshot(&self) -> Result<arc_swap::Guard<Option<Arc<Loaded>>>, ApiError> {
         let loaded = self.store.current();
         if loaded.is_none() {
-            return Err(ApiError::NotReady(
-                "no policy snapshot has been loaded yet".into(),
-            ));
+            return Err(not_loaded());
         }
         if let Some(max) = self.settings.max_staleness {
             let age = self.store.freshness_age();
@@ -253,23 +269,13 @@ impl App {
         };
         let body = self.read_json_body(req, progress).await?;
         let heavy = self.is_heavy(route, spec.cost, &body)?;
-        let _turn = if heavy {
-            Some(self.heavy.permit().await)
-        } else {
-            None
-        };
+        let _turn = self.heavy.turn(heavy).await;
         let guard = self.snapshot()?;
-        let Some(loaded) = guard.as_deref() else {
-            return Err(ApiError::NotReady(
-                "no policy snapshot has been loaded yet".into(),
-            ));
-        };
+        let loaded = guard.as_deref().ok_or_else(not_loaded)?;
         let started = Instant::now();
-        let (resp, allowed, denied) = if heavy {
-            self.heavy.offload(|| self.decide(route, loaded, &body))?
-        } else {
-            self.decide(route, loaded, &body)?
-        };
+        let (resp, allowed, denied) = self
+            .heavy
+            .run(heavy, || self.decide(route, loaded, &body))?;
         self.metrics
             .decisions(endpoint, allowed, denied, started.elapsed());
         Ok(resp)
@@ -320,27 +326,14 @@ impl App {
                 decide::local_role_assignments_work(&l.snapshot, &filter) > HeavyWork::LISTING_WORK
             })
         };
-        let _turn = if heavy {
-            Some(self.heavy.permit().await)
-        } else {
-            None
-        };
+        let _turn = self.heavy.turn(heavy).await;
         let guard = self.snapshot()?;
-        let Some(loaded) = guard.as_deref() else {
-            return Err(ApiError::NotReady(
-                "no policy snapshot has been loaded yet".into(),
-            ));
-        };
+        let loaded = guard.as_deref().ok_or_else(not_loaded)?;
         let version = snapshot_version(loaded);
-        let list = |offset, limit| {
-            decide::local_role_assignments(&loaded.snapshot, &filter, offset, limit)
-        };
         let run = |offset, limit| {
-            if heavy {
-                self.heavy.offload(|| list(offset, limit))
-            } else {
-                list(offset, limit)
-            }
+            self.heavy.run(heavy, || {
+                decide::local_role_assignments(&loaded.snapshot, &filter, offset, limit)
+            })
         };
         match params.paging {
             Paging::Page { page, per_page } => {
@@ -648,6 +641,10 @@ where
 /// as an unknown route rather than a panic.
 fn unreachable_decision(route: Route) -> ApiError {
     ApiError::NotFound(route.spec().path.to_owned())
+}
+
+fn not_loaded() -> ApiError {
+    ApiError::NotReady("no policy snapshot has been loaded yet".into())
 }
 
 /// The version a list cursor is tied to: the snapshot's content, so that
