@@ -1,7 +1,8 @@
 //! Every request decoder (the Permit API and AuthZEN), through the real
 //! handler on the embedded example: the first byte picks a deciding route,
-//! the rest is the body. A crash is a panic, a 5xx, or an answer that is
-//! not JSON, or a 4xx whose body names no problem.
+//! the rest is the body; or, past them, `GET /local/role_assignments` with
+//! the rest as its query string. A crash is a panic, a 5xx, or an answer
+//! that is not JSON, or a 4xx whose body names no problem.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -45,11 +46,28 @@ fn main() {
         let Some((&pick, body)) = data.split_first() else {
             return;
         };
-        let path = routes[usize::from(pick) % routes.len()];
-        let req = http::Request::post(path)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::copy_from_slice(body)))
-            .expect("a request");
+        let pick = usize::from(pick) % (routes.len() + 1);
+        let (path, req) = match routes.get(pick) {
+            Some(&path) => (
+                path,
+                http::Request::post(path)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::copy_from_slice(body)))
+                    .expect("a request"),
+            ),
+            None => {
+                let path = "/local/role_assignments";
+                let Ok(query) = std::str::from_utf8(body) else {
+                    return;
+                };
+                // Only what can be a URI reaches the server.
+                let Ok(req) = http::Request::get(format!("{path}?{query}")).body(Full::default())
+                else {
+                    return;
+                };
+                (path, req)
+            }
+        };
         let resp = runtime.block_on(app.handle(req));
         let status = resp.status();
         assert!(
