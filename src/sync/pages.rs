@@ -206,16 +206,8 @@ impl Lister<'_> {
             return Ok(());
         }
     }
-}
 
-/// The lists whose endpoint documents `include_total_count` (contract
-/// §4.4): asked for it, they answer `{data, total_count, page_count}`, and
-/// a total that moves between pages shows the list changed under us.
-fn offers_totals(list: &str) -> bool {
-    matches!(list, "role_assignments" | "roles" | "resources")
-}
-
-impl Lister<'_> {
+    /// Reads a bare list's first page again; an error if it changed.
     async fn first_page_unchanged<T: Listed>(
         &self,
         list: &'static str,
@@ -242,6 +234,13 @@ impl Lister<'_> {
         }
         Ok(())
     }
+}
+
+/// The lists whose endpoint documents `include_total_count` (contract
+/// §4.4): asked for it, they answer `{data, total_count, page_count}`, and
+/// a total that moves between pages shows the list changed under us.
+fn offers_totals(list: &str) -> bool {
+    matches!(list, "role_assignments" | "roles" | "resources")
 }
 
 /// Identities seen so far in one listing, as 64-bit hashes: a million role
