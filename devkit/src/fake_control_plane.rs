@@ -72,6 +72,9 @@ pub enum Fault {
     /// front of the list: the next page repeats an item (and the total
     /// changes), as when data changes between pages. Users list only.
     GrowBetweenPages,
+    /// Before serving any page after the first, append a new user at the
+    /// end of the list: the total grows, nothing shifts. Users list only.
+    AppendBetweenPages,
     /// Before serving any page after the first, delete the list's first
     /// item: the rest shift back, and one item would go unread.
     DeleteBetweenPages,
@@ -462,6 +465,7 @@ fn route(s: &mut State, req: &Request<Incoming>) -> Reply {
                 Fault::ExpireCursors => cursor.is_some(),
                 Fault::GrowBetweenPages => list == "users" && (page > 1 || cursor.is_some()),
                 Fault::DeleteBetweenPages => page > 1 || cursor.is_some(),
+                Fault::AppendBetweenPages => list == "users" && (page > 1 || cursor.is_some()),
                 _ => true,
             };
         if !applies {
@@ -487,6 +491,11 @@ fn route(s: &mut State, req: &Request<Incoming>) -> Reply {
                     .entry("users")
                     .or_default()
                     .insert(0, item.to_string());
+            }
+            Fault::AppendBetweenPages => {
+                s.grown += 1;
+                let item = serde_json::json!({"key": format!("late-user-{}", s.grown)});
+                s.lists.entry("users").or_default().push(item.to_string());
             }
             Fault::DeleteBetweenPages => {
                 if let Some(items) = s.lists.get_mut(list).filter(|l| !l.is_empty()) {

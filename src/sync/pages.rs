@@ -141,13 +141,19 @@ impl Lister<'_> {
                 let inconsistent = |detail: String| SyncError::Inconsistent { list, detail };
                 if let Some(t) = body.total_count {
                     match total {
-                        Some(prev) if prev != t => {
+                        // An item was deleted: if it came before this page,
+                        // the rest shifted back and one went unread.
+                        Some(prev) if t < prev => {
                             return Err(inconsistent(format!(
-                                "total_count went from {prev} to {t} between pages"
+                                "total_count fell from {prev} to {t} between pages: an item \
+                                 deleted meanwhile may have gone unread"
                             )))
                         }
-                        Some(_) => {}
-                        None => total = Some(t),
+                        // More items: one added at the end is read with the
+                        // last page; one added before this page repeats an
+                        // item, which fails below. Either way none is lost,
+                        // so a busy environment still syncs.
+                        _ => total = Some(t),
                     }
                 }
                 let n = body.data.len();

@@ -599,6 +599,23 @@ async fn an_item_deleted_between_pages_fails_the_sync_instead_of_going_unread() 
     }
 }
 
+/// Items added at the end while a list with a total is paged are read
+/// with its last page: the total grows, nothing is lost, and the sync
+/// goes through (a busy environment must still sync).
+#[tokio::test]
+async fn items_appended_between_pages_are_read_and_the_sync_goes_through() {
+    let doc = environment(250);
+    let fake = FakeControlPlane::start(&doc, Shape::Paged).await;
+    fake.fail_times("users", Fault::AppendBetweenPages, 1);
+    let run = Running::start(config(&fake), Arc::new(Store::new()));
+    let status = run.sync_now().await;
+    assert_eq!(status.last_outcome, Some("swapped"), "{status:?}");
+    let loaded = run.store.load().unwrap();
+    assert!(loaded.snapshot.has_user("late-user-1"));
+    assert_eq!(loaded.snapshot.counts().users, 251);
+    run.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn the_control_plane_going_down_mid_sync_leaves_the_previous_snapshot_serving() {
     fault_keeps_the_previous_snapshot(Shape::Paged, "role_assignments", Fault::GoDown, "network")
