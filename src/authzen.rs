@@ -717,12 +717,10 @@ pub fn evaluations(
     for (i, item) in items.iter().enumerate() {
         let answer = match batch_item(top, item, i) {
             Ok((req, takes_default_action)) => {
-                let action = if req.context.contains_key("action") {
-                    Attrs::default()
-                } else if takes_default_action {
+                let action = if takes_default_action && !req.context.contains_key("action") {
                     Cow::Borrowed(default_action.get_or_init(|| action_entry(&req.action)))
                 } else {
-                    Cow::Owned(action_entry(&req.action))
+                    action_context(&req.context, &req.action)
                 };
                 let decision = query_with(snap, req, action).map(|q| decide::check(snap, &q));
                 decision_body(decision.as_ref(), reasons)

@@ -423,7 +423,8 @@ pub fn user_permissions_work(snap: &Snapshot, q: &UserPermissionsQuery) -> usize
             for rule in snap.abac_rules(ty, a) {
                 work += match snap.resource_set(rule.resource_set) {
                     ResourceSet::Cond(..) => snap.instances_of(ty).len(),
-                    ResourceSet::Type(_) | ResourceSet::Never => tenants,
+                    ResourceSet::Type(_) => tenants,
+                    ResourceSet::Never => 0,
                 };
             }
         }
@@ -449,12 +450,10 @@ pub fn user_tenants_work(snap: &Snapshot, q: &UserTenantsQuery) -> usize {
 /// twice that, for the walk up its derivations (its cost is the members of
 /// the instances on the way, which no index counts up front).
 pub fn authorized_users_work(snap: &Snapshot, q: &AuthorizedUsersQuery) -> usize {
-    let members = q
-        .resource
-        .tenant
-        .as_deref()
-        .and_then(|t| snap.tenant_id(t))
-        .or_else(|| snap.tenant_id("default"))
+    // The tenant `authorized_users` lists.
+    let tenant = q.resource.tenant.as_deref().unwrap_or("default");
+    let members = snap
+        .tenant_id(tenant)
         .map_or(0, |t| snap.tenant_members(t).len());
     match q.resource.key {
         Some(_) => 2 * members.max(1),

@@ -63,33 +63,23 @@ pub fn local_role_assignments<'s>(
                     && filter.tenant.is_none_or(|f| snap.tenant_key(t) == f)
             })
             .map(|(t, r)| (snap.tenant_key(t), snap.role_key(r), None));
-        let instance_rows = snap
-            .user_instance_roles(u)
-            .filter(|&(i, r)| {
-                let ty = snap.instance_type(i);
-                let key = snap.instance_key(i);
-                let tenant = snap
-                    .instance_tenant(i)
-                    .map_or("default", |t| snap.tenant_key(t));
-                filter
-                    .role
-                    .is_none_or(|f| snap.resource_role_key(ty, r) == f)
-                    && filter.tenant.is_none_or(|f| tenant == f)
-                    && filter.resource.is_none_or(|f| snap.type_key(ty) == f)
-                    && filter
-                        .resource_instance
-                        .is_none_or(|f| match f.split_once(':') {
-                            Some((fty, fkey)) => snap.type_key(ty) == fty && key == fkey,
-                            None => key == f,
-                        })
-            })
-            .map(|(i, r)| {
-                let ty = snap.instance_type(i);
-                let tenant = snap
-                    .instance_tenant(i)
-                    .map_or("default", |t| snap.tenant_key(t));
-                (tenant, snap.resource_role_key(ty, r), Some(i))
-            });
+        let instance_rows = snap.user_instance_roles(u).filter_map(|(i, r)| {
+            let (ty, key) = (snap.instance_type(i), snap.instance_key(i));
+            let (type_key, role) = (snap.type_key(ty), snap.resource_role_key(ty, r));
+            let tenant = snap
+                .instance_tenant(i)
+                .map_or("default", |t| snap.tenant_key(t));
+            let matches = filter.role.is_none_or(|f| role == f)
+                && filter.tenant.is_none_or(|f| tenant == f)
+                && filter.resource.is_none_or(|f| type_key == f)
+                && filter
+                    .resource_instance
+                    .is_none_or(|f| match f.split_once(':') {
+                        Some((fty, fkey)) => type_key == fty && key == fkey,
+                        None => key == f,
+                    });
+            matches.then_some((tenant, role, Some((type_key, key))))
+        });
         for (tenant, role, inst) in tenant_rows.chain(instance_rows) {
             if skipped < offset {
                 skipped += 1;
@@ -102,13 +92,7 @@ pub fn local_role_assignments<'s>(
                 user: snap.user_key(u),
                 role,
                 tenant,
-                resource_instance: inst.map(|i| {
-                    format!(
-                        "{}:{}",
-                        snap.type_key(snap.instance_type(i)),
-                        snap.instance_key(i)
-                    )
-                }),
+                resource_instance: inst.map(|(ty, key)| format!("{ty}:{key}")),
             });
         }
     }
