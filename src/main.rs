@@ -5,10 +5,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 
 use pdp::config::{Config, LogFormat};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{error, info, warn};
 
 /// sysexits: EX_USAGE for configuration errors, EX_DATAERR for bad data,
-/// EX_UNAVAILABLE when the port cannot be bound.
+/// EX_UNAVAILABLE when the port or the stop signals cannot be had.
 const EX_USAGE: u8 = 64;
 const EX_DATAERR: u8 = 65;
 const EX_UNAVAILABLE: u8 = 69;
@@ -58,11 +59,20 @@ fn main() -> ExitCode {
         // SIGHUP's default action ends the process; from here on it asks for
         // a reload or a sync instead (`pdp::run`), also while the first
         // snapshot is still loading: one that comes then is acted on after.
-        let hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let hangups = match signal(SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
                 warn!(error = %e, "cannot handle SIGHUP; refresh only through POST /sync");
                 None
+            }
+        };
+        // Registered now, not when the server first polls for shutdown: a
+        // SIGTERM that comes once the PDP answers must drain it, not kill it.
+        let stops = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(term), Ok(interrupt)) => [term, interrupt],
+            (Err(e), _) | (_, Err(e)) => {
+                error!(error = %e, "cannot handle SIGTERM and SIGINT");
+                return ExitCode::from(EX_UNAVAILABLE);
             }
         };
         let addr = SocketAddr::new(config.host, config.port);
@@ -79,7 +89,7 @@ fn main() -> ExitCode {
             mode = ?config.mode(),
             "pdp listening; try: curl -s -H 'Content-Type: application/json' -d '{{\"user\":\"alice\",\"action\":\"read\",\"resource\":{{\"type\":\"document\",\"tenant\":\"acme\"}}}}' http://{local}/allowed"
         );
-        match pdp::run(config, listener, shutdown_signal(), hangups).await {
+        match pdp::run(config, listener, shutdown_signal(stops), hangups).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e @ pdp::RunError::Key(_)) => {
                 error!(error = %e, "cannot sync with this API key");
@@ -104,19 +114,10 @@ fn init_tracing(config: &Config) {
     }
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(error = %e, "cannot listen for SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
+/// Completes on the first of SIGTERM and SIGINT.
+async fn shutdown_signal([mut term, mut interrupt]: [Signal; 2]) {
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+        _ = interrupt.recv() => info!("SIGINT: shutting down"),
     }
 }
