@@ -106,6 +106,10 @@ const KEYS: &[Key] = &[
         name: "rate_limit_schema",
         default: "500",
     },
+    Key {
+        name: "local_facts_wait_timeout",
+        default: "10s",
+    },
 ];
 
 /// The environment API key. Its `Debug` is redacted and its memory wiped on
@@ -187,6 +191,9 @@ pub struct Config {
     pub rate_limit_overall: u32,
     pub rate_limit_facts: u32,
     pub rate_limit_schema: u32,
+    /// How long a write through the facts proxy waits to be served
+    /// locally, when its request has no `X-Wait-Timeout`.
+    pub local_facts_wait_timeout: Duration,
 }
 
 /// What the PDP serves.
@@ -452,6 +459,7 @@ impl Parser<'_> {
             self.value("rate_limit_facts", "requests per minute (0 = unlimited)");
         let rate_limit_schema =
             self.value("rate_limit_schema", "requests per minute (0 = unlimited)");
+        let local_facts_wait_timeout = self.duration("local_facts_wait_timeout");
         let text = |v: &str| (!v.trim().is_empty()).then(|| v.trim().to_owned());
         let api_key = text(self.get("api_key")).map(ApiKey::new);
         if api_key
@@ -488,6 +496,7 @@ impl Parser<'_> {
             rate_limit_overall: rate_limit_overall?,
             rate_limit_facts: rate_limit_facts?,
             rate_limit_schema: rate_limit_schema?,
+            local_facts_wait_timeout: local_facts_wait_timeout?,
         })
     }
 }

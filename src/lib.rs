@@ -32,6 +32,7 @@ pub mod abac;
 pub mod authzen;
 pub mod config;
 pub mod decide;
+pub mod facts;
 pub mod http;
 pub mod metrics;
 pub mod model;
@@ -48,6 +49,7 @@ use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use crate::config::{ApiKey, Config, Mode};
+use crate::facts::{FactsProxy, ProxyConfig};
 use crate::http::{App, HeavyWork, HttpSettings};
 use crate::metrics::Metrics;
 use crate::model::DataDocument;
@@ -87,6 +89,8 @@ pub enum RunError {
     Key(#[from] sync::FatalKeyError),
     #[error("cannot start the control-plane client: {0}")]
     SyncClient(#[from] reqwest::Error),
+    #[error("cannot start the facts proxy: {0}")]
+    Facts(#[from] facts::ProxyError),
 }
 
 /// Reads a data document from a JSON file, whole (for tests and tools).
@@ -155,6 +159,7 @@ pub async fn run(
     }
     let mut sync_task = None;
     let mut sync_state = None;
+    let mut facts = None;
 
     match config.mode() {
         Mode::Embedded => {
@@ -215,7 +220,29 @@ pub async fn run(
                 }
             }
             let sync_metrics = Arc::new(sync::SyncMetrics::register(metrics.registry())?);
+            let backup_dir = sync_config.backup_dir.clone();
+            let key = sync::BackupKey::derive(&sync_config.api_key);
             let syncer = sync::Syncer::new(sync_config, state.clone(), sync_metrics)?;
+            facts = Some(Arc::new(FactsProxy::new(
+                ProxyConfig {
+                    control_plane: config.control_plane.clone(),
+                    request_timeout: config.sync_request_timeout,
+                    default_wait: config.local_facts_wait_timeout,
+                },
+                store.clone(),
+                state.clone(),
+                syncer.limiter(),
+                metrics.registry(),
+            )?));
+            if let Some(dir) = backup_dir {
+                tokio::spawn(keep_journal(
+                    store.clone(),
+                    dir,
+                    key,
+                    state.clone(),
+                    stop_rx.clone(),
+                ));
+            }
             sync_state = Some(state);
             sync_task = Some(tokio::spawn(sync::supervise(
                 syncer,
@@ -252,6 +279,7 @@ pub async fn run(
         refresh,
         sync_state,
         heavy: HeavyWork::default(),
+        facts,
     });
     let serving = http::serve(app, listener, shutdown);
     tokio::pin!(serving);
@@ -280,6 +308,43 @@ pub async fn run(
     };
     let _ = stop_tx.send(true);
     result
+}
+
+/// Keeps the journal beside the backup in step with the writes served
+/// through the facts proxy, so a restart serves them too: rewritten after
+/// each change, a burst of writes coalescing into one rewrite.
+async fn keep_journal(
+    store: Arc<Store>,
+    dir: PathBuf,
+    key: sync::BackupKey,
+    state: Arc<sync::SyncState>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = store.writes_changed.notified() => {}
+            _ = stop.changed() => return,
+        }
+        // The journal is sealed to the environment, known once the key's
+        // scope is; writes come through the proxy only after that.
+        let Some((_, environment)) = state.scope() else {
+            continue;
+        };
+        let seal = sync::Seal {
+            key: key.clone(),
+            environment: environment.to_owned(),
+        };
+        let (store, dir) = (store.clone(), dir.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            sync::write_journal(&dir, &seal, &store.pending_writes())
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "cannot write the journal of served writes"),
+            Err(e) => warn!(error = %e, "the journal writer failed"),
+        }
+    }
 }
 
 /// Turns SIGHUP into a refresh request, as `POST /sync` is: a reload of the

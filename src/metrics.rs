@@ -77,6 +77,7 @@ pub struct Metrics {
     snapshot_loaded_at: Gauge,
     snapshot_confirmed_age: Gauge,
     snapshot_swaps: IntGauge,
+    pending_writes: IntGauge,
 }
 
 impl Metrics {
@@ -131,6 +132,11 @@ impl Metrics {
         registry.register(Box::new(snapshot_confirmed_age.clone()))?;
         registry.register(Box::new(snapshot_loaded_at.clone()))?;
         registry.register(Box::new(snapshot_swaps.clone()))?;
+        let pending_writes = IntGauge::new(
+            "pdp_snapshot_pending_writes",
+            "Writes served through the facts proxy and not yet in a full sync's snapshot.",
+        )?;
+        registry.register(Box::new(pending_writes.clone()))?;
         let endpoints = Endpoint::ALL
             .iter()
             .map(|e| EndpointSeries {
@@ -156,6 +162,7 @@ impl Metrics {
             snapshot_loaded_at,
             snapshot_confirmed_age,
             snapshot_swaps,
+            pending_writes,
         })
     }
 
@@ -220,6 +227,8 @@ impl Metrics {
         self.snapshot_confirmed_age
             .set(store.freshness_age().as_secs_f64());
         self.snapshot_swaps.set(store.swaps() as i64);
+        self.pending_writes
+            .set(loaded.snapshot.applied_writes() as i64);
     }
 
     /// The text exposition format.

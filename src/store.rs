@@ -10,15 +10,15 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use serde::Serialize;
-
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::snapshot::{BuildError, Counts, Snapshot, Staged};
+use crate::snapshot::{BuildError, Counts, Snapshot, Staged, Unapplied, Write};
 
 /// Where a snapshot came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -52,6 +52,10 @@ pub struct Provenance {
     /// When the data was last known current; now if `None`. A restored
     /// backup is as fresh as the last sync that wrote or confirmed it.
     pub fresh_at: Option<SystemTime>,
+    /// For a sync: [`Store::write_seq`] when it started. The writes applied
+    /// by then are in what it read, and are let go; later ones are applied
+    /// again over it. `None` keeps every pending write.
+    pub writes_before: Option<u64>,
 }
 
 impl From<Source> for Provenance {
@@ -60,6 +64,7 @@ impl From<Source> for Provenance {
             source,
             content_hash: None,
             fresh_at: None,
+            writes_before: None,
         }
     }
 }
@@ -70,6 +75,9 @@ pub struct SnapshotMeta {
     pub content_hash: String,
     #[serde(skip)]
     pub loaded_at: SystemTime,
+    /// The sequence number of the last write applied over the full
+    /// snapshot; 0 when none is.
+    pub last_write: u64,
 }
 
 pub struct Loaded {
@@ -84,6 +92,30 @@ pub struct Store {
     /// swapped in, or confirmed unchanged by a sync.
     confirmed_ms: AtomicU64,
     swaps: AtomicU64,
+    /// Writes applied over the full snapshot and not yet let go by a sync.
+    /// Held while a new snapshot is put in service, so a write and a swap
+    /// never interleave; never held by a reader.
+    pending: Mutex<Pending>,
+    /// Woken when the pending writes change (the journal follows them).
+    pub writes_changed: Notify,
+}
+
+#[derive(Default)]
+struct Pending {
+    /// `(sequence number, write)`, in the order applied.
+    writes: Vec<(u64, Write)>,
+    /// The last sequence number handed out.
+    seq: u64,
+}
+
+/// What [`Store::apply`] did with a batch of confirmed writes.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Writes now served.
+    pub applied: usize,
+    /// Writes naming schema this snapshot lacks, by index in the batch;
+    /// the next full sync brings them.
+    pub refused: Vec<(usize, Unapplied)>,
 }
 
 fn now_ms() -> u64 {
@@ -135,20 +167,20 @@ impl Store {
             source,
             content_hash,
             fresh_at,
+            writes_before,
         } = provenance.into();
         let started = Instant::now();
         let content_hash = content_hash.unwrap_or_else(|| staged.content_hash());
         let snapshot = Snapshot::from_staged(staged)?;
         let counts = snapshot.counts().clone();
         let kind = source.kind();
-        self.swap(Loaded {
-            snapshot,
-            meta: SnapshotMeta {
-                source,
-                content_hash,
-                loaded_at: SystemTime::now(),
-            },
-        });
+        let meta = SnapshotMeta {
+            source,
+            content_hash,
+            loaded_at: SystemTime::now(),
+            last_write: 0,
+        };
+        self.swap(Loaded { snapshot, meta }, writes_before);
         if let Some(at) = fresh_at {
             self.mark_fresh_at(at);
         }
@@ -174,6 +206,103 @@ impl Store {
         Ok(counts)
     }
 
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lets go of the writes acknowledged before `writes_before` and puts
+    /// `snapshot` in service with the rest applied over it; returns the
+    /// snapshot it replaced.
+    fn replace(
+        &self,
+        pending: &mut Pending,
+        snapshot: Snapshot,
+        mut meta: SnapshotMeta,
+        writes_before: Option<u64>,
+    ) -> Option<Arc<Loaded>> {
+        let before = pending.writes.len();
+        if let Some(seen) = writes_before {
+            pending.writes.retain(|&(seq, _)| seq > seen);
+        }
+        let (snapshot, refused) = snapshot.with_writes(pending.writes.iter().map(|(_, w)| w));
+        for (i, e) in &refused {
+            warn!(error = %e, write = ?pending.writes[*i].1, "a pending write no longer applies; the next sync settles it");
+        }
+        meta.last_write = pending.writes.last().map_or(0, |&(seq, _)| seq);
+        if pending.writes.len() != before {
+            self.writes_changed.notify_one();
+        }
+        self.current.swap(Some(Arc::new(Loaded { snapshot, meta })))
+    }
+
+    /// Serves `writes`, confirmed by the control plane, over the current
+    /// snapshot at once: their cost is the rows they touch. They stay
+    /// applied over later snapshots until a sync that started after them
+    /// is swapped in. Nothing is applied before the first snapshot.
+    pub fn apply(&self, writes: Vec<Write>) -> Applied {
+        let mut pending = self.pending();
+        let Some(current) = self.current.load_full() else {
+            return Applied::default();
+        };
+        let (snapshot, refused) = current.snapshot.with_writes(&writes);
+        let mut applied = 0;
+        for (i, w) in writes.into_iter().enumerate() {
+            if refused.iter().any(|&(r, _)| r == i) {
+                continue;
+            }
+            pending.seq += 1;
+            let seq = pending.seq;
+            pending.writes.push((seq, w));
+            applied += 1;
+        }
+        if applied > 0 {
+            let mut meta = current.meta.clone();
+            meta.last_write = pending.seq;
+            self.current
+                .store(Some(Arc::new(Loaded { snapshot, meta })));
+            self.writes_changed.notify_one();
+        }
+        Applied { applied, refused }
+    }
+
+    /// A sync that found the serving document unchanged: the writes
+    /// acknowledged before `writes_before` are in it, and are let go.
+    pub fn settle(&self, writes_before: u64) {
+        let mut pending = self.pending();
+        if pending
+            .writes
+            .first()
+            .is_none_or(|&(seq, _)| seq > writes_before)
+        {
+            return;
+        }
+        let Some(current) = self.current.load_full() else {
+            return;
+        };
+        let base = current.snapshot.without_writes();
+        self.replace(
+            &mut pending,
+            base,
+            current.meta.clone(),
+            Some(writes_before),
+        );
+    }
+
+    /// The sequence number of the last write applied; a sync records it
+    /// when it starts ([`Provenance::writes_before`]).
+    pub fn write_seq(&self) -> u64 {
+        self.pending().seq
+    }
+
+    /// The writes applied and not yet let go, oldest first.
+    pub fn pending_writes(&self) -> Vec<Write> {
+        self.pending()
+            .writes
+            .iter()
+            .map(|(_, w)| w.clone())
+            .collect()
+    }
+
     /// Swaps `next` in, then frees the snapshot it replaced.
     ///
     /// A request that is deciding during the swap still holds the old
@@ -183,8 +312,14 @@ impl Store {
     /// waits for those requests, which hold it for one decision, and frees
     /// it itself. A holder that keeps it past two seconds frees it
     /// instead.
-    fn swap(&self, next: Loaded) {
-        let old = self.current.swap(Some(Arc::new(next)));
+    ///
+    /// The pending writes not let go by `writes_before` are applied over
+    /// `next` first ([`Provenance::writes_before`]).
+    fn swap(&self, next: Loaded, writes_before: Option<u64>) {
+        let old = {
+            let mut pending = self.pending();
+            self.replace(&mut pending, next.snapshot, next.meta, writes_before)
+        };
         self.swaps.fetch_add(1, Ordering::Relaxed);
         self.mark_fresh();
         if let Some(old) = old {
@@ -226,7 +361,7 @@ mod tests {
     fn freshness_follows_swaps_and_confirmations() {
         let store = Store::new();
         assert!(store.current().is_none());
-        store.swap(loaded());
+        store.swap(loaded(), None);
         assert!(store.freshness_age() < Duration::from_secs(5));
         assert_eq!(store.swaps(), 1);
         store.mark_fresh_at(SystemTime::now() - Duration::from_secs(3600));
@@ -242,6 +377,7 @@ mod tests {
                 source: Source::Embedded,
                 content_hash: String::new(),
                 loaded_at: SystemTime::now(),
+                last_write: 0,
             },
         }
     }
@@ -249,13 +385,13 @@ mod tests {
     #[test]
     fn a_swap_frees_the_old_snapshot_itself_once_readers_let_go() {
         let store = Arc::new(Store::new());
-        store.swap(loaded());
+        store.swap(loaded(), None);
         let old = Arc::downgrade(store.load().as_ref().expect("loaded"));
         // A request deciding against the old snapshot while the swap runs.
         let reader = store.current();
         let swapper = {
             let store = store.clone();
-            std::thread::spawn(move || store.swap(loaded()))
+            std::thread::spawn(move || store.swap(loaded(), None))
         };
         std::thread::sleep(Duration::from_millis(50));
         assert!(!swapper.is_finished(), "the swap waits for the reader");

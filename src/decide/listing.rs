@@ -422,7 +422,7 @@ pub fn user_permissions_work(snap: &Snapshot, q: &UserPermissionsQuery) -> usize
         for a in snap.actions(ty) {
             for rule in snap.abac_rules(ty, a) {
                 work += match snap.resource_set(rule.resource_set) {
-                    ResourceSet::Cond(..) => snap.instances_of(ty).len(),
+                    ResourceSet::Cond(..) => snap.instance_count(ty),
                     ResourceSet::Type(_) => tenants,
                     ResourceSet::Never => 0,
                 };

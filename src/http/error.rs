@@ -1,7 +1,8 @@
 //! Every failure of a request, and the one mapping from it to a response,
 //! for the Permit API and AuthZEN alike: a status, a stable `error` code, a
 //! `detail` naming the problem, and, for AuthZEN, the `field` at fault.
-//! Nothing a client sends maps to a 5xx other than `not_ready`.
+//! Nothing a client sends maps to a 5xx: `not_ready` and, from the facts
+//! proxy, `control_plane_unreachable` (502) are the PDP's own state.
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -57,6 +58,21 @@ pub enum ApiError {
     BadParam { param: &'static str, detail: String },
     #[error("the cursor has expired: the list it was read from has been replaced by a newer snapshot; start again without a cursor")]
     ExpiredCursor,
+    /// A request header out of range or malformed.
+    #[error("`{header}` {detail}")]
+    BadHeader {
+        header: &'static str,
+        detail: String,
+    },
+    /// The facts proxy could not get an answer from the control plane.
+    #[error("{0}")]
+    Upstream(String),
+    /// `X-Timeout-Policy: fail` and the write was not served in time;
+    /// Permit's PDP words it so.
+    #[error("Timeout waiting for update to be received")]
+    UpdateTimeout,
+    #[error("the facts proxy forwards to the control plane, and this PDP serves a local file or the embedded example; write to its data file instead")]
+    NoFactsProxy,
 }
 
 impl ApiError {
@@ -75,7 +91,11 @@ impl ApiError {
             ApiError::BadJson(_)
             | ApiError::BodyRead(_)
             | ApiError::Authzen(_)
-            | ApiError::ExpiredCursor => StatusCode::BAD_REQUEST,
+            | ApiError::ExpiredCursor
+            | ApiError::BadHeader { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ApiError::UpdateTimeout => StatusCode::FAILED_DEPENDENCY,
+            ApiError::NoFactsProxy => StatusCode::NOT_FOUND,
             ApiError::WrongShape { .. } | ApiError::BadParam { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -99,6 +119,10 @@ impl ApiError {
                 "invalid_request"
             }
             ApiError::ExpiredCursor => "expired_cursor",
+            ApiError::BadHeader { .. } => "invalid_header",
+            ApiError::Upstream(_) => "control_plane_unreachable",
+            ApiError::UpdateTimeout => "update_timeout",
+            ApiError::NoFactsProxy => "no_facts_proxy",
             ApiError::NotReady(_) => "not_ready",
             ApiError::TooManyConnections => "too_many_connections",
             ApiError::BodyRead(_) => "body_read_error",
@@ -113,6 +137,7 @@ impl ApiError {
             ApiError::Authzen(e) => e.field(),
             ApiError::WrongShape { field, .. } => field.as_deref(),
             ApiError::BadParam { param, .. } => Some(*param),
+            ApiError::BadHeader { header, .. } => Some(*header),
             _ => None,
         };
         if let Some(field) = field {

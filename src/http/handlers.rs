@@ -21,6 +21,7 @@ use super::transport::{BodyRead, Progress};
 use crate::authzen;
 use crate::config::ApiKey;
 use crate::decide::{self, AllowedQuery, Obj};
+use crate::facts::{FactsProxy, Wait};
 use crate::metrics::Metrics;
 use crate::store::{Loaded, Source, Store};
 use crate::sync::SyncState;
@@ -135,6 +136,8 @@ pub struct App {
     /// The sync task's status, shown by `/health` when syncing.
     pub sync_state: Option<Arc<SyncState>>,
     pub heavy: HeavyWork,
+    /// The facts proxy, when syncing from a control plane.
+    pub facts: Option<Arc<FactsProxy>>,
 }
 
 /// Decodes a query, answers it with `f`, and encodes the answer.
@@ -263,6 +266,19 @@ impl App {
         }
         if route == Route::LocalRoleAssignments {
             return self.local_role_assignments(req.uri().query()).await;
+        }
+        if route == Route::Facts {
+            let facts = self.facts.as_ref().ok_or(ApiError::NoFactsProxy)?;
+            let (parts, body) = req.into_parts();
+            // The wait headers are checked before anything is read or sent.
+            Wait::from_headers(&parts.headers, Duration::ZERO)?;
+            let body = {
+                let _reading = BodyRead::begin(progress);
+                read_body(body, self.settings.max_body_bytes).await?
+            };
+            return facts
+                .handle(&parts.method, &parts.uri, &parts.headers, body)
+                .await;
         }
         let Some(endpoint) = spec.decisions else {
             return Ok(self.serve(route, &req));
@@ -412,6 +428,7 @@ impl App {
             | Route::AuthorizedUsers
             | Route::UserTenants
             | Route::LocalRoleAssignments
+            | Route::Facts
             | Route::Authzen(_) => unreachable_decision(route).to_response(),
         }
     }
@@ -507,7 +524,8 @@ impl App {
             | Route::Live
             | Route::Metrics
             | Route::AuthzenConfiguration
-            | Route::LocalRoleAssignments => Err(unreachable_decision(route)),
+            | Route::LocalRoleAssignments
+            | Route::Facts => Err(unreachable_decision(route)),
         }
     }
 
@@ -832,6 +850,7 @@ mod tests {
             refresh: Default::default(),
             sync_state: None,
             heavy: HeavyWork::new(1),
+            facts: None,
         }
     }
 

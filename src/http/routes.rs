@@ -28,6 +28,9 @@ pub enum Route {
     AuthzenConfiguration,
     /// `GET /local/role_assignments`: the snapshot's assignments, listed.
     LocalRoleAssignments,
+    /// The facts proxy: every method under `/facts/` and
+    /// `/v2/facts/{proj}/{env}/`.
+    Facts,
 }
 
 /// `GET` routes answer `HEAD` too.
@@ -35,6 +38,8 @@ pub enum Route {
 pub enum Verb {
     Get,
     Post,
+    /// Every method (the facts proxy forwards what it is sent).
+    Any,
 }
 
 impl Verb {
@@ -42,6 +47,7 @@ impl Verb {
         match self {
             Verb::Get => method == Method::GET || method == Method::HEAD,
             Verb::Post => method == Method::POST,
+            Verb::Any => true,
         }
     }
 
@@ -50,6 +56,7 @@ impl Verb {
         match self {
             Verb::Get => "GET",
             Verb::Post => "POST",
+            Verb::Any => "GET, POST, PUT, PATCH, DELETE",
         }
     }
 }
@@ -61,7 +68,7 @@ pub struct Spec {
     pub path: &'static str,
     /// Another path for the same route.
     pub alias: Option<&'static str>,
-    /// Paths under `path/` are this route too.
+    /// Paths under `path/` (and `alias/`) are this route too.
     pub subpaths: bool,
     pub verb: Verb,
     /// Whether a caller must present the API key (when one is set).
@@ -106,7 +113,7 @@ const fn deciding(path: &'static str, endpoint: Endpoint, cost: Cost) -> Spec {
 
 impl Route {
     /// Every route, in the order requests are matched; `/allowed` first.
-    pub const ALL: [Route; 18] = [
+    pub const ALL: [Route; 19] = [
         Route::Allowed,
         Route::Bulk,
         Route::AllTenants,
@@ -125,6 +132,7 @@ impl Route {
         Route::Authzen(Op::SearchAction),
         Route::AuthzenConfiguration,
         Route::LocalRoleAssignments,
+        Route::Facts,
     ];
 
     /// The metrics label of requests that matched no route.
@@ -164,6 +172,11 @@ impl Route {
                 cost: Cost::Listing,
                 ..spec("/local/role_assignments", Verb::Get, true)
             },
+            Route::Facts => Spec {
+                alias: Some("/v2/facts"),
+                subpaths: true,
+                ..spec("/facts", Verb::Any, true)
+            },
             // Also the per-tenant form `/.well-known/authzen-configuration/<tenant>`.
             Route::AuthzenConfiguration => Spec {
                 subpaths: true,
@@ -175,12 +188,13 @@ impl Route {
     /// Whether this route serves `path`.
     fn serves(self, path: &str) -> bool {
         let s = self.spec();
+        let under = |base: &str| {
+            path.strip_prefix(base)
+                .is_some_and(|rest| rest.starts_with('/'))
+        };
         path == s.path
             || s.alias == Some(path)
-            || (s.subpaths
-                && path
-                    .strip_prefix(s.path)
-                    .is_some_and(|rest| rest.starts_with('/')))
+            || (s.subpaths && (under(s.path) || s.alias.is_some_and(under)))
     }
 
     /// The route for a request, or the 404 or 405 it gets.
@@ -216,6 +230,7 @@ impl Route {
             Route::Authzen(op) => 11 + op as usize,
             Route::AuthzenConfiguration => 16,
             Route::LocalRoleAssignments => 17,
+            Route::Facts => 18,
         }
     }
 
@@ -251,7 +266,7 @@ mod tests {
         for route in Route::ALL {
             let s = route.spec();
             let method = match s.verb {
-                Verb::Get => &get,
+                Verb::Get | Verb::Any => &get,
                 Verb::Post => &post,
             };
             assert_eq!(Route::find(method, s.path).unwrap(), route);
@@ -277,5 +292,8 @@ mod tests {
             Route::find(&post, "/allowed/"),
             Err(ApiError::NotFound(_))
         ));
+        for path in ["/facts/users", "/v2/facts/p/e/role_assignments/bulk"] {
+            assert_eq!(Route::find(&Method::DELETE, path).unwrap(), Route::Facts);
+        }
     }
 }

@@ -15,7 +15,7 @@ use super::ids::{checked, RoleId, TypeId};
 use super::staged::{AssignmentFact, TenantRoleFact, TupleFact};
 use super::{
     AttrRows, Attrs, BitSet, BuildError, Counts, Csr, Derive, Emails, Forward, Interner, Profile,
-    ResourceSet, Snapshot, Staged, TypeInfo, UserInfo, UserSet, Values, AUTOGEN, NONE,
+    ResourceSet, Snapshot, Staged, Tables, TypeInfo, UserInfo, UserSet, Values, AUTOGEN, NONE,
 };
 use crate::abac::{self, Cond};
 use crate::model::{self, ConditionSetType};
@@ -179,7 +179,9 @@ impl Builder {
         drop(std::mem::take(&mut doc.keys));
         let indexes = facts.indexes(schema.types.len())?;
         let conditions = self.conditions(&doc, &mut schema)?;
-        Ok(self.assemble(schema, facts, indexes, conditions))
+        Ok(Snapshot::from_tables(
+            self.assemble(schema, facts, indexes, conditions),
+        ))
     }
 
     fn tenants_and_users(
@@ -490,7 +492,7 @@ impl Builder {
 
     /// Counts, shrinks and moves everything into the snapshot, turning
     /// each kind's attributes into rows and freeing its boxes as it goes.
-    fn assemble(self, schema: Schema, f: Facts, ix: Indexes, conditions: Conditions) -> Snapshot {
+    fn assemble(self, schema: Schema, f: Facts, ix: Indexes, conditions: Conditions) -> Tables {
         let Facts {
             mut attr_names,
             mut values,
@@ -550,7 +552,7 @@ impl Builder {
             })
             .collect();
 
-        Snapshot {
+        Tables {
             tenants,
             tenant_attrs: tenant_rows,
             users,
@@ -575,6 +577,7 @@ impl Builder {
             tuples_out: ix.tuples_out,
             user_sets: conditions.user_sets,
             resource_sets: conditions.resource_sets,
+            relations: schema.relations,
             counts,
         }
     }

@@ -23,6 +23,7 @@
 
 mod build;
 mod chunked;
+mod delta;
 mod ids;
 mod intern;
 mod read;
@@ -30,6 +31,7 @@ mod staged;
 mod values;
 
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 use serde_json::{Map, Value};
@@ -37,6 +39,8 @@ use serde_json::{Map, Value};
 use crate::abac::Cond;
 use crate::model::DataDocument;
 pub use build::MAX_PARENT_DEPTH;
+use delta::Delta;
+pub use delta::{Assignment, Tuple, Unapplied, Write};
 pub use ids::{ActionId, InstanceId, RelationId, ResourceRoleId, RoleId, TenantId, TypeId, UserId};
 pub(crate) use intern::{BitSet, Csr, Interner, NONE};
 pub use staged::Staged;
@@ -231,7 +235,8 @@ pub(crate) enum ResourceSet {
     Never,
 }
 
-pub struct Snapshot {
+/// A full snapshot's tables, built once and never changed.
+pub(crate) struct Tables {
     tenants: Interner,
     tenant_attrs: AttrRows,
     users: Interner,
@@ -266,7 +271,45 @@ pub struct Snapshot {
     tuples_out: Csr<(u32, u32)>,
     user_sets: Vec<UserSet>,
     resource_sets: Vec<ResourceSet>,
+    /// Relation names, for writes that name them (decisions use ids).
+    relations: Interner,
     counts: Counts,
+}
+
+impl Tables {
+    /// A stored attribute by name, from an object's row of [`AttrRows`].
+    fn attr(&self, row: &[(u32, u32)], name: &str) -> Option<&Value> {
+        let name = self.attr_names.get(name)?;
+        let i = row.binary_search_by_key(&name, |&(n, _)| n).ok()?;
+        Some(self.values.get(row[i].1))
+    }
+
+    fn email_of(&self, user: u32) -> Option<&str> {
+        self.values
+            .opt(self.profiles.get(user as usize)?.email)?
+            .as_str()
+    }
+
+    /// Stored attributes as a JSON object, for answers that show them.
+    fn attrs_map(&self, row: &[(u32, u32)]) -> Map<String, Value> {
+        row.iter()
+            .map(|&(n, v)| {
+                (
+                    self.attr_names.name(n).to_owned(),
+                    self.values.get(v).clone(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// What decisions read: a full snapshot's tables and the writes applied
+/// over them since (`delta`, docs/read-your-writes.md). Cloning one is a
+/// pointer copy; applying a write makes a new one that shares the tables.
+#[derive(Clone)]
+pub struct Snapshot {
+    t: Arc<Tables>,
+    delta: Option<Arc<Delta>>,
 }
 
 impl Snapshot {
@@ -286,83 +329,106 @@ impl Snapshot {
         Self::build(&DataDocument::default()).expect("the empty document is valid")
     }
 
+    /// A snapshot of `t` with no writes over it.
+    fn from_tables(t: Tables) -> Snapshot {
+        Snapshot {
+            t: Arc::new(t),
+            delta: None,
+        }
+    }
+
+    /// This snapshot's tables with `writes` applied over them in order
+    /// (docs/read-your-writes.md). A write naming schema the tables do not
+    /// have is left out and reported with its index.
+    pub fn with_writes<'w>(
+        &self,
+        writes: impl IntoIterator<Item = &'w Write>,
+    ) -> (Snapshot, Vec<(usize, Unapplied)>) {
+        let mut delta = self.delta.as_deref().cloned().unwrap_or_default();
+        let mut refused = Vec::new();
+        for (i, w) in writes.into_iter().enumerate() {
+            if let Err(e) = delta.apply(&self.t, w) {
+                refused.push((i, e));
+            }
+        }
+        let next = Snapshot {
+            t: self.t.clone(),
+            delta: (delta.writes > 0).then(|| Arc::new(delta)),
+        };
+        (next, refused)
+    }
+
+    /// The same tables without the writes applied over them.
+    pub fn without_writes(&self) -> Snapshot {
+        Snapshot {
+            t: self.t.clone(),
+            delta: None,
+        }
+    }
+
+    /// Writes applied over the full snapshot.
+    pub fn applied_writes(&self) -> usize {
+        self.delta.as_ref().map_or(0, |d| d.writes)
+    }
+
+    /// The full snapshot's counts; writes applied since are not in them.
     pub fn counts(&self) -> &Counts {
-        &self.counts
+        &self.t.counts
     }
 
     pub fn user_keys(&self) -> impl Iterator<Item = &str> + '_ {
-        self.users.iter().map(|(_, k)| k)
+        self.all_users().map(|u| self.user_key(u))
     }
 
     /// Whether the snapshot knows this user key.
     pub fn has_user(&self, key: &str) -> bool {
-        self.users.get(key).is_some()
+        self.user_id(key).is_some()
     }
 
     /// The key of the user whose email this is.
     pub fn user_by_email(&self, email: &str) -> Option<&str> {
-        let u = self.emails.get(email, |u| self.email_of(u))?;
-        Some(self.users.name(u))
+        let written = self
+            .delta
+            .as_ref()
+            .and_then(|d| d.emails.get(email).copied());
+        let u = written.or_else(|| self.t.emails.get(email, |u| self.t.email_of(u)))?;
+        let u = UserId(u);
+        // A write may have deleted the user or changed its address since.
+        let current = self.user_profile(u, "email").and_then(Value::as_str);
+        (self.is_live_user(u) && current == Some(email)).then(|| self.user_key(u))
     }
 
     pub fn instance_keys_of_type<'a>(&'a self, ty: &str) -> impl Iterator<Item = &'a str> + 'a {
-        self.instances_of_type(self.types.get(ty))
-            .map(|i| self.instances.name(i))
-    }
-
-    /// Instance ids of a type, in id order.
-    pub(crate) fn instances_of_type(&self, ty: Option<u32>) -> impl Iterator<Item = u32> + '_ {
-        ty.map(|t| self.type_instances.row(t))
-            .unwrap_or_default()
-            .iter()
-            .copied()
+        self.t
+            .types
+            .get(ty)
+            .map(TypeId)
+            .into_iter()
+            .flat_map(move |ty| self.instances_of(ty))
+            .map(|i| self.instance_key(i))
     }
 
     pub fn actions_of_type<'a>(&'a self, ty: &str) -> impl Iterator<Item = &'a str> + 'a {
-        self.types
+        self.t
+            .types
             .get(ty)
             .into_iter()
-            .flat_map(move |t| self.type_info[t as usize].actions.iter().map(|(_, a)| a))
-    }
-
-    /// A stored attribute by name, from an object's row of [`AttrRows`].
-    pub(crate) fn attr(&self, row: &[(u32, u32)], name: &str) -> Option<&Value> {
-        let name = self.attr_names.get(name)?;
-        let i = row.binary_search_by_key(&name, |&(n, _)| n).ok()?;
-        Some(self.values.get(row[i].1))
-    }
-
-    fn email_of(&self, user: u32) -> Option<&str> {
-        self.values
-            .opt(self.profiles[user as usize].email)?
-            .as_str()
-    }
-
-    /// Stored attributes as a JSON object, for answers that show them.
-    pub(crate) fn attrs_map(&self, row: &[(u32, u32)]) -> Map<String, Value> {
-        row.iter()
-            .map(|&(n, v)| {
-                (
-                    self.attr_names.name(n).to_owned(),
-                    self.values.get(v).clone(),
-                )
-            })
-            .collect()
+            .flat_map(move |t| self.t.type_info[t as usize].actions.iter().map(|(_, a)| a))
     }
 
     /// Approximate heap bytes held by the indexes (not attributes).
     pub fn index_heap_bytes(&self) -> usize {
-        self.tenants.heap_bytes()
-            + self.users.heap_bytes()
-            + self.instances.heap_bytes()
-            + self.user_roles.heap_bytes()
-            + self.tenant_users.heap_bytes()
-            + self.user_inst_roles.heap_bytes()
-            + self.inst_users.heap_bytes()
-            + self.tuples_in.heap_bytes()
-            + self.tuples_out.heap_bytes()
-            + self.inst_tenant.capacity() * 4
-            + self.type_instances.heap_bytes()
+        self.t.tenants.heap_bytes()
+            + self.t.users.heap_bytes()
+            + self.t.instances.heap_bytes()
+            + self.t.user_roles.heap_bytes()
+            + self.t.tenant_users.heap_bytes()
+            + self.t.user_inst_roles.heap_bytes()
+            + self.t.inst_users.heap_bytes()
+            + self.t.tuples_in.heap_bytes()
+            + self.t.tuples_out.heap_bytes()
+            + self.t.inst_tenant.capacity() * 4
+            + self.t.type_instances.heap_bytes()
     }
 }
 

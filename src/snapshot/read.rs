@@ -8,7 +8,10 @@ use serde_json::{Map, Value};
 use super::ids::{
     ActionId, InstanceId, RelationId, ResourceRoleId, RoleId, TenantId, TypeId, UserId,
 };
-use super::{BitSet, ResourceSet, Snapshot, UserSet, NONE};
+use std::sync::Arc;
+
+use super::delta::{Added, Delta, Rows};
+use super::{BitSet, Csr, ResourceSet, Snapshot, UserSet, NONE};
 
 /// "Users with `from_role` on a `from_type` instance linked by `relation`
 /// to an instance hold a role there" (a derived role, docs/semantics.md §4).
@@ -56,119 +59,226 @@ fn run<K: Ord + Copy, V>(row: &[(K, V)], key: K) -> &[(K, V)] {
 }
 
 impl Snapshot {
-    // Lookups by key.
+    // Lookups by key. An object a write created is found after the
+    // tables' own; one a write deleted is not found.
 
     #[inline]
     pub(crate) fn user_hash(&self, key: &str) -> u64 {
-        self.users.hash_in(0, key)
+        self.t.users.hash_in(0, key)
     }
 
     /// The user `key`, with `hash` from [`Snapshot::user_hash`]: hashing
     /// first lets the table probes of several keys overlap.
     #[inline]
     pub(crate) fn user_hashed(&self, hash: u64, key: &str) -> Option<UserId> {
-        self.users.get_hashed(hash, 0, key).map(UserId)
+        let found = self.t.users.get_hashed(hash, 0, key);
+        match &self.delta {
+            None => found.map(UserId),
+            Some(d) => live(
+                found.or_else(|| d.users.ids.get(key).copied()),
+                &d.gone_users,
+            )
+            .map(UserId),
+        }
     }
 
     pub(crate) fn user_id(&self, key: &str) -> Option<UserId> {
-        self.users.get(key).map(UserId)
+        self.user_hashed(self.user_hash(key), key)
     }
 
     #[inline]
     pub(crate) fn tenant_id(&self, key: &str) -> Option<TenantId> {
-        self.tenants.get(key).map(TenantId)
+        let found = self.t.tenants.get(key);
+        match &self.delta {
+            None => found.map(TenantId),
+            Some(d) => live(
+                found.or_else(|| d.tenants.ids.get(key).copied()),
+                &d.gone_tenants,
+            )
+            .map(TenantId),
+        }
     }
 
     #[inline]
     pub(crate) fn type_id(&self, key: &str) -> Option<TypeId> {
-        self.types.get(key).map(TypeId)
+        self.t.types.get(key).map(TypeId)
     }
 
     #[inline]
     pub(crate) fn action_id(&self, ty: TypeId, key: &str) -> Option<ActionId> {
-        self.type_info[ty.0 as usize].actions.get(key).map(ActionId)
+        self.t.type_info[ty.0 as usize]
+            .actions
+            .get(key)
+            .map(ActionId)
     }
 
     #[inline]
     pub(crate) fn instance_hash(&self, ty: TypeId, key: &str) -> u64 {
-        self.instances.hash_in(ty.0, key)
+        self.t.instances.hash_in(ty.0, key)
     }
 
     /// The instance `key` of `ty`, with `hash` from [`Snapshot::instance_hash`].
     #[inline]
     pub(crate) fn instance_hashed(&self, hash: u64, ty: TypeId, key: &str) -> Option<InstanceId> {
-        self.instances.get_hashed(hash, ty.0, key).map(InstanceId)
+        let found = self.t.instances.get_hashed(hash, ty.0, key);
+        match &self.delta {
+            None => found.map(InstanceId),
+            Some(d) => {
+                let added = || {
+                    (!d.instances.ids.is_empty())
+                        .then(|| d.instances.ids.get(&(ty.0, key.to_owned())).copied())
+                        .flatten()
+                };
+                live(found.or_else(added), &d.gone_instances).map(InstanceId)
+            }
+        }
     }
 
     pub(crate) fn instance_id(&self, ty: TypeId, key: &str) -> Option<InstanceId> {
-        self.instances.get_in(ty.0, key).map(InstanceId)
+        self.instance_hashed(self.instance_hash(ty, key), ty, key)
+    }
+
+    /// Whether `u` is a user of this snapshot (not one a write deleted).
+    pub(crate) fn is_live_user(&self, u: UserId) -> bool {
+        self.delta
+            .as_ref()
+            .is_none_or(|d| !d.gone_users.contains(&u.0))
     }
 
     // Names by id.
 
     pub(crate) fn user_key(&self, u: UserId) -> &str {
-        self.users.name(u.0)
+        match self.added(u.0, self.t.users.len(), |d| &d.users) {
+            Some(k) => k,
+            None => self.t.users.name(u.0),
+        }
     }
 
     pub(crate) fn tenant_key(&self, t: TenantId) -> &str {
-        self.tenants.name(t.0)
+        match self.added(t.0, self.t.tenants.len(), |d| &d.tenants) {
+            Some(k) => k,
+            None => self.t.tenants.name(t.0),
+        }
     }
 
     pub(crate) fn type_key(&self, ty: TypeId) -> &str {
-        self.types.name(ty.0)
+        self.t.types.name(ty.0)
     }
 
     pub(crate) fn role_key(&self, r: RoleId) -> &str {
-        self.roles.name(r.0)
+        self.t.roles.name(r.0)
     }
 
     pub(crate) fn resource_role_key(&self, ty: TypeId, r: ResourceRoleId) -> &str {
-        self.type_info[ty.0 as usize].roles.name(r.0)
+        self.t.type_info[ty.0 as usize].roles.name(r.0)
     }
 
     pub(crate) fn action_key(&self, ty: TypeId, a: ActionId) -> &str {
-        self.type_info[ty.0 as usize].actions.name(a.0)
+        self.t.type_info[ty.0 as usize].actions.name(a.0)
     }
 
     pub(crate) fn instance_key(&self, i: InstanceId) -> &str {
-        self.instances.name(i.0)
+        match self.added(i.0, self.t.instances.len(), |d| &d.instances) {
+            Some((_, k)) => k,
+            None => self.t.instances.name(i.0),
+        }
     }
 
     #[inline]
     pub(crate) fn instance_type(&self, i: InstanceId) -> TypeId {
-        TypeId(self.instances.scope(i.0))
+        match self.added(i.0, self.t.instances.len(), |d| &d.instances) {
+            Some(&(ty, _)) => TypeId(ty),
+            None => TypeId(self.t.instances.scope(i.0)),
+        }
     }
 
     /// The tenant an instance lives in, if its data says.
     pub(crate) fn instance_tenant(&self, i: InstanceId) -> Option<TenantId> {
-        let t = self.inst_tenant[i.0 as usize];
+        let written = self
+            .delta
+            .as_ref()
+            .filter(|d| !d.inst_tenant.is_empty())
+            .and_then(|d| d.inst_tenant.get(&i.0).copied());
+        let t = written.unwrap_or_else(|| {
+            self.t
+                .inst_tenant
+                .get(i.0 as usize)
+                .copied()
+                .unwrap_or(NONE)
+        });
         (t != NONE).then_some(TenantId(t))
+    }
+
+    /// The key of an object a write added: `id` past the tables' `base`.
+    fn added<K: Clone + std::hash::Hash + Eq>(
+        &self,
+        id: u32,
+        base: usize,
+        of: impl Fn(&Delta) -> &Added<K>,
+    ) -> Option<&K> {
+        if (id as usize) < base {
+            return None;
+        }
+        of(self.delta.as_deref()?).key(base, id)
     }
 
     // Enumerations.
 
     pub(crate) fn all_users(&self) -> impl Iterator<Item = UserId> + '_ {
-        (0..self.users.len() as u32).map(UserId)
+        let added = self.delta.as_ref().map_or(0, |d| d.users.keys.len());
+        (0..(self.t.users.len() + added) as u32)
+            .map(UserId)
+            .filter(|&u| self.is_live_user(u))
     }
 
     pub(crate) fn all_tenants(&self) -> impl Iterator<Item = TenantId> + '_ {
-        (0..self.tenants.len() as u32).map(TenantId)
+        let added = self.delta.as_ref().map_or(0, |d| d.tenants.keys.len());
+        (0..(self.t.tenants.len() + added) as u32)
+            .filter(|t| {
+                self.delta
+                    .as_ref()
+                    .is_none_or(|d| !d.gone_tenants.contains(t))
+            })
+            .map(TenantId)
     }
 
     pub(crate) fn all_types(&self) -> impl Iterator<Item = TypeId> + '_ {
-        (0..self.types.len() as u32).map(TypeId)
+        (0..self.t.types.len() as u32).map(TypeId)
     }
 
     pub(crate) fn actions(&self, ty: TypeId) -> impl Iterator<Item = ActionId> + '_ {
-        (0..self.type_info[ty.0 as usize].actions.len() as u32).map(ActionId)
+        (0..self.t.type_info[ty.0 as usize].actions.len() as u32).map(ActionId)
     }
 
-    /// Instances of a type, in id order.
-    pub(crate) fn instances_of(
-        &self,
-        ty: TypeId,
-    ) -> impl ExactSizeIterator<Item = InstanceId> + '_ {
-        self.type_instances.row(ty.0).iter().map(|&i| InstanceId(i))
+    /// Instances of a type: the tables' in id order, then those writes added.
+    pub(crate) fn instances_of(&self, ty: TypeId) -> impl Iterator<Item = InstanceId> + '_ {
+        let added = self
+            .delta
+            .as_ref()
+            .and_then(|d| d.type_instances.get(&ty.0))
+            .into_iter()
+            .flatten();
+        self.t
+            .type_instances
+            .row(ty.0)
+            .iter()
+            .chain(added)
+            .filter(|&&i| {
+                self.delta
+                    .as_ref()
+                    .is_none_or(|d| !d.gone_instances.contains(&i))
+            })
+            .map(|&i| InstanceId(i))
+    }
+
+    /// How many instances a type has, about (for estimating work).
+    pub(crate) fn instance_count(&self, ty: TypeId) -> usize {
+        let added = self
+            .delta
+            .as_ref()
+            .and_then(|d| d.type_instances.get(&ty.0))
+            .map_or(0, |v| v.len());
+        self.t.type_instances.row(ty.0).len() + added
     }
 
     // Grants.
@@ -177,7 +287,7 @@ impl Snapshot {
     /// through `extends` and action groups).
     #[inline]
     pub(crate) fn tenant_grants(&self, ty: TypeId, action: ActionId) -> TenantGrants<'_> {
-        TenantGrants(&self.type_info[ty.0 as usize].tenant_grants[action.0 as usize])
+        TenantGrants(&self.t.type_info[ty.0 as usize].tenant_grants[action.0 as usize])
     }
 
     /// The resource roles of `ty` that grant `action`.
@@ -187,7 +297,7 @@ impl Snapshot {
         ty: TypeId,
         action: ActionId,
     ) -> impl Iterator<Item = ResourceRoleId> + '_ {
-        self.type_info[ty.0 as usize].role_grants[action.0 as usize]
+        self.t.type_info[ty.0 as usize].role_grants[action.0 as usize]
             .iter()
             .map(ResourceRoleId)
     }
@@ -198,7 +308,7 @@ impl Snapshot {
         ty: TypeId,
         r: ResourceRoleId,
     ) -> impl Iterator<Item = ActionId> + '_ {
-        self.type_info[ty.0 as usize].role_actions[r.0 as usize]
+        self.t.type_info[ty.0 as usize].role_actions[r.0 as usize]
             .iter()
             .map(ActionId)
     }
@@ -208,7 +318,7 @@ impl Snapshot {
         &self,
         r: RoleId,
     ) -> impl Iterator<Item = (TypeId, ActionId)> + '_ {
-        self.role_perms[r.0 as usize]
+        self.t.role_perms[r.0 as usize]
             .iter()
             .map(|&(t, a)| (TypeId(t), ActionId(a)))
     }
@@ -220,7 +330,7 @@ impl Snapshot {
         ty: TypeId,
         action: ActionId,
     ) -> impl ExactSizeIterator<Item = AbacRule> + '_ {
-        self.type_info[ty.0 as usize].abac[action.0 as usize]
+        self.t.type_info[ty.0 as usize].abac[action.0 as usize]
             .iter()
             .map(|&(user_set, resource_set)| AbacRule {
                 user_set,
@@ -229,11 +339,11 @@ impl Snapshot {
     }
 
     pub(crate) fn user_set(&self, id: u32) -> &UserSet {
-        &self.user_sets[id as usize]
+        &self.t.user_sets[id as usize]
     }
 
     pub(crate) fn resource_set(&self, id: u32) -> &ResourceSet {
-        &self.resource_sets[id as usize]
+        &self.t.resource_sets[id as usize]
     }
 
     /// The rules that derive role `r` on instances of `ty`.
@@ -242,7 +352,7 @@ impl Snapshot {
         ty: TypeId,
         r: ResourceRoleId,
     ) -> impl Iterator<Item = Derivation> + '_ {
-        self.type_info[ty.0 as usize].derive[r.0 as usize]
+        self.t.type_info[ty.0 as usize].derive[r.0 as usize]
             .iter()
             .map(|d| Derivation {
                 from_type: TypeId(d.from_type),
@@ -258,7 +368,7 @@ impl Snapshot {
         ty: TypeId,
         r: ResourceRoleId,
     ) -> impl Iterator<Item = Forwarding> + '_ {
-        self.type_info[ty.0 as usize].forward[r.0 as usize]
+        self.t.type_info[ty.0 as usize].forward[r.0 as usize]
             .iter()
             .map(|f| Forwarding {
                 relation: RelationId(f.relation),
@@ -270,13 +380,26 @@ impl Snapshot {
 
     // Facts.
 
+    /// Row `id` of an index: the one a write left, else the tables'.
+    #[inline]
+    fn row<'a>(
+        &'a self,
+        base: &'a Csr<(u32, u32)>,
+        over: impl Fn(&Delta) -> &Rows,
+        id: u32,
+    ) -> &'a [(u32, u32)] {
+        match &self.delta {
+            None => base.row(id),
+            Some(d) => Delta::row(over(d), base, id),
+        }
+    }
+
     /// The user's tenant roles, `(tenant, role)` sorted by tenant.
     pub(crate) fn user_tenant_roles(
         &self,
         u: UserId,
     ) -> impl ExactSizeIterator<Item = (TenantId, RoleId)> + DoubleEndedIterator + Clone + '_ {
-        self.user_roles
-            .row(u.0)
+        self.row(&self.t.user_roles, |d| &d.user_roles, u.0)
             .iter()
             .map(|&(t, r)| (TenantId(t), RoleId(r)))
     }
@@ -288,7 +411,7 @@ impl Snapshot {
         u: UserId,
         t: TenantId,
     ) -> impl Iterator<Item = RoleId> + Clone + '_ {
-        run(self.user_roles.row(u.0), t.0)
+        run(self.row(&self.t.user_roles, |d| &d.user_roles, u.0), t.0)
             .iter()
             .map(|&(_, r)| RoleId(r))
     }
@@ -298,8 +421,7 @@ impl Snapshot {
         &self,
         t: TenantId,
     ) -> impl ExactSizeIterator<Item = (UserId, RoleId)> + '_ {
-        self.tenant_users
-            .row(t.0)
+        self.row(&self.t.tenant_users, |d| &d.tenant_users, t.0)
             .iter()
             .map(|&(u, r)| (UserId(u), RoleId(r)))
     }
@@ -311,9 +433,12 @@ impl Snapshot {
         u: UserId,
         inst: InstanceId,
     ) -> impl ExactSizeIterator<Item = ResourceRoleId> + Clone + '_ {
-        run(self.user_inst_roles.row(u.0), inst.0)
-            .iter()
-            .map(|&(_, r)| ResourceRoleId(r))
+        run(
+            self.row(&self.t.user_inst_roles, |d| &d.user_inst_roles, u.0),
+            inst.0,
+        )
+        .iter()
+        .map(|&(_, r)| ResourceRoleId(r))
     }
 
     /// Every direct resource role of the user, `(instance, role)`.
@@ -321,8 +446,7 @@ impl Snapshot {
         &self,
         u: UserId,
     ) -> impl ExactSizeIterator<Item = (InstanceId, ResourceRoleId)> + '_ {
-        self.user_inst_roles
-            .row(u.0)
+        self.row(&self.t.user_inst_roles, |d| &d.user_inst_roles, u.0)
             .iter()
             .map(|&(i, r)| (InstanceId(i), ResourceRoleId(r)))
     }
@@ -332,8 +456,7 @@ impl Snapshot {
         &self,
         inst: InstanceId,
     ) -> impl Iterator<Item = (UserId, ResourceRoleId)> + '_ {
-        self.inst_users
-            .row(inst.0)
+        self.row(&self.t.inst_users, |d| &d.inst_users, inst.0)
             .iter()
             .map(|&(u, r)| (UserId(u), ResourceRoleId(r)))
     }
@@ -345,9 +468,12 @@ impl Snapshot {
         obj: InstanceId,
         relation: RelationId,
     ) -> impl Iterator<Item = InstanceId> + '_ {
-        run(self.tuples_in.row(obj.0), relation.0)
-            .iter()
-            .map(|&(_, s)| InstanceId(s))
+        run(
+            self.row(&self.t.tuples_in, |d| &d.tuples_in, obj.0),
+            relation.0,
+        )
+        .iter()
+        .map(|&(_, s)| InstanceId(s))
     }
 
     /// The tuples from `subject`, `(relation, object)`.
@@ -355,8 +481,7 @@ impl Snapshot {
         &self,
         subject: InstanceId,
     ) -> impl Iterator<Item = (RelationId, InstanceId)> + '_ {
-        self.tuples_out
-            .row(subject.0)
+        self.row(&self.t.tuples_out, |d| &d.tuples_out, subject.0)
             .iter()
             .map(|&(r, o)| (RelationId(r), InstanceId(o)))
     }
@@ -379,56 +504,100 @@ impl Snapshot {
         }
         let mut x = 0;
         if let Some(u) = user {
-            x ^= first(self.user_roles.row(u.0)) ^ first(self.user_inst_roles.row(u.0));
+            x ^= first(self.t.user_roles.row(u.0)) ^ first(self.t.user_inst_roles.row(u.0));
         }
         if let Some(i) = inst {
-            x ^= first(self.tuples_in.row(i.0));
+            x ^= first(self.t.tuples_in.row(i.0));
         }
         let conditions = conditions_of
-            .is_some_and(|(t, a)| !self.type_info[t.0 as usize].abac[a.0 as usize].is_empty());
+            .is_some_and(|(t, a)| !self.t.type_info[t.0 as usize].abac[a.0 as usize].is_empty());
         if conditions {
             if let Some(u) = user {
-                x ^= first(self.user_attrs.row(u.0));
+                x ^= first(self.t.user_attrs.row(u.0));
             }
             if let Some(i) = inst {
-                x ^= first(self.inst_attrs.row(i.0));
+                x ^= first(self.t.inst_attrs.row(i.0));
             }
         }
         x
     }
 
-    // Attributes and profiles.
+    // Attributes and profiles: a write replaces an object's whole set.
+
+    /// The attributes a write gave object `id`, if one did.
+    #[inline]
+    fn written_attrs(
+        &self,
+        of: impl Fn(&Delta) -> &super::delta::PMap<u32, Arc<Map<String, Value>>>,
+        id: u32,
+    ) -> Option<&Map<String, Value>> {
+        let d = self.delta.as_deref()?;
+        let map = of(d);
+        if map.is_empty() {
+            return None;
+        }
+        map.get(&id).map(|m| &**m)
+    }
 
     /// A stored attribute of a user.
     pub(crate) fn user_attr(&self, u: UserId, name: &str) -> Option<&Value> {
-        self.attr(self.user_attrs.row(u.0), name)
+        match self.written_attrs(|d| &d.user_attrs, u.0) {
+            Some(m) => m.get(name),
+            None => self.t.attr(self.t.user_attrs.row(u.0), name),
+        }
     }
 
     pub(crate) fn instance_attr(&self, i: InstanceId, name: &str) -> Option<&Value> {
-        self.attr(self.inst_attrs.row(i.0), name)
+        match self.written_attrs(|d| &d.inst_attrs, i.0) {
+            Some(m) => m.get(name),
+            None => self.t.attr(self.t.inst_attrs.row(i.0), name),
+        }
     }
 
     pub(crate) fn tenant_attr(&self, t: TenantId, name: &str) -> Option<&Value> {
-        self.attr(self.tenant_attrs.row(t.0), name)
+        match self.written_attrs(|d| &d.tenant_attrs, t.0) {
+            Some(m) => m.get(name),
+            None => self.t.attr(self.t.tenant_attrs.row(t.0), name),
+        }
     }
 
     pub(crate) fn tenant_attrs_map(&self, t: TenantId) -> Map<String, Value> {
-        self.attrs_map(self.tenant_attrs.row(t.0))
+        match self.written_attrs(|d| &d.tenant_attrs, t.0) {
+            Some(m) => m.clone(),
+            None => self.t.attrs_map(self.t.tenant_attrs.row(t.0)),
+        }
     }
 
     pub(crate) fn instance_attrs_map(&self, i: InstanceId) -> Map<String, Value> {
-        self.attrs_map(self.inst_attrs.row(i.0))
+        match self.written_attrs(|d| &d.inst_attrs, i.0) {
+            Some(m) => m.clone(),
+            None => self.t.attrs_map(self.t.inst_attrs.row(i.0)),
+        }
     }
 
     /// A user's `email`, `first_name` or `last_name`, if stored.
     pub(crate) fn user_profile(&self, u: UserId, field: &str) -> Option<&Value> {
-        let p = &self.profiles[u.0 as usize];
-        let id = match field {
-            "email" => p.email,
-            "first_name" => p.first_name,
-            "last_name" => p.last_name,
+        let at = match field {
+            "email" => 0,
+            "first_name" => 1,
+            "last_name" => 2,
             _ => return None,
         };
-        self.values.opt(id)
+        if let Some(p) = self
+            .delta
+            .as_ref()
+            .filter(|d| !d.profiles.is_empty())
+            .and_then(|d| d.profiles.get(&u.0))
+        {
+            return p[at].as_ref();
+        }
+        let p = self.t.profiles.get(u.0 as usize)?;
+        self.t.values.opt([p.email, p.first_name, p.last_name][at])
     }
+}
+
+/// `id` unless a write deleted it.
+#[inline]
+fn live(id: Option<u32>, gone: &super::delta::PSet<u32>) -> Option<u32> {
+    id.filter(|i| gone.is_empty() || !gone.contains(i))
 }

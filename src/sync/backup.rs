@@ -219,7 +219,7 @@ pub fn remove_stale_temps(dir: &Path) -> io::Result<usize> {
         let entry = entry?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let ours = [BACKUP_FILE, CONFIRMED_FILE]
+        let ours = [BACKUP_FILE, CONFIRMED_FILE, JOURNAL_FILE]
             .iter()
             .any(|f| name.starts_with(&format!(".{f}.")));
         if ours && name.ends_with(".tmp") && entry.file_type()?.is_file() {
@@ -407,6 +407,108 @@ pub fn read_backup(dir: &Path, key: &BackupKey) -> Result<Backup, BackupError> {
         return Err(too_large());
     }
     decode(&bytes, key).map_err(|e| e.at(path))
+}
+
+/// Beside the backup: the writes served through the facts proxy and not
+/// yet in a sync's document, so a restart serves them too. Small (pending
+/// writes only), rewritten whole after each change; JSON, since a write's
+/// attributes are arbitrary JSON values.
+pub const JOURNAL_FILE: &str = "pdp-writes.json";
+
+/// What the journal file holds after its MAC.
+#[derive(Serialize, Deserialize)]
+struct Journal {
+    environment: String,
+    writes: Vec<crate::snapshot::Write>,
+}
+
+/// The largest journal read: pending writes are let go at each sync.
+const MAX_JOURNAL_BYTES: u64 = 256 << 20;
+
+/// The journal's MAC key: the backup key's, for another purpose.
+fn journal_mac(key: &BackupKey, body: &[u8]) -> blake3::Hash {
+    let key = blake3::derive_key("pdp 2026-12 journal of served writes", &key.0);
+    blake3::keyed_hash(&key, body)
+}
+
+/// Replaces the journal in `dir` with `writes` (removes it when there are
+/// none): 32 bytes of keyed MAC, then the JSON.
+pub fn write_journal(dir: &Path, seal: &Seal, writes: &[crate::snapshot::Write]) -> io::Result<()> {
+    let path = dir.join(JOURNAL_FILE);
+    if writes.is_empty() {
+        return match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    create_dir(dir)?;
+    let body = serde_json::to_vec(&Journal {
+        environment: seal.environment.clone(),
+        writes: writes.to_vec(),
+    })?;
+    let tmp = temp_path(dir, JOURNAL_FILE);
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(journal_mac(&seal.key, &body).as_bytes())?;
+            f.write_all(&body)?;
+            f.sync_all()
+        })
+        .and_then(|()| fs::rename(&tmp, &path))
+        .and_then(|()| File::open(dir)?.sync_all());
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// The journal in `dir`, if it is authentic and of `environment`; none
+/// when there is no journal.
+pub fn read_journal(
+    dir: &Path,
+    key: &BackupKey,
+    environment: &str,
+) -> Result<Vec<crate::snapshot::Write>, BackupError> {
+    let path = dir.join(JOURNAL_FILE);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(BackupError::Io { path, source }),
+    };
+    let mut bytes = Vec::new();
+    if let Err(source) = io::Read::take(file, MAX_JOURNAL_BYTES + 1).read_to_end(&mut bytes) {
+        return Err(BackupError::Io { path, source });
+    }
+    if bytes.len() as u64 > MAX_JOURNAL_BYTES || bytes.len() < 32 {
+        return Err(BackupError::Corrupt {
+            path,
+            reason: format!("{} bytes is no journal", bytes.len()),
+        });
+    }
+    let (mac, body) = bytes.split_at(32);
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        journal_mac(key, body).as_bytes().as_slice(),
+        mac,
+    )) {
+        return Err(BackupError::Unauthenticated { path });
+    }
+    let journal: Journal = serde_json::from_slice(body).map_err(|e| BackupError::Corrupt {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    if journal.environment != environment {
+        return Err(BackupError::Corrupt {
+            path,
+            reason: format!(
+                "written for environment {}, the backup is of {environment}",
+                journal.environment
+            ),
+        });
+    }
+    Ok(journal.writes)
 }
 
 /// Failures before the path is attached.

@@ -136,7 +136,7 @@ pub struct Client {
     base: String,
     /// `Bearer <key>`, marked sensitive so no debug output shows it.
     auth: http::HeaderValue,
-    limiter: Limiter,
+    limiter: Arc<Limiter>,
     metrics: Arc<SyncMetrics>,
     state: Arc<SyncState>,
     backoff_min: Duration,
@@ -172,12 +172,12 @@ impl Client {
             http,
             base: config.control_plane.trim_end_matches('/').to_owned(),
             auth,
-            limiter: Limiter::new(
+            limiter: Arc::new(Limiter::new(
                 config.overall_per_min,
                 config.facts_per_min,
                 config.schema_per_min,
                 config.limit_window,
-            ),
+            )),
             metrics,
             state,
             backoff_min: config.backoff_min,
@@ -188,6 +188,11 @@ impl Client {
             max_sync_bytes: config.max_sync_bytes,
             last_failure: Default::default(),
         })
+    }
+
+    /// The budget this client spends, shared with the facts proxy.
+    pub fn limiter(&self) -> Arc<Limiter> {
+        self.limiter.clone()
     }
 
     /// Requests sent since start (a sync reports its own by difference).

@@ -96,6 +96,23 @@ impl Limiter {
 
     /// Close `class` until `now + retry_after` (never shortening a gate),
     /// for at most [`MAX_RETRY_AFTER`].
+    /// Counts a request sent without waiting (the application's own,
+    /// through the facts proxy): it takes budget the sync would otherwise
+    /// spend, when there is any left.
+    pub fn charge(&self, class: Class) {
+        if let Some(l) = &self.overall {
+            let _ = l.check();
+        }
+        let own = match class {
+            Class::Facts => self.facts.as_ref(),
+            Class::Schema => self.schema.as_ref(),
+            Class::Other => None,
+        };
+        if let Some(l) = own {
+            let _ = l.check();
+        }
+    }
+
     pub fn retry_after(&self, class: Class, retry_after: Duration) {
         let until = Instant::now() + retry_after.min(MAX_RETRY_AFTER);
         let mut gate = lock(&self.gates[class.index()]);

@@ -32,11 +32,12 @@ use crate::config::ApiKey;
 use crate::store::{Provenance, Source, Store};
 
 pub use backup::{
-    decode_backup, frame, read_backup, remove_stale_temps, write_backup, write_backup_at, Backup,
-    BackupError, BackupKey, Seal, BACKUP_FILE,
+    decode_backup, frame, read_backup, read_journal, remove_stale_temps, write_backup,
+    write_backup_at, write_journal, Backup, BackupError, BackupKey, Seal, BACKUP_FILE,
+    JOURNAL_FILE,
 };
-pub use client::{KeyKind, RequestError};
-pub use limiter::Class;
+pub use client::{parse_retry_after, KeyKind, RequestError};
+pub use limiter::{Class, Limiter};
 pub use metrics::SyncMetrics;
 pub use state::{SyncState, SyncStatus};
 
@@ -209,6 +210,12 @@ impl Syncer {
         })
     }
 
+    /// The control-plane budget the sync spends; the facts proxy's
+    /// requests are charged to it too.
+    pub fn limiter(&self) -> Arc<Limiter> {
+        self.client.limiter()
+    }
+
     /// Resolve the key, then sync until `shutdown` turns true. Returns an
     /// error only for a key that can never work; everything else is
     /// retried, logged and counted.
@@ -225,6 +232,8 @@ impl Syncer {
             scope = self.resolve_scope() => scope?,
             _ = stopped(&mut shutdown) => return Ok(()),
         };
+        self.state
+            .set_scope(&scope.project_id, &scope.environment_id);
         tracing::info!(
             organization = %scope.organization_id,
             project = %scope.project_id,
@@ -346,6 +355,10 @@ impl Syncer {
         // racing a failure report.
         let after = self.config.sync_deadline;
         let deadline = Instant::now() + after;
+        // Writes applied through the facts proxy by now were acknowledged
+        // before any list below is read, so what the lists say includes
+        // them; later ones are applied again over what they say.
+        let writes_before = store.write_seq();
         let fetch = pages::fetch_staged(&self.client, scope, self.config.per_page, deadline);
         let staged = match tokio::time::timeout(after, fetch).await {
             Ok(staged) => staged?,
@@ -394,12 +407,14 @@ impl Syncer {
             };
             let outcome = if unchanged {
                 store.mark_fresh();
+                store.settle(writes_before);
                 SyncOutcome::Unchanged
             } else {
                 let provenance = Provenance {
                     source: Source::ControlPlane,
                     content_hash: Some(hash.clone()),
                     fresh_at: None,
+                    writes_before: Some(writes_before),
                 };
                 // Dropping the pending backup removes its file.
                 if let Err(e) = store.install(staged, provenance) {
@@ -520,10 +535,26 @@ pub fn restore_backup(
         source: Source::Backup(dir.join(BACKUP_FILE)),
         content_hash: Some(backup.content_hash),
         fresh_at: Some(fresh_at),
+        writes_before: None,
     };
     store
         .install(backup.staged, provenance)
         .map_err(|e| BackupError::Invalid(e.to_string()))?;
+    // The writes served through the facts proxy since that sync: applied
+    // again, they are served until the first sync lets them go.
+    match backup::read_journal(dir, key, &backup.environment) {
+        Ok(writes) if writes.is_empty() => {}
+        Ok(writes) => {
+            let n = writes.len();
+            let applied = store.apply(writes);
+            tracing::info!(
+                writes = n,
+                applied = applied.applied,
+                "applied the writes served since the backup"
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "the journal of served writes is ignored"),
+    }
     Ok(true)
 }
 

@@ -1,7 +1,7 @@
 //! What the sync task reports about itself, for `/health`: cheap to read
 //! (one short mutex hold, never across an await) and serializable as-is.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -12,6 +12,9 @@ use super::{SyncError, SyncOutcome};
 #[derive(Debug, Default)]
 pub struct SyncState {
     status: Mutex<SyncStatus>,
+    /// The key's project and environment, once resolved: the path of the
+    /// facts proxy's requests.
+    scope: OnceLock<(String, String)>,
 }
 
 /// A point-in-time view. Times are unix seconds so the JSON is plain.
@@ -44,6 +47,15 @@ impl SyncState {
         let state = Self::default();
         state.set_phase("starting");
         state
+    }
+
+    pub(super) fn set_scope(&self, project: &str, environment: &str) {
+        let _ = self.scope.set((project.to_owned(), environment.to_owned()));
+    }
+
+    /// The key's `(project, environment)`, once the sync has resolved it.
+    pub fn scope(&self) -> Option<(&str, &str)> {
+        self.scope.get().map(|(p, e)| (p.as_str(), e.as_str()))
     }
 
     pub fn status(&self) -> SyncStatus {

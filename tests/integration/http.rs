@@ -872,6 +872,7 @@ async fn the_handler_answers_without_a_socket() {
         refresh: Default::default(),
         sync_state: None,
         heavy: Default::default(),
+        facts: None,
     };
     let call = |method: &str, path: &str, key: Option<&str>, body: &str| {
         let mut req = http::Request::builder()

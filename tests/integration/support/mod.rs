@@ -69,6 +69,7 @@ impl TestServer {
             refresh: Arc::new(Notify::new()),
             sync_state: None,
             heavy: Default::default(),
+            facts: None,
         });
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(pdp::http::serve(app, listener, async {
