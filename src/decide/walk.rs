@@ -85,11 +85,12 @@ pub(super) fn has_role(
         return false;
     }
     let mut seen = Visited::default();
+    let mine = snap.direct_roles_of(u);
     while let Some((i, t, r)) = stack.pop() {
         if !seen.insert((i, r)) {
             continue;
         }
-        let mut direct = snap.direct_roles(u, i);
+        let mut direct = mine.on(i);
         let has_direct = direct.len() > 0;
         if direct.any(|dr| dr == r) {
             return true;

@@ -54,16 +54,17 @@ pub struct Wait {
 
 impl Wait {
     pub fn from_headers(headers: &http::HeaderMap, default: Duration) -> Result<Wait, ApiError> {
+        // An empty value is no value: the Node SDK's `waitForSync(null)`
+        // sends `X-Wait-Timeout:` empty.
         let text = |name: &'static str| -> Result<Option<&str>, ApiError> {
-            headers
-                .get(name)
-                .map(|v| {
-                    v.to_str().map(str::trim).map_err(|_| ApiError::BadHeader {
-                        header: name,
-                        detail: "is not text".into(),
-                    })
-                })
-                .transpose()
+            let Some(v) = headers.get(name) else {
+                return Ok(None);
+            };
+            let v = v.to_str().map(str::trim).map_err(|_| ApiError::BadHeader {
+                header: name,
+                detail: "is not text".into(),
+            })?;
+            Ok((!v.is_empty()).then_some(v))
         };
         let timeout = match text("x-wait-timeout")? {
             None => default,
@@ -413,8 +414,13 @@ mod tests {
             h
         };
         let default = Duration::from_secs(10);
-        let w = Wait::from_headers(&headers(&[]), default).unwrap();
-        assert_eq!((w.timeout, w.policy), (default, TimeoutPolicy::Ignore));
+        for none in [
+            &[][..],
+            &[("x-wait-timeout", ""), ("x-timeout-policy", " ")],
+        ] {
+            let w = Wait::from_headers(&headers(none), default).unwrap();
+            assert_eq!((w.timeout, w.policy), (default, TimeoutPolicy::Ignore));
+        }
         let w = Wait::from_headers(
             &headers(&[("x-wait-timeout", "5.0"), ("x-timeout-policy", "FAIL")]),
             default,

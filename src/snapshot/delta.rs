@@ -26,9 +26,8 @@ use serde_json::{Map, Value};
 use super::{Csr, Tables, NONE};
 
 pub(super) type PMap<K, V> = imbl::GenericHashMap<K, V, DefaultHashBuilder, DefaultSharedPtr>;
-pub(super) type PSet<K> = imbl::GenericHashSet<K, DefaultHashBuilder, DefaultSharedPtr>;
 /// Rows a write replaced, by owner id.
-pub(super) type Rows = PMap<u32, Arc<[(u32, u32)]>>;
+pub(super) type Rows = Layered<Arc<[(u32, u32)]>>;
 type AttrMap = Arc<Map<String, Value>>;
 
 /// A role assignment as the control plane names it.
@@ -142,9 +141,9 @@ pub(crate) struct Delta {
     pub tenants: Added<String>,
     /// `(type, key)`.
     pub instances: Added<(u32, String)>,
-    pub gone_users: PSet<u32>,
-    pub gone_tenants: PSet<u32>,
-    pub gone_instances: PSet<u32>,
+    pub gone_users: Gone,
+    pub gone_tenants: Gone,
+    pub gone_instances: Gone,
     pub user_roles: Rows,
     pub tenant_users: Rows,
     pub user_inst_roles: Rows,
@@ -154,12 +153,12 @@ pub(crate) struct Delta {
     /// Instances added, by type.
     pub type_instances: PMap<u32, imbl::Vector<u32>>,
     /// Tenant of an added or updated instance (`NONE`: none).
-    pub inst_tenant: PMap<u32, u32>,
-    pub user_attrs: PMap<u32, AttrMap>,
-    pub tenant_attrs: PMap<u32, AttrMap>,
-    pub inst_attrs: PMap<u32, AttrMap>,
+    pub inst_tenant: Layered<u32>,
+    pub user_attrs: Layered<AttrMap>,
+    pub tenant_attrs: Layered<AttrMap>,
+    pub inst_attrs: Layered<AttrMap>,
     /// `email`, `first_name`, `last_name` of an upserted user.
-    pub profiles: PMap<u32, Arc<[Option<Value>; 3]>>,
+    pub profiles: Layered<Arc<[Option<Value>; 3]>>,
     /// Users by an email a write gave them.
     pub emails: PMap<String, u32>,
     /// Writes applied.
@@ -494,6 +493,123 @@ impl Delta {
     }
 }
 
+/// Entries a write made, by object id, where decisions look them up: a
+/// hash map frozen for reading and a small one of the latest entries.
+/// Writing copies the small one (at most [`Layered::RECENT`] entries); when
+/// it fills, it is merged into a new frozen map, a copy of the pending
+/// entries once every `RECENT` writes. A lookup is a probe or two of a flat
+/// table, where a persistent map's would chase a pointer per level.
+///
+/// Most lookups are of objects no write touched: a bit filter over the
+/// frozen map's ids (16 bits an entry, built with it) answers those
+/// without a probe of the map.
+#[derive(Clone)]
+pub(crate) struct Layered<V> {
+    frozen: Arc<hashbrown::HashMap<u32, V>>,
+    /// Bits of the ids in `frozen`; see [`Layered::bit`].
+    filter: Arc<[u64]>,
+    recent: Arc<hashbrown::HashMap<u32, V>>,
+}
+
+impl<V> Default for Layered<V> {
+    fn default() -> Self {
+        Layered {
+            frozen: Arc::default(),
+            filter: Arc::from([0u64]),
+            recent: Arc::default(),
+        }
+    }
+}
+
+impl<V: Clone> Layered<V> {
+    const RECENT: usize = 256;
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.recent.is_empty() && self.frozen.is_empty()
+    }
+
+    #[inline]
+    pub fn get(&self, k: &u32) -> Option<&V> {
+        if !self.recent.is_empty() {
+            if let Some(v) = self.recent.get(k) {
+                return Some(v);
+            }
+        }
+        if self.frozen.is_empty() || !self.maybe_frozen(*k) {
+            return None;
+        }
+        self.frozen.get(k)
+    }
+
+    /// The filter's bit for `id`: a multiplicative hash, the top bits.
+    #[inline]
+    fn bit(bits: usize, id: u32) -> usize {
+        let shift = 64 - bits.trailing_zeros();
+        ((u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> shift) as usize
+    }
+
+    #[inline]
+    fn maybe_frozen(&self, id: u32) -> bool {
+        let b = Self::bit(self.filter.len() * 64, id);
+        self.filter[b / 64] & (1 << (b % 64)) != 0
+    }
+
+    pub fn contains_key(&self, k: &u32) -> bool {
+        self.get(k).is_some()
+    }
+
+    pub fn insert(&mut self, k: u32, v: V) {
+        let recent = Arc::make_mut(&mut self.recent);
+        recent.insert(k, v);
+        if recent.len() >= Self::RECENT {
+            let recent = std::mem::take(recent);
+            let frozen = Arc::make_mut(&mut self.frozen);
+            frozen.extend(recent);
+            let bits = (frozen.len() * 16).next_power_of_two().max(64);
+            let mut filter = vec![0u64; bits / 64];
+            for &id in frozen.keys() {
+                let b = Self::bit(bits, id);
+                filter[b / 64] |= 1 << (b % 64);
+            }
+            self.filter = filter.into();
+        }
+    }
+
+    /// Every entry once, the latest value of each.
+    pub fn iter(&self) -> impl Iterator<Item = (&u32, &V)> + '_ {
+        self.recent.iter().chain(
+            self.frozen
+                .iter()
+                .filter(|(k, _)| !self.recent.contains_key(*k)),
+        )
+    }
+}
+
+/// Objects a write deleted (and not made again since).
+#[derive(Clone, Default)]
+pub(crate) struct Gone(Layered<bool>);
+
+impl Gone {
+    #[inline]
+    pub fn contains(&self, id: &u32) -> bool {
+        !self.0.is_empty() && self.0.get(id) == Some(&true)
+    }
+
+    pub fn insert(&mut self, id: u32) {
+        self.0.insert(id, true);
+    }
+
+    /// Made again; `Some` if it was gone.
+    pub fn remove(&mut self, id: &u32) -> Option<()> {
+        let was = self.contains(id);
+        if was {
+            self.0.insert(*id, false);
+        }
+        was.then_some(())
+    }
+}
+
 /// The indexes a write changes.
 #[derive(Clone, Copy)]
 enum Index {
@@ -503,4 +619,46 @@ enum Index {
     InstUsers,
     TuplesIn,
     TuplesOut,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layered_maps_read_the_latest_value_across_merges() {
+        let mut m: Layered<u32> = Layered::default();
+        assert!(m.is_empty() && m.get(&1).is_none());
+        let n = Layered::<u32>::RECENT as u32 * 3 + 7;
+        for i in 0..n {
+            m.insert(i * 7, i);
+        }
+        let before = m.clone();
+        for i in (0..n).step_by(5) {
+            m.insert(i * 7, i + 1_000_000);
+        }
+        for i in 0..n {
+            let want = if i % 5 == 0 { i + 1_000_000 } else { i };
+            assert_eq!(m.get(&(i * 7)), Some(&want), "{i}");
+            assert_eq!(
+                before.get(&(i * 7)),
+                Some(&i),
+                "an earlier version is unchanged"
+            );
+            assert!(m.get(&(i * 7 + 1)).is_none());
+        }
+        let mut all: Vec<(u32, u32)> = m.iter().map(|(&k, &v)| (k, v)).collect();
+        all.sort();
+        assert_eq!(all.len(), n as usize, "each key once");
+        assert_eq!(all[5], (35, 5_000_005 - 4_000_000));
+
+        let mut gone = Gone::default();
+        for i in 0..600 {
+            gone.insert(i);
+        }
+        assert!(gone.contains(&599) && !gone.contains(&600));
+        assert_eq!(gone.remove(&3), Some(()));
+        assert_eq!(gone.remove(&3), None);
+        assert!(!gone.contains(&3) && gone.contains(&4));
+    }
 }

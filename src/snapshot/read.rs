@@ -51,6 +51,21 @@ impl TenantGrants<'_> {
     }
 }
 
+/// One user's direct resource roles ([`Snapshot::direct_roles_of`]).
+#[derive(Clone, Copy)]
+pub(crate) struct DirectRoles<'a>(&'a [(u32, u32)]);
+
+impl<'a> DirectRoles<'a> {
+    /// The roles on `inst`.
+    #[inline]
+    pub(crate) fn on(
+        self,
+        inst: InstanceId,
+    ) -> impl ExactSizeIterator<Item = ResourceRoleId> + Clone + 'a {
+        run(self.0, inst.0).iter().map(|&(_, r)| ResourceRoleId(r))
+    }
+}
+
 /// The prefix of a sorted row whose first field is `key`.
 fn run<K: Ord + Copy, V>(row: &[(K, V)], key: K) -> &[(K, V)] {
     let start = row.partition_point(|&(k, _)| k < key);
@@ -441,6 +456,13 @@ impl Snapshot {
         .map(|&(_, r)| ResourceRoleId(r))
     }
 
+    /// The user's direct resource roles, read once for looking up several
+    /// instances (a walk up a chain of them).
+    #[inline]
+    pub(crate) fn direct_roles_of(&self, u: UserId) -> DirectRoles<'_> {
+        DirectRoles(self.row(&self.t.user_inst_roles, |d| &d.user_inst_roles, u.0))
+    }
+
     /// Every direct resource role of the user, `(instance, role)`.
     pub(crate) fn user_instance_roles(
         &self,
@@ -528,7 +550,7 @@ impl Snapshot {
     #[inline]
     fn written_attrs(
         &self,
-        of: impl Fn(&Delta) -> &super::delta::PMap<u32, Arc<Map<String, Value>>>,
+        of: impl Fn(&Delta) -> &super::delta::Layered<Arc<Map<String, Value>>>,
         id: u32,
     ) -> Option<&Map<String, Value>> {
         let d = self.delta.as_deref()?;
@@ -598,6 +620,6 @@ impl Snapshot {
 
 /// `id` unless a write deleted it.
 #[inline]
-fn live(id: Option<u32>, gone: &super::delta::PSet<u32>) -> Option<u32> {
-    id.filter(|i| gone.is_empty() || !gone.contains(i))
+fn live(id: Option<u32>, gone: &super::delta::Gone) -> Option<u32> {
+    id.filter(|i| !gone.contains(i))
 }
