@@ -8,16 +8,23 @@
 // checkAllTenants cannot work against any PDP (docs/contract.md, SDKs), so neither is here.
 //
 // Usage: node node_scenario.mjs <pdp-url> <api-key>   (or PDP_URL / PDP_API_KEY)
+//        node node_scenario.mjs --facts <pdp-url> <api-key> <control-plane-url>
+// The second form is the facts proxy scenario: the SDK with proxyFactsViaPdp
+// against a PDP syncing tests/fixtures/sdk-facts.json from the fake control
+// plane once an hour, so only the proxy explains what it answers after a write.
 // Prints one line per assertion and ends with `sdk-node: N passed, M failed`;
 // exits 1 if anything failed.
 
 import { isDeepStrictEqual } from "node:util";
-import { Permit, PermitConnectionError } from "permitio";
+import { Permit, PermitApiError, PermitConnectionError } from "permitio";
 
 const LABEL = "sdk-node";
 
-const url = process.argv[2] ?? process.env.PDP_URL;
-const key = process.argv[3] ?? process.env.PDP_API_KEY;
+const factsMode = process.argv[2] === "--facts";
+const args = process.argv.slice(factsMode ? 3 : 2);
+const url = args[0] ?? process.env.PDP_URL;
+const key = args[1] ?? process.env.PDP_API_KEY;
+const apiUrl = args[2];
 if (!url || !key) {
   console.error("usage: node node_scenario.mjs <pdp-url> <api-key> (or PDP_URL, PDP_API_KEY)");
   process.exit(2);
@@ -255,8 +262,61 @@ async function wrongKey() {
     () => lenient.check("alice", "read", "document"));
 }
 
+// Writes through the PDP (the /v2/facts/{proj}/{env}/... form the Node SDK
+// uses), each checked at once.
+async function facts() {
+  const permit = client({ apiUrl, proxyFactsViaPdp: true, factsSyncTimeout: 5 });
+  const api = permit.api;
+  const check = (user, action, resource) => permit.check(user, action, resource);
+  async function writeThen(name, writes, [user, action, resource], expected) {
+    sent.length = 0;
+    try {
+      for (const w of writes) await w();
+    } catch (err) {
+      fail(`${name}: the write`, null, "accepted", `threw ${err?.name}: ${firstLine(err)} ${show(err?.formattedAxiosError?.error ?? "")}`);
+      return;
+    }
+    await equal(name, { check: [user, action, resource] }, expected, () => check(user, action, resource));
+  }
+  const docInitrode = { type: "document", tenant: "initrode" };
+  await writeThen("create user and tenant, assign editor: check allows at once", [
+    () => api.users.create({ key: "grace", email: "grace@example.test" }),
+    () => api.tenants.create({ key: "initrode", name: "Initrode" }),
+    () => api.users.assignRole({ user: "grace", role: "editor", tenant: "initrode" }),
+  ], ["grace", "write", docInitrode], true);
+  await writeThen("unassign editor: check denies at once", [
+    () => api.users.unassignRole({ user: "grace", role: "editor", tenant: "initrode" }),
+  ], ["grace", "write", docInitrode], false);
+  const d2 = { type: "document", key: "d2", tenant: "initrode" };
+  await writeThen("instances, manager on the folder, folder parent of the document: owner derived", [
+    () => api.resourceInstances.create({ key: "f2", resource: "folder", tenant: "initrode" }),
+    () => api.resourceInstances.create({ key: "d2", resource: "document", tenant: "initrode" }),
+    () => api.roleAssignments.assign({ user: "grace", role: "manager", tenant: "initrode", resource_instance: "folder:f2" }),
+    () => api.relationshipTuples.create({ subject: "folder:f2", relation: "parent", object: "document:d2", tenant: "initrode" }),
+  ], ["grace", "write", d2], true);
+  await writeThen("bulk assign: both assignments served", [
+    () => api.roleAssignments.bulkAssign([
+      { user: "grace", role: "viewer", tenant: "default" },
+      { user: "alice", role: "editor", tenant: "initrode" },
+    ]),
+  ], ["alice", "write", docInitrode], true);
+  await equal("bulk assign: the other one", { check: ["grace", "read", "document"] }, true,
+    () => check("grace", "read", { type: "document", tenant: "default" }));
+  await rejects("a role the control plane does not know: the SDK throws",
+    { method: "roleAssignments.assign", role: "no-such-role" }, PermitApiError, "",
+    () => api.roleAssignments.assign({ user: "alice", role: "no-such-role", tenant: "default" }));
+  await equal("and no answer changed", { check: ["alice", "write", "document"] }, false,
+    () => check("alice", "write", { type: "document", tenant: "default" }));
+  await writeThen("waitForSync(null) is accepted: assign served", [
+    () => api.roleAssignments.waitForSync(null).assign({ user: "grace", role: "editor", tenant: "default" }),
+  ], ["grace", "write", { type: "document", tenant: "default" }], true);
+}
+
 const permit = client();
-for (const part of [() => checks(permit), () => bulk(permit), () => userPermissions(permit), tenantDefaults, wrongKey]) {
+const parts = factsMode
+  ? [facts]
+  : [() => checks(permit), () => bulk(permit), () => userPermissions(permit), tenantDefaults, wrongKey];
+for (const part of parts) {
   try {
     await part();
   } catch (err) {
@@ -264,5 +324,5 @@ for (const part of [() => checks(permit), () => bulk(permit), () => userPermissi
   }
 }
 
-console.log(`${LABEL}: ${passed} passed, ${failed} failed`);
+console.log(`${LABEL}${factsMode ? " facts proxy" : ""}: ${passed} passed, ${failed} failed`);
 process.exit(failed === 0 ? 0 : 1);

@@ -8,6 +8,11 @@ using `permit` would see. Every expected value is derived by hand from
 by asking the PDP.
 
 Usage: python_scenario.py <pdp-url> <api-key>   (or PDP_URL / PDP_API_KEY)
+       python_scenario.py --facts <pdp-url> <api-key> <control-plane-url>
+The second form is the facts proxy scenario: the SDK with
+`proxy_facts_via_pdp=True` against a PDP syncing `tests/fixtures/sdk-facts.json`
+from the fake control plane once an hour, so only the proxy explains what it
+answers after a write.
 Prints one line per assertion and ends with `sdk-python: N passed, M failed`;
 exits 1 if anything failed.
 """
@@ -20,7 +25,7 @@ import traceback
 from urllib.parse import urlsplit
 
 import aiohttp
-from permit import Permit, PermitConnectionError
+from permit import Permit, PermitApiError, PermitConnectionError
 
 LABEL = "sdk-python"
 
@@ -437,7 +442,106 @@ async def wrong_key(t: Tally, url: str, key: str) -> None:
     )
 
 
+async def facts(t: Tally, permit: Permit) -> None:
+    """Writes through the PDP (`/facts/...`), each checked at once."""
+    api = permit.api
+
+    async def check(user: str, action: str, resource) -> bool:
+        return await permit.check(user, action, resource)
+
+    async def write_then(name: str, write, user: str, action: str, resource, expected: bool) -> None:
+        SENT.clear()
+        try:
+            await write()
+        except Exception as err:  # noqa: BLE001
+            t.fail(f"{name}: the write", None, "accepted", f"raised {type(err).__name__}: {_first_line(err)}")
+            return
+        await t.equal(name, {"check": [user, action, resource]}, expected, lambda: check(user, action, resource))
+
+    doc_initech = {"type": "document", "tenant": "initech"}
+    await write_then(
+        "create user and tenant, assign editor: check allows at once",
+        lambda: _all(
+            api.users.create({"key": "frank", "email": "frank@example.test", "first_name": "Frank"}),
+            api.tenants.create({"key": "initech", "name": "Initech"}),
+            api.users.assign_role({"user": "frank", "role": "editor", "tenant": "initech"}),
+        ),
+        "frank", "write", doc_initech, True,
+    )
+    await t.equal("editor extends viewer", {"check": ["frank", "read", doc_initech]}, True,
+                  lambda: check("frank", "read", doc_initech))
+    await write_then(
+        "unassign editor: check denies at once",
+        lambda: api.users.unassign_role({"user": "frank", "role": "editor", "tenant": "initech"}),
+        "frank", "write", doc_initech, False,
+    )
+    d1 = {"type": "document", "key": "d1", "tenant": "initech"}
+    await write_then(
+        "instances, manager on the folder, folder parent of the document: owner derived",
+        lambda: _all(
+            api.resource_instances.create({"key": "f1", "resource": "folder", "tenant": "initech"}),
+            api.resource_instances.create({"key": "d1", "resource": "document", "tenant": "initech"}),
+            api.role_assignments.assign(
+                {"user": "frank", "role": "manager", "tenant": "initech", "resource_instance": "folder:f1"}
+            ),
+            api.relationship_tuples.create(
+                {"subject": "folder:f1", "relation": "parent", "object": "document:d1", "tenant": "initech"}
+            ),
+        ),
+        "frank", "write", d1, True,
+    )
+    await write_then(
+        "bulk assign: both assignments served",
+        lambda: api.role_assignments.bulk_assign([
+            {"user": "frank", "role": "viewer", "tenant": "default"},
+            {"user": "alice", "role": "editor", "tenant": "initech"},
+        ]),
+        "alice", "write", doc_initech, True,
+    )
+    await t.equal("bulk assign: the other one", {"check": ["frank", "read", "document"]}, True,
+                  lambda: check("frank", "read", {"type": "document", "tenant": "default"}))
+    await t.raises(
+        "a role the control plane does not know: the SDK raises",
+        {"method": "role_assignments.assign", "role": "no-such-role"},
+        PermitApiError,
+        "404",
+        lambda: api.role_assignments.assign({"user": "alice", "role": "no-such-role", "tenant": "default"}),
+    )
+    await t.equal("and no answer changed", {"check": ["alice", "write", "document"]}, False,
+                  lambda: check("alice", "write", {"type": "document", "tenant": "default"}))
+
+    async def listed():
+        got = await permit.pdp_api.role_assignments.list(user_key="frank")
+        return sorted((a.dict() for a in got), key=lambda a: (a["tenant"], a["role"]))
+
+    await t.equal(
+        "pdp_api.role_assignments.list: the assignments just made",
+        {"method": "pdp_api.role_assignments.list", "user_key": "frank"},
+        [_ra("frank", "viewer", "default"), _ra("frank", "manager", "initech", "folder:f1")],
+        listed,
+    )
+
+
+async def _all(*writes) -> None:
+    """Awaits the writes in order, as an application would."""
+    for w in writes:
+        await w
+
+
+async def facts_main(url: str, key: str, api_url: str) -> int:
+    t = Tally()
+    permit = Permit(token=key, pdp=url, api_url=api_url, proxy_facts_via_pdp=True, facts_sync_timeout=5)
+    try:
+        await facts(t, permit)
+    except Exception:  # noqa: BLE001
+        t.fail("facts crashed", None, "no crash", traceback.format_exc())
+    print(f"{LABEL} facts proxy: {t.passed} passed, {t.failed} failed", flush=True)
+    return 0 if t.failed == 0 else 1
+
+
 async def main() -> int:
+    if len(sys.argv) == 5 and sys.argv[1] == "--facts":
+        return await facts_main(sys.argv[2], sys.argv[3], sys.argv[4])
     url = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("PDP_URL", "")
     key = sys.argv[2] if len(sys.argv) > 2 else os.environ.get("PDP_API_KEY", "")
     if not url or not key:
