@@ -96,10 +96,39 @@ pub enum RetryAfter {
 #[derive(Debug, Clone)]
 pub struct Logged {
     pub at: Instant,
+    pub method: String,
     pub path: String,
+    pub query: String,
+    /// Names lower-cased, as sent.
+    pub headers: Vec<(String, String)>,
     /// `facts`, `schema` or `other`.
     pub class: &'static str,
     pub status: u16,
+}
+
+/// A page held back ([`FakeControlPlane::hold`]): the next request for a
+/// list is answered with the list as it was when the request arrived, but
+/// only once the hold is released.
+pub struct Hold {
+    inner: Arc<HoldInner>,
+}
+
+struct HoldInner {
+    list: &'static str,
+    arrived: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+impl Hold {
+    /// Resolves once a request for the list is being held.
+    pub async fn arrived(&self) {
+        self.inner.arrived.notified().await;
+    }
+
+    /// Lets the held request be answered.
+    pub fn release(self) {
+        self.inner.release.notify_one();
+    }
 }
 
 struct RateLimit {
@@ -122,6 +151,10 @@ struct State {
     grown: usize,
     /// Bumped on `set_document`, so old cursors are recognisably old.
     generation: u64,
+    /// Lists whose next page is held; taken by the request it holds.
+    holds: Vec<Arc<HoldInner>>,
+    /// For the ids of objects written.
+    next_id: u64,
 }
 
 pub struct FakeControlPlane {
@@ -148,6 +181,11 @@ impl Shared {
 
 impl FakeControlPlane {
     pub async fn start(doc: &DataDocument, shape: Shape) -> FakeControlPlane {
+        Self::start_on(0, doc, shape).await
+    }
+
+    /// [`start`](Self::start) on 127.0.0.1:`port` (0: any free port).
+    pub async fn start_on(port: u16, doc: &DataDocument, shape: Shape) -> FakeControlPlane {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 lists: lists_of(doc),
@@ -157,10 +195,12 @@ impl FakeControlPlane {
                 log: Vec::new(),
                 grown: 0,
                 generation: 0,
+                holds: Vec::new(),
+                next_id: 0,
             }),
             server: Mutex::new(None),
         });
-        let listener = bind("127.0.0.1:0".parse().expect("literal address"));
+        let listener = bind(SocketAddr::from(([127, 0, 0, 1], port)));
         let addr = listener
             .local_addr()
             .expect("bound listener has an address");
@@ -216,6 +256,19 @@ impl FakeControlPlane {
 
     pub fn requests(&self) -> Vec<Logged> {
         self.lock().log.clone()
+    }
+
+    /// Holds the next page request for `list` (a path name from
+    /// [`LISTS`]): answered with the list as it was on arrival, once the
+    /// returned [`Hold`] is released.
+    pub fn hold(&self, list: &'static str) -> Hold {
+        let inner = Arc::new(HoldInner {
+            list,
+            arrived: tokio::sync::Notify::new(),
+            release: tokio::sync::Notify::new(),
+        });
+        self.lock().holds.push(inner.clone());
+        Hold { inner }
     }
 
     /// Stop accepting and drop every open connection: the PDP sees
@@ -319,21 +372,55 @@ enum Reply {
 }
 
 async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let reply = {
+    let (parts, body) = req.into_parts();
+    // Bodies are small here (writes); a failed read is an empty body.
+    let body = http_body_util::BodyExt::collect(body)
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let (reply, held) = {
         let mut s = shared.lock();
-        let reply = route(&mut s, &req);
+        let reply = route(&mut s, &parts, &body);
         let status = match &reply {
             Reply::Now(r) => r.status().as_u16(),
             Reply::Hang | Reply::GoDown => 0,
         };
+        let path = parts.uri.path();
+        // A held list: the first page request for it after `hold`.
+        let held = if parts.method == http::Method::GET {
+            let list = path.rsplit('/').next().unwrap_or("");
+            s.holds
+                .iter()
+                .position(|h| h.list == list)
+                .map(|at| s.holds.remove(at))
+        } else {
+            None
+        };
         s.log.push(Logged {
             at: Instant::now(),
-            path: req.uri().path().to_owned(),
-            class: class_of(req.uri().path()),
+            method: parts.method.to_string(),
+            path: path.to_owned(),
+            query: parts.uri.query().unwrap_or("").to_owned(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            class: class_of(path),
             status,
         });
-        reply
+        (reply, held)
     };
+    if let Some(hold) = held {
+        let released = hold.release.notified();
+        hold.arrived.notify_one();
+        released.await;
+    }
     match reply {
         Reply::Now(r) => r,
         Reply::Hang => {
@@ -349,11 +436,11 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
     }
 }
 
-fn route(s: &mut State, req: &Request<Incoming>) -> Reply {
-    let path = req.uri().path();
+fn route(s: &mut State, req: &http::request::Parts, body: &[u8]) -> Reply {
+    let path = req.uri.path();
     let class = class_of(path);
     let key = req
-        .headers()
+        .headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
@@ -421,6 +508,34 @@ fn route(s: &mut State, req: &Request<Incoming>) -> Reply {
     }
 
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if req.method != http::Method::GET {
+        return match parts.as_slice() {
+            ["v2", "facts", p, e, rest @ ..] if !rest.is_empty() => {
+                if scope != (Some(PROJECT_ID), Some(ENV_ID)) || *p != PROJECT_ID || *e != ENV_ID {
+                    return Reply::Now(json(
+                        403,
+                        r#"{"detail": "key not scoped to this environment"}"#,
+                    ));
+                }
+                // Faults name the list a write goes to, as a read's do.
+                if let Some(at) = s.faults.iter().position(|(l, f, left)| {
+                    (*l == "*" || *l == rest[0])
+                        && *left != Some(0)
+                        && matches!(f, Fault::Status(_))
+                }) {
+                    if let Some(n) = &mut s.faults[at].2 {
+                        *n -= 1;
+                    }
+                    if let Fault::Status(code) = s.faults[at].1 {
+                        return Reply::Now(json(code, r#"{"detail": "injected failure"}"#));
+                    }
+                }
+                let query = parse_query(req.uri.query().unwrap_or(""));
+                Reply::Now(write(s, &req.method, rest, &query, body))
+            }
+            _ => Reply::Now(json(404, r#"{"detail": "not found"}"#)),
+        };
+    }
     let (proj, env, list) = match parts.as_slice() {
         ["v2", "facts" | "schema", p, e, list] => (*p, *e, *list),
         _ => return Reply::Now(json(404, r#"{"detail": "not found"}"#)),
@@ -443,7 +558,7 @@ fn route(s: &mut State, req: &Request<Incoming>) -> Reply {
         return Reply::Now(json(404, r#"{"detail": "no such list"}"#));
     }
 
-    let query = parse_query(req.uri().query().unwrap_or(""));
+    let query = parse_query(req.uri.query().unwrap_or(""));
     let per_page = query
         .get("per_page")
         .and_then(|v| v.parse::<usize>().ok())
@@ -577,4 +692,488 @@ fn parse_query(q: &str) -> HashMap<String, String> {
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
+}
+
+// ---- writes ------------------------------------------------------------------
+//
+// The facts writes the SDKs send (docs/contract.md, Facts proxy), made to
+// the stored lists so that a later sync reads them, and answered with
+// Permit's read models (ids, scope and timestamps included: the Python SDK
+// parses them strictly).
+
+use serde_json::{json as j, Value};
+
+/// A write refused: the status and the `detail` of its body.
+struct Refused(u16, String);
+
+fn detail(status: u16, detail: &str) -> Refused {
+    Refused(status, detail.to_owned())
+}
+
+fn answer(status: u16, v: &Value) -> Response<Full<Bytes>> {
+    json(status, v.to_string())
+}
+
+fn no_content() -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(204)
+        .body(Full::new(Bytes::new()))
+        .expect("static response parts")
+}
+
+const WRITTEN_AT: &str = "2026-12-03T00:00:00+00:00";
+
+impl State {
+    fn items(&self, list: &str) -> Vec<Value> {
+        self.lists
+            .get(list)
+            .map(|l| {
+                l.iter()
+                    .filter_map(|i| serde_json::from_str(i).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn set_items(&mut self, list: &'static str, items: &[Value]) {
+        self.lists
+            .insert(list, items.iter().map(Value::to_string).collect());
+    }
+
+    fn id(&mut self) -> String {
+        self.next_id += 1;
+        format!("00000000-0000-4000-8000-{:012x}", self.next_id)
+    }
+
+    /// The read model around `item`: ids, scope and timestamps.
+    fn read_model(&mut self, item: &Value, extra: &[&str]) -> Value {
+        let mut v = item.clone();
+        if let Some(o) = v.as_object_mut() {
+            let id = self.id();
+            o.insert("id".into(), j!(id));
+            o.insert("organization_id".into(), j!(ORG_ID));
+            o.insert("project_id".into(), j!(PROJECT_ID));
+            o.insert("environment_id".into(), j!(ENV_ID));
+            o.insert("created_at".into(), j!(WRITTEN_AT));
+            o.insert("updated_at".into(), j!(WRITTEN_AT));
+            for field in extra {
+                let id = self.id();
+                o.entry(field.to_string()).or_insert(j!(id));
+            }
+        }
+        v
+    }
+
+    fn has(&self, list: &str, f: impl Fn(&Value) -> bool) -> bool {
+        self.lists.get(list).is_some_and(|l| {
+            l.iter()
+                .filter_map(|i| serde_json::from_str::<Value>(i).ok())
+                .any(|v| f(&v))
+        })
+    }
+
+    fn has_key(&self, list: &str, key: &str) -> bool {
+        self.has(list, |v| v["key"] == j!(key))
+    }
+
+    fn has_instance(&self, id: &str) -> bool {
+        self.has("resource_instances", |v| {
+            format!(
+                "{}:{}",
+                v["resource"].as_str().unwrap_or(""),
+                v["key"].as_str().unwrap_or("")
+            ) == id
+        })
+    }
+
+    /// Whether `role` exists: a tenant role, or a role of the instance's type.
+    fn role_exists(&self, role: &str, instance: Option<&str>) -> bool {
+        match instance {
+            None => self.has_key("roles", role),
+            Some(i) => {
+                let ty = i.split(':').next().unwrap_or("");
+                self.has("resources", |r| {
+                    r["key"] == j!(ty) && r["roles"].get(role).is_some()
+                })
+            }
+        }
+    }
+
+    fn upsert(&mut self, list: &'static str, same: impl Fn(&Value) -> bool, item: Value) {
+        let mut items = self.items(list);
+        match items.iter_mut().find(|v| same(v)) {
+            Some(v) => *v = item,
+            None => items.push(item),
+        }
+        self.set_items(list, &items);
+    }
+
+    fn remove_where(&mut self, list: &'static str, gone: impl Fn(&Value) -> bool) -> usize {
+        let mut items = self.items(list);
+        let before = items.len();
+        items.retain(|v| !gone(v));
+        self.set_items(list, &items);
+        before - items.len()
+    }
+}
+
+fn instance_id(v: &Value) -> String {
+    format!(
+        "{}:{}",
+        v["resource"].as_str().unwrap_or(""),
+        v["key"].as_str().unwrap_or("")
+    )
+}
+
+/// An assignment as sent: `{user?, role, tenant?, resource_instance?}`.
+fn assignment(v: &Value, user: Option<&str>) -> Option<Value> {
+    let user = v["user"].as_str().or(user)?;
+    let role = v["role"].as_str()?;
+    let tenant = v["tenant"].as_str().unwrap_or("default");
+    let instance = v["resource_instance"].as_str().filter(|s| !s.is_empty());
+    Some(j!({"user": user, "role": role, "tenant": tenant, "resource_instance": instance}))
+}
+
+fn same_assignment(a: &Value) -> impl Fn(&Value) -> bool + '_ {
+    move |v: &Value| {
+        v["user"] == a["user"]
+            && v["role"] == a["role"]
+            && v["tenant"] == a["tenant"]
+            && v["resource_instance"].as_str() == a["resource_instance"].as_str()
+    }
+}
+
+/// Checks an assignment: the user, tenant and role exist.
+fn check_assignment(s: &State, a: &Value) -> Result<(), Refused> {
+    let (user, role, tenant) = (
+        a["user"].as_str().unwrap_or(""),
+        a["role"].as_str().unwrap_or(""),
+        a["tenant"].as_str().unwrap_or(""),
+    );
+    if !s.has_key("users", user) {
+        return Err(detail(
+            404,
+            &format!("Could not find 'User' with key '{user}'"),
+        ));
+    }
+    if !s.has_key("tenants", tenant) {
+        return Err(detail(
+            404,
+            &format!("Could not find 'Tenant' with key '{tenant}'"),
+        ));
+    }
+    if !s.role_exists(role, a["resource_instance"].as_str()) {
+        return Err(detail(
+            404,
+            &format!("Could not find 'Role' with key '{role}'"),
+        ));
+    }
+    Ok(())
+}
+
+fn assign(s: &mut State, a: &Value) -> Result<Value, Refused> {
+    check_assignment(s, a)?;
+    if s.has("role_assignments", same_assignment(a)) {
+        return Err(detail(409, "the role is already assigned"));
+    }
+    if let Some(i) = a["resource_instance"].as_str() {
+        if !s.has_instance(i) {
+            let (ty, key) = i.split_once(':').unwrap_or((i, ""));
+            let inst = j!({"key": key, "resource": ty, "tenant": a["tenant"], "attributes": {}});
+            s.upsert("resource_instances", |_| false, inst);
+        }
+    }
+    let mut items = s.items("role_assignments");
+    items.push(a.clone());
+    s.set_items("role_assignments", &items);
+    Ok(s.read_model(a, &["user_id", "role_id", "tenant_id"]))
+}
+
+fn unassign(s: &mut State, a: &Value) -> Result<Value, Refused> {
+    if s.remove_where("role_assignments", same_assignment(a)) == 0 {
+        return Err(detail(404, "no such role assignment"));
+    }
+    Ok(s.read_model(a, &["user_id", "role_id", "tenant_id"]))
+}
+
+fn tuple(v: &Value) -> Option<Value> {
+    Some(j!({
+        "subject": v["subject"].as_str()?, "relation": v["relation"].as_str()?,
+        "object": v["object"].as_str()?, "tenant": v["tenant"].as_str().unwrap_or("default"),
+    }))
+}
+
+fn same_tuple(t: &Value) -> impl Fn(&Value) -> bool + '_ {
+    move |v: &Value| {
+        v["subject"] == t["subject"] && v["relation"] == t["relation"] && v["object"] == t["object"]
+    }
+}
+
+fn relate(s: &mut State, t: &Value) -> Value {
+    for end in ["subject", "object"] {
+        let id = t[end].as_str().unwrap_or("");
+        if !s.has_instance(id) {
+            let (ty, key) = id.split_once(':').unwrap_or((id, ""));
+            let inst = j!({"key": key, "resource": ty, "tenant": t["tenant"], "attributes": {}});
+            s.upsert("resource_instances", |_| false, inst);
+        }
+    }
+    s.upsert("relationship_tuples", same_tuple(t), t.clone());
+    s.read_model(t, &["subject_id", "relation_id", "object_id", "tenant_id"])
+}
+
+fn user_item(v: &Value, key: &str) -> Value {
+    j!({
+        "key": key, "email": v["email"], "first_name": v["first_name"], "last_name": v["last_name"],
+        "attributes": if v["attributes"].is_object() { v["attributes"].clone() } else { j!({}) },
+    })
+}
+
+fn user_read(s: &mut State, item: &Value) -> Value {
+    let mut v = s.read_model(item, &[]);
+    v["roles"] = j!([]);
+    v["associated_tenants"] = j!([]);
+    v
+}
+
+fn tenant_item(v: &Value, key: &str) -> Value {
+    j!({
+        "key": key, "name": v["name"].as_str().unwrap_or(key), "description": v["description"],
+        "attributes": if v["attributes"].is_object() { v["attributes"].clone() } else { j!({}) },
+    })
+}
+
+fn tenant_read(s: &mut State, item: &Value) -> Value {
+    let mut v = s.read_model(item, &[]);
+    v["last_action_at"] = j!(WRITTEN_AT);
+    v
+}
+
+/// One write under `/v2/facts/{proj}/{env}/`, `rest` the path after it.
+fn write(
+    s: &mut State,
+    method: &http::Method,
+    rest: &[&str],
+    query: &HashMap<String, String>,
+    body: &[u8],
+) -> Response<Full<Bytes>> {
+    use http::Method as M;
+    let body: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => {
+                let d = format!("the body is not JSON: {e}");
+                return json(422, j!({ "detail": d }).to_string());
+            }
+        }
+    };
+    let m = method.clone();
+    let result: Result<Response<Full<Bytes>>, Refused> = (|| match (m, rest) {
+        (M::POST, ["users"]) => {
+            let key = body["key"]
+                .as_str()
+                .ok_or_else(|| detail(422, "a user needs a key"))?;
+            if s.has_key("users", key) {
+                return Err(detail(409, "a user with this key exists"));
+            }
+            let item = user_item(&body, key);
+            s.upsert("users", |_| false, item.clone());
+            Ok(answer(201, &user_read(s, &item)))
+        }
+        (M::PUT, ["users", key]) => {
+            let item = user_item(&body, key);
+            s.upsert("users", |v| v["key"] == j!(key), item.clone());
+            Ok(answer(200, &user_read(s, &item)))
+        }
+        (M::PATCH, ["users", key]) => {
+            let mut item = s
+                .items("users")
+                .into_iter()
+                .find(|v| v["key"] == j!(key))
+                .ok_or_else(|| detail(404, "no such user"))?;
+            for (k, v) in body.as_object().cloned().unwrap_or_default() {
+                item[k] = v;
+            }
+            s.upsert("users", |v| v["key"] == j!(key), item.clone());
+            Ok(answer(200, &user_read(s, &item)))
+        }
+        (M::DELETE, ["users", key]) => {
+            if s.remove_where("users", |v| v["key"] == j!(key)) == 0 {
+                return Err(detail(404, "no such user"));
+            }
+            s.remove_where("role_assignments", |v| v["user"] == j!(key));
+            Ok(no_content())
+        }
+        (M::POST, ["users", _, "roles"]) | (M::POST, ["role_assignments"]) => {
+            let user = (rest.len() == 3).then(|| rest[1]);
+            let a = assignment(&body, user)
+                .ok_or_else(|| detail(422, "an assignment needs a user and a role"))?;
+            Ok(answer(201, &assign(s, &a)?))
+        }
+        (M::DELETE, ["users", _, "roles"]) | (M::DELETE, ["role_assignments"]) => {
+            let user = (rest.len() == 3).then(|| rest[1]);
+            let a = assignment(&body, user)
+                .ok_or_else(|| detail(422, "an assignment needs a user and a role"))?;
+            let deleted = unassign(s, &a)?;
+            Ok(
+                if query.get("return_deleted").is_some_and(|v| v == "true") {
+                    answer(200, &deleted)
+                } else {
+                    no_content()
+                },
+            )
+        }
+        (M::POST, ["role_assignments", "bulk"]) | (M::DELETE, ["role_assignments", "bulk"]) => {
+            let items: Vec<Value> = body
+                .as_array()
+                .ok_or_else(|| detail(422, "a bulk call takes an array"))?
+                .iter()
+                .map(|v| {
+                    assignment(v, None)
+                        .ok_or_else(|| detail(422, "an assignment needs a user and a role"))
+                })
+                .collect::<Result<_, _>>()?;
+            if method == M::POST {
+                for a in &items {
+                    check_assignment(s, a)?;
+                }
+                let mut n = 0;
+                for a in &items {
+                    if assign(s, a).is_ok() {
+                        n += 1;
+                    }
+                }
+                Ok(answer(200, &j!({"assignments_created": n})))
+            } else {
+                let n = items.iter().filter(|a| unassign(s, a).is_ok()).count();
+                Ok(answer(200, &j!({"assignments_removed": n})))
+            }
+        }
+        (M::POST, ["tenants"]) => {
+            let key = body["key"]
+                .as_str()
+                .ok_or_else(|| detail(422, "a tenant needs a key"))?;
+            if s.has_key("tenants", key) {
+                return Err(detail(409, "a tenant with this key exists"));
+            }
+            let item = tenant_item(&body, key);
+            s.upsert("tenants", |_| false, item.clone());
+            Ok(answer(201, &tenant_read(s, &item)))
+        }
+        (M::PATCH | M::PUT, ["tenants", key]) => {
+            let mut item = s
+                .items("tenants")
+                .into_iter()
+                .find(|v| v["key"] == j!(key))
+                .ok_or_else(|| detail(404, "no such tenant"))?;
+            for (k, v) in body.as_object().cloned().unwrap_or_default() {
+                item[k] = v;
+            }
+            s.upsert("tenants", |v| v["key"] == j!(key), item.clone());
+            Ok(answer(200, &tenant_read(s, &item)))
+        }
+        (M::DELETE, ["tenants", key]) => {
+            if s.remove_where("tenants", |v| v["key"] == j!(key)) == 0 {
+                return Err(detail(404, "no such tenant"));
+            }
+            s.remove_where("role_assignments", |v| v["tenant"] == j!(key));
+            let doomed: Vec<String> = s
+                .items("resource_instances")
+                .iter()
+                .filter(|v| v["tenant"] == j!(key))
+                .map(instance_id)
+                .collect();
+            s.remove_where("resource_instances", |v| v["tenant"] == j!(key));
+            s.remove_where("relationship_tuples", |v| {
+                doomed
+                    .iter()
+                    .any(|i| v["subject"] == j!(i) || v["object"] == j!(i))
+            });
+            Ok(no_content())
+        }
+        (M::POST, ["resource_instances"]) => {
+            let (Some(key), Some(ty)) = (body["key"].as_str(), body["resource"].as_str()) else {
+                return Err(detail(422, "an instance needs a key and a resource"));
+            };
+            if !s.has_key("resources", ty) {
+                return Err(detail(
+                    404,
+                    &format!("Could not find 'Resource' with key '{ty}'"),
+                ));
+            }
+            let id = format!("{ty}:{key}");
+            if s.has_instance(&id) {
+                return Err(detail(409, "an instance with this key exists"));
+            }
+            let item = j!({"key": key, "resource": ty, "tenant": body["tenant"],
+                           "attributes": if body["attributes"].is_object() { body["attributes"].clone() } else { j!({}) }});
+            s.upsert("resource_instances", |_| false, item.clone());
+            Ok(answer(
+                201,
+                &s.read_model(&item, &["resource_id", "tenant_id"]),
+            ))
+        }
+        (M::PATCH | M::PUT, ["resource_instances", id]) => {
+            let mut item = s
+                .items("resource_instances")
+                .into_iter()
+                .find(|v| instance_id(v) == *id)
+                .ok_or_else(|| detail(404, "no such instance"))?;
+            for (k, v) in body.as_object().cloned().unwrap_or_default() {
+                item[k] = v;
+            }
+            s.upsert(
+                "resource_instances",
+                |v| instance_id(v) == *id,
+                item.clone(),
+            );
+            Ok(answer(
+                200,
+                &s.read_model(&item, &["resource_id", "tenant_id"]),
+            ))
+        }
+        (M::DELETE, ["resource_instances", id]) => {
+            if s.remove_where("resource_instances", |v| instance_id(v) == *id) == 0 {
+                return Err(detail(404, "no such instance"));
+            }
+            s.remove_where("role_assignments", |v| v["resource_instance"] == j!(id));
+            s.remove_where("relationship_tuples", |v| {
+                v["subject"] == j!(id) || v["object"] == j!(id)
+            });
+            Ok(no_content())
+        }
+        (M::POST, ["relationship_tuples"]) => {
+            let t = tuple(&body)
+                .ok_or_else(|| detail(422, "a tuple needs subject, relation and object"))?;
+            Ok(answer(201, &relate(s, &t)))
+        }
+        (M::DELETE, ["relationship_tuples"]) => {
+            let t = tuple(&body)
+                .ok_or_else(|| detail(422, "a tuple needs subject, relation and object"))?;
+            if s.remove_where("relationship_tuples", same_tuple(&t)) == 0 {
+                return Err(detail(404, "no such tuple"));
+            }
+            Ok(no_content())
+        }
+        (M::POST, ["relationship_tuples", "bulk"]) => {
+            for op in body["operations"].as_array().cloned().unwrap_or_default() {
+                let t = tuple(&op)
+                    .ok_or_else(|| detail(422, "a tuple needs subject, relation and object"))?;
+                relate(s, &t);
+            }
+            Ok(answer(200, &j!({})))
+        }
+        (M::DELETE, ["relationship_tuples", "bulk"]) => {
+            for id in body["idents"].as_array().cloned().unwrap_or_default() {
+                let t = tuple(&id)
+                    .ok_or_else(|| detail(422, "a tuple needs subject, relation and object"))?;
+                s.remove_where("relationship_tuples", same_tuple(&t));
+            }
+            Ok(answer(200, &j!({})))
+        }
+        _ => Err(detail(404, "no such facts endpoint")),
+    })();
+    result.unwrap_or_else(|Refused(status, d)| json(status, j!({ "detail": d }).to_string()))
 }

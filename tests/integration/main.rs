@@ -5,6 +5,7 @@ mod support;
 
 mod authzen;
 mod binary;
+mod facts;
 mod generated;
 mod http;
 mod props;

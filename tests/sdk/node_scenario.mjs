@@ -280,7 +280,7 @@ async function facts() {
   }
   const docInitrode = { type: "document", tenant: "initrode" };
   await writeThen("create user and tenant, assign editor: check allows at once", [
-    () => api.users.create({ key: "grace", email: "grace@example.test" }),
+    () => api.users.create({ key: "grace", email: "grace@example.com" }),
     () => api.tenants.create({ key: "initrode", name: "Initrode" }),
     () => api.users.assignRole({ user: "grace", role: "editor", tenant: "initrode" }),
   ], ["grace", "write", docInitrode], true);

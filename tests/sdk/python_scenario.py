@@ -462,7 +462,7 @@ async def facts(t: Tally, permit: Permit) -> None:
     await write_then(
         "create user and tenant, assign editor: check allows at once",
         lambda: _all(
-            api.users.create({"key": "frank", "email": "frank@example.test", "first_name": "Frank"}),
+            api.users.create({"key": "frank", "email": "frank@example.com", "first_name": "Frank"}),
             api.tenants.create({"key": "initech", "name": "Initech"}),
             api.users.assign_role({"user": "frank", "role": "editor", "tenant": "initech"}),
         ),

@@ -1,0 +1,496 @@
+//! The facts proxy end to end: `pdp::run` syncing from the fake control
+//! plane (which accepts writes), with the sync interval at an hour so that
+//! only the proxy can explain what the PDP answers after a write.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use pdp::config::Config;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::binary::wait_ready;
+use pdp_devkit::fake_control_plane::{FakeControlPlane, RetryAfter, Shape, ENV_KEY};
+
+fn environment() -> pdp::model::DataDocument {
+    serde_json::from_value(json!({
+        "resources": [
+            {"key": "document", "actions": {"read": {}, "write": {}},
+             "roles": {"owner": {"permissions": ["read", "write"],
+                                 "granted_to": {"users_with_role": [
+                                     {"role": "manager", "on_resource": "folder", "linked_by_relation": "parent"}]}}},
+             "relations": {"parent": {"resource": "folder"}}},
+            {"key": "folder", "actions": {"read": {}},
+             "roles": {"manager": {"permissions": ["read"]}}}
+        ],
+        "roles": [
+            {"key": "viewer", "permissions": ["document:read"]},
+            {"key": "editor", "permissions": ["document:write"], "extends": ["viewer"]}
+        ],
+        "users": [{"key": "alice"}],
+        "tenants": [{"key": "default"}],
+        "role_assignments": [{"user": "alice", "role": "viewer", "tenant": "default"}]
+    }))
+    .expect("a valid data document")
+}
+
+struct Pdp {
+    url: String,
+    client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Pdp {
+    async fn start(cp: &FakeControlPlane, extra: &[(&str, &str)]) -> Pdp {
+        let mut env: HashMap<String, String> = [
+            ("PDP_API_KEY", ENV_KEY),
+            ("PDP_CONTROL_PLANE", &cp.url()),
+            ("PDP_SYNC_INTERVAL", "1h"),
+            ("PDP_LOG_LEVEL", "warn"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        for (k, v) in extra {
+            env.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let config = Config::load(None, &env).expect("valid configuration");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = pdp::run(
+                config,
+                listener,
+                async {
+                    let _ = rx.await;
+                },
+                None,
+            )
+            .await;
+        });
+        assert!(
+            wait_ready(&format!("{url}/ready"), Duration::from_secs(10)).await,
+            "the PDP did not sync from the fake control plane"
+        );
+        Pdp {
+            url,
+            client: reqwest::Client::new(),
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// A request through the PDP with its key; status, headers and body.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(ENV_KEY);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("the PDP answers");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            headers,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn write(&self, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
+        let (status, _, body) = self.send(method, path, Some(body), &[]).await;
+        (status, body)
+    }
+
+    async fn allowed(&self, user: &str, action: &str, resource: Value) -> bool {
+        let q = json!({"user": {"key": user}, "action": action, "resource": resource});
+        let (status, _, body) = self
+            .send(reqwest::Method::POST, "/allowed", Some(q), &[])
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["allow"].as_bool().expect("allow")
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+fn doc_in(tenant: &str) -> Value {
+    json!({"type": "document", "tenant": tenant})
+}
+
+#[tokio::test]
+async fn a_write_through_the_proxy_is_served_before_its_answer() {
+    let cp = FakeControlPlane::start(&environment(), Shape::Paged).await;
+    let pdp = Pdp::start(&cp, &[]).await;
+    use reqwest::Method;
+
+    assert!(!pdp.allowed("bob", "read", doc_in("acme")).await);
+    let (s, user) = pdp
+        .write(
+            Method::POST,
+            "/facts/users",
+            json!({"key": "bob", "email": "bob@x.test"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{user}");
+    assert_eq!(user["key"], "bob");
+    let (s, _) = pdp
+        .write(
+            Method::POST,
+            "/facts/tenants",
+            json!({"key": "acme", "name": "Acme"}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, ra) = pdp
+        .write(
+            Method::POST,
+            "/facts/role_assignments",
+            json!({"user": "bob", "role": "editor", "tenant": "acme"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{ra}");
+    assert!(
+        pdp.allowed("bob", "write", doc_in("acme")).await,
+        "assigned, then checked"
+    );
+    assert!(
+        pdp.allowed("bob", "read", doc_in("acme")).await,
+        "editor extends viewer"
+    );
+
+    // The local list shows it.
+    let (s, _, list) = pdp
+        .send(Method::GET, "/local/role_assignments?user=bob", None, &[])
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        list,
+        json!([{"user": "bob", "role": "editor", "tenant": "acme"}])
+    );
+
+    // The /v2 form, unassigning: denied at once.
+    let (s, _) = pdp
+        .write(
+            Method::DELETE,
+            "/v2/facts/any-project/any-env/role_assignments",
+            json!({"user": "bob", "role": "editor", "tenant": "acme"}),
+        )
+        .await;
+    assert!((200..300).contains(&s), "{s}");
+    assert!(
+        !pdp.allowed("bob", "write", doc_in("acme")).await,
+        "unassigned, then checked"
+    );
+
+    // An instance and a tuple that derives a role on it.
+    let (s, _) = pdp
+        .write(
+            Method::POST,
+            "/facts/role_assignments",
+            json!({"user": "bob", "role": "manager", "tenant": "acme", "resource_instance": "folder:f1"}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let doc1 = json!({"type": "document", "key": "d1", "tenant": "acme"});
+    assert!(!pdp.allowed("bob", "write", doc1.clone()).await);
+    let (s, _) = pdp
+        .write(
+            Method::POST,
+            "/facts/resource_instances",
+            json!({"key": "d1", "resource": "document", "tenant": "acme"}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, _) = pdp
+        .write(
+            Method::POST,
+            "/facts/relationship_tuples",
+            json!({"subject": "folder:f1", "relation": "parent", "object": "document:d1", "tenant": "acme"}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    assert!(
+        pdp.allowed("bob", "write", doc1).await,
+        "owner derived from manager of the parent"
+    );
+
+    // What the control plane saw: the delete asked for the deleted object,
+    // and no request claimed the PDP republishes the change.
+    let log = cp.requests();
+    let delete = log
+        .iter()
+        .find(|r| r.method == "DELETE" && r.path.ends_with("/role_assignments"))
+        .expect("the unassign reached the control plane");
+    assert!(
+        delete.query.contains("return_deleted=true"),
+        "{:?}",
+        delete.query
+    );
+    assert!(log.iter().all(|r| r
+        .headers
+        .iter()
+        .all(|(name, _)| name != "x-permit-consistent-update")));
+    assert!(pdp.metric("pdp_facts_writes_total").await >= 6.0);
+    assert!(pdp.metric("pdp_snapshot_pending_writes").await >= 6.0);
+    pdp.stop().await;
+}
+
+#[tokio::test]
+async fn a_write_the_control_plane_refuses_changes_nothing() {
+    let cp = FakeControlPlane::start(&environment(), Shape::Paged).await;
+    let pdp = Pdp::start(&cp, &[]).await;
+    let (s, body) = pdp
+        .write(
+            reqwest::Method::POST,
+            "/facts/role_assignments",
+            json!({"user": "alice", "role": "no-such-role", "tenant": "default"}),
+        )
+        .await;
+    assert_eq!(s, 404, "the control plane's status passes through: {body}");
+    assert!(body["detail"].is_string(), "and its body: {body}");
+    assert_eq!(pdp.metric("pdp_facts_writes_total").await, 0.0);
+    assert!(pdp.allowed("alice", "read", doc_in("default")).await);
+    assert!(!pdp.allowed("alice", "write", doc_in("default")).await);
+    pdp.stop().await;
+}
+
+#[tokio::test]
+async fn bad_wait_headers_are_400_before_anything_is_forwarded() {
+    let cp = FakeControlPlane::start(&environment(), Shape::Paged).await;
+    let pdp = Pdp::start(&cp, &[]).await;
+    let before = cp.requests().len();
+    for (name, value) in [
+        ("X-Wait-Timeout", "soon"),
+        ("X-Wait-Timeout", "-2"),
+        ("X-Timeout-Policy", "retry"),
+    ] {
+        let (s, _, body) = pdp
+            .send(
+                reqwest::Method::POST,
+                "/facts/users",
+                Some(json!({"key": "carol"})),
+                &[(name, value)],
+            )
+            .await;
+        assert_eq!(s, 400, "{name}: {value}: {body}");
+        assert_eq!(body["error"], "invalid_header");
+        assert!(body["detail"].as_str().unwrap().contains(name), "{body}");
+    }
+    assert_eq!(cp.requests().len(), before, "nothing was forwarded");
+    // Without the key: refused, not forwarded.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/facts/users", pdp.url))
+        .json(&json!({"key": "carol"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    assert_eq!(cp.requests().len(), before);
+    pdp.stop().await;
+}
+
+#[tokio::test]
+async fn a_write_not_served_in_time_is_424_when_the_policy_says_fail() {
+    let cp = FakeControlPlane::start(&environment(), Shape::Paged).await;
+    let pdp = Pdp::start(&cp, &[]).await;
+    let assign = json!({"user": "alice", "role": "editor", "tenant": "default"});
+    // A wait of zero is over before any write is served.
+    let (s, _, body) = pdp
+        .send(
+            reqwest::Method::POST,
+            "/facts/role_assignments",
+            Some(assign),
+            &[("X-Wait-Timeout", "0"), ("X-Timeout-Policy", "fail")],
+        )
+        .await;
+    assert_eq!(s, 424, "{body}");
+    assert_eq!(body["detail"], "Timeout waiting for update to be received");
+    assert_eq!(pdp.metric("pdp_facts_wait_timeouts_total").await, 1.0);
+    // The write went through upstream and is served all the same.
+    let mut served = false;
+    for _ in 0..100 {
+        if pdp.allowed("alice", "write", doc_in("default")).await {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served);
+    // With the default policy, the control plane's answer comes back.
+    let (s, _, _) = pdp
+        .send(
+            reqwest::Method::POST,
+            "/facts/users",
+            Some(json!({"key": "dave"})),
+            &[("X-Wait-Timeout", "0")],
+        )
+        .await;
+    assert_eq!(s, 201);
+    pdp.stop().await;
+}
+
+#[tokio::test]
+async fn a_429_passes_through_with_its_retry_after() {
+    let cp = FakeControlPlane::start(&environment(), Shape::Paged).await;
+    let pdp = Pdp::start(&cp, &[]).await;
+    cp.rate_limit_after("facts", 0, RetryAfter::Seconds(7));
+    let (s, headers, _) = pdp
+        .send(
+            reqwest::Method::POST,
+            "/facts/users",
+            Some(json!({"key": "erin"})),
+            &[],
+        )
+        .await;
+    assert_eq!(s, 429);
+    assert_eq!(headers.get("retry-after").unwrap(), "7");
+    assert!(!pdp.allowed("erin", "read", doc_in("default")).await);
+    pdp.stop().await;
+}
+
+/// The race a write must survive: a full sync reads the assignments before
+/// the write, the write is served, then the sync swaps in what it read.
+#[tokio::test]
+async fn a_write_survives_a_sync_that_read_its_lists_before_it() {
+    let cp = FakeControlPlane::start(&environment(), Shape::Paged).await;
+    let pdp = Pdp::start(&cp, &[]).await;
+    // Something else changes meanwhile, so that the held sync swaps.
+    let mut changed = environment();
+    changed
+        .users
+        .push(serde_json::from_value(json!({"key": "zed"})).unwrap());
+    cp.set_document(&changed);
+    let hold = cp.hold("role_assignments");
+    let (s, _, _) = pdp.send(reqwest::Method::POST, "/sync", None, &[]).await;
+    assert_eq!(s, 202);
+    tokio::time::timeout(Duration::from_secs(10), hold.arrived())
+        .await
+        .expect("the sync reached the assignments");
+    let (s, _) = pdp
+        .write(
+            reqwest::Method::POST,
+            "/facts/role_assignments",
+            json!({"user": "alice", "role": "editor", "tenant": "default"}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    assert!(pdp.allowed("alice", "write", doc_in("default")).await);
+    let swaps = pdp.metric("pdp_snapshot_swaps").await;
+    hold.release();
+    // The sync swaps in lists read before the write...
+    for _ in 0..200 {
+        if pdp.metric("pdp_snapshot_swaps").await > swaps {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        pdp.metric("pdp_snapshot_swaps").await > swaps,
+        "the held sync finished"
+    );
+    // ...and the write is still served over them.
+    assert!(
+        pdp.allowed("alice", "write", doc_in("default")).await,
+        "the write survived the swap"
+    );
+    assert_eq!(pdp.metric("pdp_snapshot_pending_writes").await, 1.0);
+    // A sync that starts after the write reads it, and lets it go (a
+    // requested sync waits out the 5 s minimum gap after the last one).
+    let (s, _, _) = pdp.send(reqwest::Method::POST, "/sync", None, &[]).await;
+    assert_eq!(s, 202);
+    for _ in 0..750 {
+        if pdp.metric("pdp_snapshot_pending_writes").await == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(pdp.metric("pdp_snapshot_pending_writes").await, 0.0);
+    assert!(
+        pdp.allowed("alice", "write", doc_in("default")).await,
+        "now from the sync itself"
+    );
+    pdp.stop().await;
+}
+
+/// Writes served since the last sync are in the journal beside the backup:
+/// a restart with the control plane down serves them too.
+#[tokio::test]
+async fn a_restart_in_an_outage_serves_the_writes_since_the_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let backup = dir.path().to_str().unwrap().to_owned();
+    let cp = FakeControlPlane::start(&environment(), Shape::Paged).await;
+    let pdp = Pdp::start(&cp, &[("PDP_BACKUP_DIR", &backup)]).await;
+    let (s, _) = pdp
+        .write(
+            reqwest::Method::POST,
+            "/facts/role_assignments",
+            json!({"user": "alice", "role": "editor", "tenant": "default"}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let journal = dir.path().join(pdp::sync::JOURNAL_FILE);
+    for _ in 0..100 {
+        if journal.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(journal.exists(), "the journal was written");
+    pdp.stop().await;
+
+    cp.go_down();
+    let pdp = Pdp::start(&cp, &[("PDP_BACKUP_DIR", &backup)]).await;
+    assert!(
+        pdp.allowed("alice", "write", doc_in("default")).await,
+        "the write outlived the restart"
+    );
+    pdp.stop().await;
+}
+
+#[tokio::test]
+async fn a_pdp_serving_a_file_has_no_facts_proxy() {
+    let server = crate::support::TestServer::start_fixture("tests/fixtures/sdk.json").await;
+    let (status, body) = server.post("/facts/users", &json!({"key": "x"})).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"], "no_facts_proxy");
+    server.stop().await;
+}
