@@ -238,11 +238,22 @@ impl Store {
     /// Serves `writes`, confirmed by the control plane, over the current
     /// snapshot at once: their cost is the rows they touch. They stay
     /// applied over later snapshots until a sync that started after them
-    /// is swapped in. Nothing is applied before the first snapshot.
+    /// is swapped in. Before the first snapshot they are kept, and applied
+    /// over it.
     pub fn apply(&self, writes: Vec<Write>) -> Applied {
         let mut pending = self.pending();
         let Some(current) = self.current.load_full() else {
-            return Applied::default();
+            let applied = writes.len();
+            for w in writes {
+                pending.seq += 1;
+                let seq = pending.seq;
+                pending.writes.push((seq, w));
+            }
+            self.writes_changed.notify_one();
+            return Applied {
+                applied,
+                refused: Vec::new(),
+            };
         };
         let (snapshot, refused) = current.snapshot.with_writes(&writes);
         let mut applied = 0;
@@ -409,5 +420,77 @@ mod tests {
         retire(kept.clone(), Duration::from_millis(20));
         assert!(started.elapsed() >= Duration::from_millis(20));
         assert_eq!(Arc::strong_count(&kept), 1, "the holder has the last one");
+    }
+
+    fn staged(users: &[&str]) -> Staged {
+        let users: Vec<String> = users
+            .iter()
+            .map(|u| format!(r#"{{"key": "{u}"}}"#))
+            .collect();
+        Staged::from_json_str(&format!(
+            r#"{{"roles": [{{"key": "viewer", "permissions": []}}], "users": [{}]}}"#,
+            users.join(",")
+        ))
+        .expect("a valid document")
+    }
+
+    fn assign(user: &str) -> Write {
+        Write::Assign(crate::snapshot::Assignment {
+            user: user.into(),
+            role: "viewer".into(),
+            tenant: "t".into(),
+            resource_instance: None,
+        })
+    }
+
+    fn served(store: &Store, user: &str) -> bool {
+        store.load().expect("loaded").snapshot.has_user(user)
+    }
+
+    fn synced(seen: u64) -> Provenance {
+        Provenance {
+            writes_before: Some(seen),
+            ..Source::ControlPlane.into()
+        }
+    }
+
+    #[test]
+    fn pending_writes_outlive_syncs_that_started_before_them() {
+        let store = Store::new();
+        // Before the first snapshot a write is kept, and applied over it.
+        assert_eq!(store.apply(vec![assign("early")]).applied, 1);
+        store.install(staged(&[]), synced(0)).unwrap();
+        assert!(served(&store, "early"));
+        assert_eq!(store.load().unwrap().meta.last_write, 1);
+
+        // A sync starts (seq 1 seen); a write comes; the sync swaps in.
+        let seen = store.write_seq();
+        assert_eq!(store.apply(vec![assign("late")]).applied, 1);
+        store.install(staged(&["early"]), synced(seen)).unwrap();
+        assert!(
+            served(&store, "late"),
+            "a write after the sync's start survives it"
+        );
+        assert_eq!(store.pending_writes(), vec![assign("late")]);
+
+        // A sync that started after it lets it go.
+        let seen = store.write_seq();
+        store
+            .install(staged(&["early", "late"]), synced(seen))
+            .unwrap();
+        assert!(store.pending_writes().is_empty());
+        assert_eq!(store.load().unwrap().snapshot.applied_writes(), 0);
+        assert_eq!(store.load().unwrap().meta.last_write, 0);
+
+        // An unchanged document settles the writes before it the same way.
+        assert_eq!(store.apply(vec![assign("again")]).applied, 1);
+        store.settle(store.write_seq() - 1);
+        assert_eq!(store.pending_writes().len(), 1, "not before it");
+        store.settle(store.write_seq());
+        assert!(store.pending_writes().is_empty());
+        assert!(
+            !served(&store, "again"),
+            "the document is what is served now"
+        );
     }
 }

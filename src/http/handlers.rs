@@ -670,7 +670,7 @@ fn not_loaded() -> ApiError {
 /// them.
 fn snapshot_version(loaded: &Loaded) -> String {
     let hash = &loaded.meta.content_hash;
-    if hash.is_empty() {
+    let base: String = if hash.is_empty() {
         let at = loaded
             .meta
             .loaded_at
@@ -679,6 +679,11 @@ fn snapshot_version(loaded: &Loaded) -> String {
         format!("t{:x}", at.as_nanos())
     } else {
         hash.chars().take(16).collect()
+    };
+    // A write through the facts proxy changes the list as much as a sync.
+    match loaded.meta.last_write {
+        0 => base,
+        n => format!("{base}w{n}"),
     }
 }
 

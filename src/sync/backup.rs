@@ -350,17 +350,31 @@ pub fn confirm(dir: &Path, content_hash: &str, at: SystemTime) -> io::Result<()>
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     };
-    let tmp = temp_path(dir, CONFIRMED_FILE);
+    replace_small(dir, CONFIRMED_FILE, |f| {
+        Ok(serde_json::to_writer(f, &record)?)
+    })
+}
+
+/// Replaces `dir/file` with what `write` puts in a temp file beside it
+/// (mode 0600, synced, renamed over it, the directory synced), so that a
+/// reader sees the old file or the new one; the temp file is removed if
+/// anything fails.
+fn replace_small(
+    dir: &Path,
+    file: &str,
+    write: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
+    let tmp = temp_path(dir, file);
     let written = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .and_then(|mut f| {
-            serde_json::to_writer(&mut f, &record)?;
+            write(&mut f)?;
             f.sync_all()
         })
-        .and_then(|()| fs::rename(&tmp, dir.join(CONFIRMED_FILE)))
+        .and_then(|()| fs::rename(&tmp, dir.join(file)))
         // The rename is durable only once the directory entry is.
         .and_then(|()| File::open(dir)?.sync_all());
     if written.is_err() {
@@ -446,23 +460,10 @@ pub fn write_journal(dir: &Path, seal: &Seal, writes: &[crate::snapshot::Write])
         environment: seal.environment.clone(),
         writes: writes.to_vec(),
     })?;
-    let tmp = temp_path(dir, JOURNAL_FILE);
-    let written = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(journal_mac(&seal.key, &body).as_bytes())?;
-            f.write_all(&body)?;
-            f.sync_all()
-        })
-        .and_then(|()| fs::rename(&tmp, &path))
-        .and_then(|()| File::open(dir)?.sync_all());
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written
+    replace_small(dir, JOURNAL_FILE, |f| {
+        f.write_all(journal_mac(&seal.key, &body).as_bytes())?;
+        f.write_all(&body)
+    })
 }
 
 /// The journal in `dir`, if it is authentic and of `environment`; none

@@ -152,6 +152,23 @@ impl Pdp {
     }
 }
 
+/// Polls `done` every 20 ms until it holds, for at most `limit`.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    limit: Duration,
+    mut done: impl FnMut() -> F,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if done().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn doc_in(tenant: &str) -> Value {
     json!({"type": "document", "tenant": tenant})
 }
@@ -192,9 +209,37 @@ async fn a_write_through_the_proxy_is_served_before_its_answer() {
         pdp.allowed("bob", "write", doc_in("acme")).await,
         "assigned, then checked"
     );
+
+    // A cursor read before a write has expired after it.
+    let (s, _, page) = pdp
+        .send(Method::GET, "/local/role_assignments?limit=1", None, &[])
+        .await;
+    assert_eq!(s, 200);
+    let cursor = page["pagination"]["cursor"]
+        .as_str()
+        .expect("more than one")
+        .to_owned();
     assert!(
         pdp.allowed("bob", "read", doc_in("acme")).await,
         "editor extends viewer"
+    );
+
+    let (s, _) = pdp
+        .write(Method::POST, "/facts/users", json!({"key": "carl"}))
+        .await;
+    assert_eq!(s, 201);
+    let (s, _, body) = pdp
+        .send(
+            Method::GET,
+            &format!("/local/role_assignments?limit=1&cursor={cursor}"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (400, Some("expired_cursor")),
+        "{body}"
     );
 
     // The local list shows it.
@@ -346,15 +391,14 @@ async fn a_write_not_served_in_time_is_424_when_the_policy_says_fail() {
     assert_eq!(body["detail"], "Timeout waiting for update to be received");
     assert_eq!(pdp.metric("pdp_facts_wait_timeouts_total").await, 1.0);
     // The write went through upstream and is served all the same.
-    let mut served = false;
-    for _ in 0..100 {
-        if pdp.allowed("alice", "write", doc_in("default")).await {
-            served = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(served);
+    assert!(
+        eventually(Duration::from_secs(2), || pdp.allowed(
+            "alice",
+            "write",
+            doc_in("default")
+        ))
+        .await
+    );
     // With the default policy, the control plane's answer comes back.
     let (s, _, _) = pdp
         .send(
@@ -417,14 +461,11 @@ async fn a_write_survives_a_sync_that_read_its_lists_before_it() {
     let swaps = pdp.metric("pdp_snapshot_swaps").await;
     hold.release();
     // The sync swaps in lists read before the write...
-    for _ in 0..200 {
-        if pdp.metric("pdp_snapshot_swaps").await > swaps {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     assert!(
-        pdp.metric("pdp_snapshot_swaps").await > swaps,
+        eventually(Duration::from_secs(4), || async {
+            pdp.metric("pdp_snapshot_swaps").await > swaps
+        })
+        .await,
         "the held sync finished"
     );
     // ...and the write is still served over them.
@@ -437,13 +478,13 @@ async fn a_write_survives_a_sync_that_read_its_lists_before_it() {
     // requested sync waits out the 5 s minimum gap after the last one).
     let (s, _, _) = pdp.send(reqwest::Method::POST, "/sync", None, &[]).await;
     assert_eq!(s, 202);
-    for _ in 0..750 {
-        if pdp.metric("pdp_snapshot_pending_writes").await == 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(pdp.metric("pdp_snapshot_pending_writes").await, 0.0);
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            pdp.metric("pdp_snapshot_pending_writes").await == 0.0
+        })
+        .await,
+        "a sync that started after the write lets it go"
+    );
     assert!(
         pdp.allowed("alice", "write", doc_in("default")).await,
         "now from the sync itself"
@@ -468,13 +509,10 @@ async fn a_restart_in_an_outage_serves_the_writes_since_the_backup() {
         .await;
     assert_eq!(s, 201);
     let journal = dir.path().join(pdp::sync::JOURNAL_FILE);
-    for _ in 0..100 {
-        if journal.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(journal.exists(), "the journal was written");
+    assert!(
+        eventually(Duration::from_secs(2), || async { journal.exists() }).await,
+        "the journal was written"
+    );
     pdp.stop().await;
 
     cp.go_down();

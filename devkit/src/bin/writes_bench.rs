@@ -16,6 +16,12 @@
 //! cargo run --release -p pdp-devkit --bin writes_bench
 //! PRESET=medium WRITES=1000 PENDING=10000 ROUNDS=7 QUERIES=200000 taskset -c 1 ...
 //! ```
+//!
+//! With `SERVE=<port>` it measures nothing: it builds the environment,
+//! applies `PENDING` writes (0 for none), writes the query mix as request
+//! bodies to `BODIES` (one per line) if given, and serves the PDP API on
+//! 127.0.0.1:`port` until SIGTERM: one side of `benches/writes.sh`, the
+//! load benchmark with and without pending writes.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -96,10 +102,59 @@ fn ns_per_check(snap: &Snapshot, queries: &[AllowedQuery]) -> f64 {
     started.elapsed().as_nanos() as f64 / queries.len() as f64
 }
 
+/// `SERVE` mode: the store with `pending` writes, over HTTP.
+fn serve(port: u16, doc: &pdp::model::DataDocument, pending: usize, n_queries: usize) {
+    use std::sync::Arc;
+    let store = Arc::new(Store::new());
+    store
+        .install(Staged::from_document(doc), Source::Embedded)
+        .expect("builds");
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let writes: Vec<Write> = (0..pending).map(|_| draw(&mut rng, doc)).collect();
+    for chunk in writes.chunks(100) {
+        store.apply(chunk.to_vec());
+    }
+    if let Some(path) = std::env::var("BODIES").ok().filter(|p| !p.is_empty()) {
+        let bodies: Vec<String> = QueryMix::new(doc, 7)
+            .mixed(n_queries)
+            .iter()
+            .map(|q| q.to_json().to_string())
+            .collect();
+        std::fs::write(&path, bodies.join("\n") + "\n").expect("write the bodies");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind");
+        let app = Arc::new(pdp::http::App {
+            store,
+            settings: pdp::http::HttpSettings::default(),
+            metrics: Arc::new(
+                pdp::metrics::Metrics::new(prometheus::Registry::new()).expect("metrics"),
+            ),
+            refresh: Arc::default(),
+            sync_state: None,
+            heavy: pdp::http::HeavyWork::default(),
+            facts: None,
+        });
+        eprintln!("writes_bench: serving on 127.0.0.1:{port} with {pending} writes pending");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM");
+        pdp::http::serve(app, listener, async move {
+            term.recv().await;
+        })
+        .await;
+    });
+}
+
 fn main() {
     let preset = std::env::var("PRESET").unwrap_or_else(|_| "large".into());
     let writes = knob("WRITES", 1_000);
-    let pending = knob("PENDING", 10_000).max(writes);
+    let pending = knob("PENDING", 10_000);
     let rounds = knob("ROUNDS", 5);
     let n_queries = knob("QUERIES", 100_000);
     let rebuilds = knob("REBUILDS", 3);
@@ -112,6 +167,9 @@ fn main() {
         doc.users.len(),
         doc.role_assignments.len()
     );
+    if let Some(port) = std::env::var("SERVE").ok().and_then(|p| p.parse().ok()) {
+        return serve(port, &doc, knob("PENDING", 10_000), n_queries);
+    }
 
     let store = Store::new();
     let mut rebuild = Vec::new();
@@ -133,13 +191,15 @@ fn main() {
         assert!(applied.refused.is_empty(), "{:?}", applied.refused);
     }
     took.sort();
-    let batch: Vec<Write> = (writes..pending).map(|_| draw(&mut rng, &doc)).collect();
+    let batch: Vec<Write> = (writes.min(pending)..pending)
+        .map(|_| draw(&mut rng, &doc))
+        .collect();
     for chunk in batch.chunks(100) {
         store.apply(chunk.to_vec());
     }
     let with = store.load().expect("loaded").snapshot.clone();
     let without = with.without_writes();
-    assert_eq!(with.applied_writes(), pending);
+    assert_eq!(with.applied_writes(), pending.max(writes));
 
     let bodies: Vec<String> = QueryMix::new(&doc, 7)
         .mixed(n_queries)
@@ -187,7 +247,10 @@ fn main() {
     println!(
         "| check, 0 writes pending (median of {rounds}, {n_queries} queries) | {zero:.0} ns |"
     );
-    println!("| check, {pending} writes pending | {some:.0} ns |");
+    println!(
+        "| check, {} writes pending | {some:.0} ns |",
+        pending.max(writes)
+    );
     println!(
         "| pending / none | {:.3} (rounds: {}) |",
         some / zero,

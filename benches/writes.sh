@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# The load benchmark with writes pending (docs/read-your-writes.md): the same
+# PDP API, the same environment and query mix, served with no writes applied
+# over the snapshot and with PENDING (10,000) applied, alternately loaded by
+# wrk on 127.0.0.1 only. One command:
+#
+#   benches/writes.sh
+#
+# Two `writes_bench SERVE=...` processes (devkit/src/bin/writes_bench.rs)
+# share core SERVER_CPU; wrk runs on LOAD_CPU and loads one of them at a
+# time, ROUNDS rounds, the order flipping each round. Reports each side's
+# req/s and server CPU per request (user + system from /proc/PID/stat),
+# medians and their ratio, then stops both. Every loop is bounded; the trap
+# stops what it started.
+#
+# Knobs: PRESET (large), PENDING (10000), ROUNDS (5), DURATION (10s),
+# CONNS (16), SERVER_CPU (0), LOAD_CPU (1), PORTS ("18780 18781"),
+# LOAD_WORK (target/load), SKIP_BUILD=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PRESET=${PRESET:-large}
+PENDING=${PENDING:-10000}
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-16}
+SERVER_CPU=${SERVER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+read -r PORT_NONE PORT_SOME <<<"${PORTS:-18780 18781}"
+WORK=${LOAD_WORK:-target/load}
+BIN=target/release/writes_bench
+BODIES=$WORK/writes-bodies.jsonl
+
+log() { printf '[writes] %s\n' "$*" >&2; }
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+  cargo build --release -p pdp-devkit --bin writes_bench
+fi
+if ! command -v wrk >/dev/null; then
+  log "installing wrk"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+fi
+mkdir -p "$WORK"
+
+# start PORT PENDING [BODIES]: a server pinned to SERVER_CPU; prints its PID.
+start() {
+  PRESET="$PRESET" SERVE="$1" PENDING="$2" BODIES="${3:-}" \
+    taskset -c "$SERVER_CPU" "$BIN" >"$WORK/writes-$1.log" 2>&1 &
+  echo $!
+}
+ready() {
+  local port=$1 pid=$2 i
+  for ((i = 0; i < 3000; i++)); do
+    kill -0 "$pid" 2>/dev/null || { log "server on $port exited:"; cat "$WORK/writes-$port.log" >&2; exit 1; }
+    [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$port/ready") == 200 ]] && return 0
+    sleep 0.1
+  done
+  log "server on $port not ready in 300 s"; exit 1
+}
+
+log "starting both servers ($PRESET; 0 and $PENDING writes pending)"
+PID_NONE=$(start "$PORT_NONE" 0 "$BODIES"); PIDS+=("$PID_NONE")
+ready "$PORT_NONE" "$PID_NONE"
+PID_SOME=$(start "$PORT_SOME" "$PENDING"); PIDS+=("$PID_SOME")
+ready "$PORT_SOME" "$PID_SOME"
+
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
+# run PORT PID: one wrk run; prints "rps cpu_us_per_request".
+run() {
+  local port=$1 pid=$2 t0 t1 out line n rps
+  t0=$(cpu_ticks "$pid")
+  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --timeout 5s \
+    -s benches/load/bodies.lua "http://127.0.0.1:$port/allowed" -- "$BODIES" none 2>&1) || true
+  t1=$(cpu_ticks "$pid")
+  line=$(grep '^RESULT' <<<"$out") || { log "wrk failed: $(tail -3 <<<"$out")"; echo "0 0"; return; }
+  n=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")
+  rps=$(sed -E 's/.* rps=([0-9.]+).*/\1/' <<<"$line")
+  awk -v r="$rps" -v t=$((t1 - t0)) -v hz="$HZ" -v n="$n" 'BEGIN { printf "%.0f %.2f\n", r, t / hz * 1e6 / n }'
+}
+
+NONE_RPS=(); NONE_CPU=(); SOME_RPS=(); SOME_CPU=()
+for ((r = 1; r <= ROUNDS; r++)); do
+  for side in $( ((r % 2)) && echo "none some" || echo "some none"); do
+    if [[ $side == none ]]; then read -r a b < <(run "$PORT_NONE" "$PID_NONE"); NONE_RPS+=("$a"); NONE_CPU+=("$b")
+    else read -r a b < <(run "$PORT_SOME" "$PID_SOME"); SOME_RPS+=("$a"); SOME_CPU+=("$b"); fi
+    log "round $r, $side pending: $a req/s, $b µs CPU per request"
+  done
+done
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+nr=$(median "${NONE_RPS[@]}"); nc=$(median "${NONE_CPU[@]}")
+sr=$(median "${SOME_RPS[@]}"); sc=$(median "${SOME_CPU[@]}")
+echo "| /allowed, $PRESET, c=$CONNS, median of $ROUNDS | req/s | server CPU per request |"
+echo "| --- | --- | --- |"
+echo "| no writes pending | $nr | $nc µs |"
+echo "| $PENDING writes pending | $sr | $sc µs |"
+awk -v a="$sr" -v b="$nr" -v c="$sc" -v d="$nc" \
+  'BEGIN { printf "| pending / none | %.3f | %.3f |\n", a / b, c / d }'
