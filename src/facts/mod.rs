@@ -23,6 +23,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use http::header;
 use http::{Method, Response, StatusCode};
 use http_body_util::Full;
+use percent_encoding::percent_decode_str;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 use tracing::{debug, warn};
 
@@ -161,8 +162,9 @@ pub struct FactsProxy {
     store: Arc<Store>,
     state: Arc<SyncState>,
     limiter: Arc<Limiter>,
-    /// The published bulk class: 100 requests per 10 minutes. Counted, as
-    /// the sync's budget is; a bulk call is never held.
+    /// The published bulk class: 100 requests per 10 minutes. Counted; a
+    /// bulk call past it is sent all the same (it is the application's),
+    /// with a warning.
     bulk: DefaultDirectRateLimiter,
     default_wait: Duration,
     metrics: FactsMetrics,
@@ -225,7 +227,13 @@ impl FactsProxy {
         let wait = Wait::from_headers(headers, self.default_wait)?;
         let rest =
             facts_path(uri.path()).ok_or_else(|| ApiError::NotFound(uri.path().to_owned()))?;
-        let path: Vec<&str> = rest.split('/').collect();
+        // The SDKs percent-encode keys in the path (`document%3Ad1`); the
+        // path goes upstream as it came, and is read decoded.
+        let decoded: Vec<String> = rest
+            .split('/')
+            .map(|seg| percent_decode_str(seg).decode_utf8_lossy().into_owned())
+            .collect();
+        let path: Vec<&str> = decoded.iter().map(String::as_str).collect();
         let class = writes::class(&path);
         let (project, environment) = self.state.scope().ok_or_else(|| {
             ApiError::NotReady(
@@ -253,8 +261,11 @@ impl FactsProxy {
         }
 
         self.limiter.charge(Class::Facts);
-        if class == "bulk" || path.last() == Some(&"bulk") {
-            let _ = self.bulk.check();
+        if (class == "bulk" || path.last() == Some(&"bulk")) && self.bulk.check().is_err() {
+            warn!(
+                path = rest,
+                "facts proxy: over the published bulk limit (100 per 10 minutes); sent anyway, the control plane may answer 429"
+            );
         }
         let mut request = self.http.request(method.clone(), &url).body(body.clone());
         for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {

@@ -179,6 +179,27 @@ mod tests {
     }
 
     #[test]
+    fn a_charged_request_takes_budget_the_sync_would_spend() {
+        let l = Limiter::new(100, 40, 0, Duration::from_secs(60));
+        let facts = l.facts.as_ref().expect("limited");
+        let burst = quota(40, Duration::from_secs(60))
+            .unwrap()
+            .burst_size()
+            .get();
+        for _ in 0..burst {
+            l.charge(Class::Facts);
+        }
+        assert!(facts.check().is_err(), "the facts budget is spent");
+        assert!(
+            l.overall.as_ref().unwrap().check().is_ok(),
+            "overall has more"
+        );
+        // Charging past the budget sends anyway and takes nothing more.
+        l.charge(Class::Facts);
+        l.charge(Class::Schema);
+    }
+
+    #[test]
     fn a_gate_is_capped_however_long_it_is_asked_for() {
         let l = Limiter::new(0, 0, 0, Duration::from_secs(60));
         l.retry_after(Class::Facts, Duration::MAX);
