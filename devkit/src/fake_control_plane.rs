@@ -104,6 +104,8 @@ pub struct Logged {
     /// `facts`, `schema` or `other`.
     pub class: &'static str,
     pub status: u16,
+    /// The `X-Request-Id` the fake answered with, as Permit's API does.
+    pub request_id: String,
 }
 
 /// A page held back ([`FakeControlPlane::hold`]): the next request for a
@@ -125,8 +127,16 @@ impl Hold {
         self.inner.arrived.notified().await;
     }
 
-    /// Lets the held request be answered.
+    /// Lets the held request be answered (dropping the hold does too, so
+    /// a failed test does not leave a request waiting forever).
     pub fn release(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        // A permit: a request that arrives after this goes straight on.
         self.inner.release.notify_one();
     }
 }
@@ -186,6 +196,19 @@ impl FakeControlPlane {
 
     /// [`start`](Self::start) on 127.0.0.1:`port` (0: any free port).
     pub async fn start_on(port: u16, doc: &DataDocument, shape: Shape) -> FakeControlPlane {
+        Self::try_start_on(port, doc, shape)
+            .await
+            .expect("bind 127.0.0.1")
+    }
+
+    /// [`start_on`](Self::start_on), with a port that cannot be had (in
+    /// use, not permitted) an error rather than a panic: the binary's case.
+    pub async fn try_start_on(
+        port: u16,
+        doc: &DataDocument,
+        shape: Shape,
+    ) -> std::io::Result<FakeControlPlane> {
+        let listener = try_bind(SocketAddr::from(([127, 0, 0, 1], port)))?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 lists: lists_of(doc),
@@ -200,13 +223,10 @@ impl FakeControlPlane {
             }),
             server: Mutex::new(None),
         });
-        let listener = bind(SocketAddr::from(([127, 0, 0, 1], port)));
-        let addr = listener
-            .local_addr()
-            .expect("bound listener has an address");
+        let addr = listener.local_addr()?;
         let server = tokio::spawn(serve(listener, shared.clone()));
         *shared.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);
-        FakeControlPlane { addr, shared }
+        Ok(FakeControlPlane { addr, shared })
     }
 
     /// The base URL to give the PDP as `PDP_CONTROL_PLANE`.
@@ -297,11 +317,15 @@ impl Drop for FakeControlPlane {
 }
 
 fn bind(addr: SocketAddr) -> TcpListener {
-    let socket = TcpSocket::new_v4().expect("tcp socket");
+    try_bind(addr).expect("bind 127.0.0.1")
+}
+
+fn try_bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
     // Rebinding the same port after go_down must not wait out TIME_WAIT.
-    socket.set_reuseaddr(true).expect("SO_REUSEADDR");
-    socket.bind(addr).expect("bind 127.0.0.1");
-    socket.listen(128).expect("listen")
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(128)
 }
 
 fn lists_of(doc: &DataDocument) -> HashMap<&'static str, Vec<String>> {
@@ -378,7 +402,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let (reply, held) = {
+    let (reply, held, request_id) = {
         let mut s = shared.lock();
         let reply = route(&mut s, &parts, &body);
         let status = match &reply {
@@ -396,7 +420,9 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
         } else {
             None
         };
+        let request_id = format!("fake-request-{}", s.log.len() + 1);
         s.log.push(Logged {
+            request_id: request_id.clone(),
             at: Instant::now(),
             method: parts.method.to_string(),
             path: path.to_owned(),
@@ -414,7 +440,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
             class: class_of(path),
             status,
         });
-        (reply, held)
+        (reply, held, request_id)
     };
     if let Some(hold) = held {
         let released = hold.release.notified();
@@ -422,7 +448,12 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
         released.await;
     }
     match reply {
-        Reply::Now(r) => r,
+        Reply::Now(mut r) => {
+            if let Ok(v) = request_id.parse() {
+                r.headers_mut().insert("x-request-id", v);
+            }
+            r
+        }
         Reply::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             json(504, "{}")
@@ -517,21 +548,33 @@ fn route(s: &mut State, req: &http::request::Parts, body: &[u8]) -> Reply {
                         r#"{"detail": "key not scoped to this environment"}"#,
                     ));
                 }
-                // Faults name the list a write goes to, as a read's do.
+                // SDKs percent-encode path parameters: `doc%3A1`, `a%40b.c`.
+                let rest: Vec<String> = rest.iter().map(|seg| percent_decode(seg)).collect();
+                let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+                // Faults name the list a write goes to, as a read's do; a
+                // user's roles are role assignments too. Of the faults, those
+                // that fit a write: a status, no answer, going down (each
+                // before the write is made).
+                let assigns = matches!(rest.as_slice(), ["users", _, "roles"]);
                 if let Some(at) = s.faults.iter().position(|(l, f, left)| {
-                    (*l == "*" || *l == rest[0])
+                    (*l == "*" || *l == rest[0] || (assigns && *l == "role_assignments"))
                         && *left != Some(0)
-                        && matches!(f, Fault::Status(_))
+                        && matches!(f, Fault::Status(_) | Fault::Hang | Fault::GoDown)
                 }) {
                     if let Some(n) = &mut s.faults[at].2 {
                         *n -= 1;
                     }
-                    if let Fault::Status(code) = s.faults[at].1 {
-                        return Reply::Now(json(code, r#"{"detail": "injected failure"}"#));
-                    }
+                    return match s.faults[at].1 {
+                        Fault::Hang => Reply::Hang,
+                        Fault::GoDown => Reply::GoDown,
+                        Fault::Status(code) => {
+                            Reply::Now(json(code, r#"{"detail": "injected failure"}"#))
+                        }
+                        _ => Reply::Now(json(500, r#"{"detail": "injected failure"}"#)),
+                    };
                 }
                 let query = parse_query(req.uri.query().unwrap_or(""));
-                Reply::Now(write(s, &req.method, rest, &query, body))
+                Reply::Now(write(s, &req.method, &rest, &query, body))
             }
             _ => Reply::Now(json(404, r#"{"detail": "not found"}"#)),
         };
@@ -687,6 +730,27 @@ fn parse_cursor(c: &str, generation: u64) -> Option<usize> {
     o.parse().ok()
 }
 
+/// `%XX` escapes decoded; a malformed escape is kept as it is.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |at: usize| bytes.get(at).and_then(|&b| (b as char).to_digit(16));
+        match (bytes[i], hex(i + 1), hex(i + 2)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn parse_query(q: &str) -> HashMap<String, String> {
     q.split('&')
         .filter_map(|kv| kv.split_once('='))
@@ -825,9 +889,10 @@ fn instance_id(v: &Value) -> String {
     )
 }
 
-/// An assignment as sent: `{user?, role, tenant?, resource_instance?}`.
+/// An assignment as sent: `{user?, role, tenant?, resource_instance?}`;
+/// `user` is the one a `users/{key}/roles` path names, and wins.
 fn assignment(v: &Value, user: Option<&str>) -> Option<Value> {
-    let user = v["user"].as_str().or(user)?;
+    let user = user.or(v["user"].as_str())?;
     let role = v["role"].as_str()?;
     let tenant = v["tenant"].as_str().unwrap_or("default");
     let instance = v["resource_instance"].as_str().filter(|s| !s.is_empty());
@@ -871,9 +936,39 @@ fn check_assignment(s: &State, a: &Value) -> Result<(), Refused> {
     Ok(())
 }
 
+/// A tenant-level assignment as a user's own `roles` carry it: the sync
+/// merges those with the assignments list, so both are one fact here.
+fn in_user_roles(a: &Value) -> impl Fn(&Value) -> bool + '_ {
+    move |u: &Value| {
+        a["resource_instance"].is_null()
+            && u["key"] == a["user"]
+            && u["roles"].as_array().is_some_and(|rs| {
+                rs.iter()
+                    .any(|r| r["role"] == a["role"] && r["tenant"] == a["tenant"])
+            })
+    }
+}
+
+/// Drops the `roles` a user carries that `gone` names (user key, role).
+fn drop_user_roles(s: &mut State, gone: impl Fn(&Value, &Value) -> bool) {
+    let mut users = s.items("users");
+    let mut changed = false;
+    for u in &mut users {
+        let key = u["key"].clone();
+        if let Some(rs) = u.get_mut("roles").and_then(Value::as_array_mut) {
+            let before = rs.len();
+            rs.retain(|r| !gone(&key, r));
+            changed |= rs.len() != before;
+        }
+    }
+    if changed {
+        s.set_items("users", &users);
+    }
+}
+
 fn assign(s: &mut State, a: &Value) -> Result<Value, Refused> {
     check_assignment(s, a)?;
-    if s.has("role_assignments", same_assignment(a)) {
+    if s.has("role_assignments", same_assignment(a)) || s.has("users", in_user_roles(a)) {
         return Err(detail(409, "the role is already assigned"));
     }
     if let Some(i) = a["resource_instance"].as_str() {
@@ -890,8 +985,14 @@ fn assign(s: &mut State, a: &Value) -> Result<Value, Refused> {
 }
 
 fn unassign(s: &mut State, a: &Value) -> Result<Value, Refused> {
-    if s.remove_where("role_assignments", same_assignment(a)) == 0 {
+    let embedded = s.has("users", in_user_roles(a));
+    if s.remove_where("role_assignments", same_assignment(a)) == 0 && !embedded {
         return Err(detail(404, "no such role assignment"));
+    }
+    if embedded {
+        drop_user_roles(s, |user, r| {
+            *user == a["user"] && r["role"] == a["role"] && r["tenant"] == a["tenant"]
+        });
     }
     Ok(s.read_model(a, &["user_id", "role_id", "tenant_id"]))
 }
@@ -901,6 +1002,15 @@ fn tuple(v: &Value) -> Option<Value> {
         "subject": v["subject"].as_str()?, "relation": v["relation"].as_str()?,
         "object": v["object"].as_str()?, "tenant": v["tenant"].as_str().unwrap_or("default"),
     }))
+}
+
+/// A bulk call's tuples, every one well-formed, or the call refused.
+fn tuples(list: &Value, field: &str) -> Result<Vec<Value>, Refused> {
+    list.as_array()
+        .ok_or_else(|| detail(422, &format!("a bulk call takes {{\"{field}\": [...]}}")))?
+        .iter()
+        .map(|v| tuple(v).ok_or_else(|| detail(422, "a tuple needs subject, relation and object")))
+        .collect()
 }
 
 fn same_tuple(t: &Value) -> impl Fn(&Value) -> bool + '_ {
@@ -925,21 +1035,52 @@ fn relate(s: &mut State, t: &Value) -> Value {
 fn user_item(v: &Value, key: &str) -> Value {
     j!({
         "key": key, "email": v["email"], "first_name": v["first_name"], "last_name": v["last_name"],
-        "attributes": if v["attributes"].is_object() { v["attributes"].clone() } else { j!({}) },
+        "attributes": attributes_of(v),
     })
 }
 
+/// The user's read model; its `roles` are its tenant-level ones.
 fn user_read(s: &mut State, item: &Value) -> Value {
+    let mut roles = item["roles"].as_array().cloned().unwrap_or_default();
+    for a in s.items("role_assignments") {
+        if a["user"] == item["key"] && a["resource_instance"].is_null() {
+            let role = j!({"role": a["role"], "tenant": a["tenant"]});
+            if !roles.contains(&role) {
+                roles.push(role);
+            }
+        }
+    }
     let mut v = s.read_model(item, &[]);
-    v["roles"] = j!([]);
+    v["roles"] = Value::Array(roles);
     v["associated_tenants"] = j!([]);
     v
+}
+
+/// `item` with the fields of a PATCH body over it, except those naming it.
+fn merged(mut item: Value, body: &Value, fixed: &[&str]) -> Result<Value, Refused> {
+    let fields = body
+        .as_object()
+        .ok_or_else(|| detail(422, "the body must be a JSON object"))?;
+    for (k, v) in fields {
+        if !fixed.contains(&k.as_str()) {
+            item[k] = v.clone();
+        }
+    }
+    Ok(item)
+}
+
+fn attributes_of(v: &Value) -> Value {
+    if v["attributes"].is_object() {
+        v["attributes"].clone()
+    } else {
+        j!({})
+    }
 }
 
 fn tenant_item(v: &Value, key: &str) -> Value {
     j!({
         "key": key, "name": v["name"].as_str().unwrap_or(key), "description": v["description"],
-        "attributes": if v["attributes"].is_object() { v["attributes"].clone() } else { j!({}) },
+        "attributes": attributes_of(v),
     })
 }
 
@@ -983,19 +1124,27 @@ fn write(
             Ok(answer(201, &user_read(s, &item)))
         }
         (M::PUT, ["users", key]) => {
-            let item = user_item(&body, key);
+            if !body.is_object() {
+                return Err(detail(422, "the body must be a JSON object"));
+            }
+            let mut item = user_item(&body, key);
+            // A replaced user keeps its roles: they are assignments, which
+            // a PUT of the user does not touch.
+            if let Some(old) = s.items("users").into_iter().find(|v| v["key"] == j!(key)) {
+                if old["roles"].is_array() {
+                    item["roles"] = old["roles"].clone();
+                }
+            }
             s.upsert("users", |v| v["key"] == j!(key), item.clone());
             Ok(answer(200, &user_read(s, &item)))
         }
         (M::PATCH, ["users", key]) => {
-            let mut item = s
+            let item = s
                 .items("users")
                 .into_iter()
                 .find(|v| v["key"] == j!(key))
                 .ok_or_else(|| detail(404, "no such user"))?;
-            for (k, v) in body.as_object().cloned().unwrap_or_default() {
-                item[k] = v;
-            }
+            let item = merged(item, &body, &["key", "id"])?;
             s.upsert("users", |v| v["key"] == j!(key), item.clone());
             Ok(answer(200, &user_read(s, &item)))
         }
@@ -1063,14 +1212,12 @@ fn write(
             Ok(answer(201, &tenant_read(s, &item)))
         }
         (M::PATCH | M::PUT, ["tenants", key]) => {
-            let mut item = s
+            let item = s
                 .items("tenants")
                 .into_iter()
                 .find(|v| v["key"] == j!(key))
                 .ok_or_else(|| detail(404, "no such tenant"))?;
-            for (k, v) in body.as_object().cloned().unwrap_or_default() {
-                item[k] = v;
-            }
+            let item = merged(item, &body, &["key", "id"])?;
             s.upsert("tenants", |v| v["key"] == j!(key), item.clone());
             Ok(answer(200, &tenant_read(s, &item)))
         }
@@ -1079,6 +1226,7 @@ fn write(
                 return Err(detail(404, "no such tenant"));
             }
             s.remove_where("role_assignments", |v| v["tenant"] == j!(key));
+            drop_user_roles(s, |_, r| r["tenant"] == j!(key));
             let doomed: Vec<String> = s
                 .items("resource_instances")
                 .iter()
@@ -1108,22 +1256,50 @@ fn write(
                 return Err(detail(409, "an instance with this key exists"));
             }
             let item = j!({"key": key, "resource": ty, "tenant": body["tenant"],
-                           "attributes": if body["attributes"].is_object() { body["attributes"].clone() } else { j!({}) }});
+                           "attributes": attributes_of(&body)});
             s.upsert("resource_instances", |_| false, item.clone());
             Ok(answer(
                 201,
                 &s.read_model(&item, &["resource_id", "tenant_id"]),
             ))
         }
-        (M::PATCH | M::PUT, ["resource_instances", id]) => {
-            let mut item = s
+        (M::PATCH, ["resource_instances", id]) => {
+            let item = s
                 .items("resource_instances")
                 .into_iter()
                 .find(|v| instance_id(v) == *id)
                 .ok_or_else(|| detail(404, "no such instance"))?;
-            for (k, v) in body.as_object().cloned().unwrap_or_default() {
-                item[k] = v;
+            let item = merged(item, &body, &["key", "resource", "id"])?;
+            s.upsert(
+                "resource_instances",
+                |v| instance_id(v) == *id,
+                item.clone(),
+            );
+            Ok(answer(
+                200,
+                &s.read_model(&item, &["resource_id", "tenant_id"]),
+            ))
+        }
+        (M::PUT, ["resource_instances", id]) => {
+            // Create or replace: the path names the instance, the body its
+            // tenant and attributes.
+            let Some((ty, key)) = id
+                .split_once(':')
+                .filter(|(t, k)| !t.is_empty() && !k.is_empty())
+            else {
+                return Err(detail(422, "an instance is named type:key"));
+            };
+            if !body.is_object() {
+                return Err(detail(422, "the body must be a JSON object"));
             }
+            if !s.has_key("resources", ty) {
+                return Err(detail(
+                    404,
+                    &format!("Could not find 'Resource' with key '{ty}'"),
+                ));
+            }
+            let item = j!({"key": key, "resource": ty, "tenant": body["tenant"],
+                           "attributes": attributes_of(&body)});
             s.upsert(
                 "resource_instances",
                 |v| instance_id(v) == *id,
@@ -1158,18 +1334,15 @@ fn write(
             Ok(no_content())
         }
         (M::POST, ["relationship_tuples", "bulk"]) => {
-            for op in body["operations"].as_array().cloned().unwrap_or_default() {
-                let t = tuple(&op)
-                    .ok_or_else(|| detail(422, "a tuple needs subject, relation and object"))?;
-                relate(s, &t);
+            // All checked before any is made: a bad one changes nothing.
+            for t in &tuples(&body["operations"], "operations")? {
+                relate(s, t);
             }
             Ok(answer(200, &j!({})))
         }
         (M::DELETE, ["relationship_tuples", "bulk"]) => {
-            for id in body["idents"].as_array().cloned().unwrap_or_default() {
-                let t = tuple(&id)
-                    .ok_or_else(|| detail(422, "a tuple needs subject, relation and object"))?;
-                s.remove_where("relationship_tuples", same_tuple(&t));
+            for t in &tuples(&body["idents"], "idents")? {
+                s.remove_where("relationship_tuples", same_tuple(t));
             }
             Ok(answer(200, &j!({})))
         }

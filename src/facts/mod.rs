@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 
 use crate::http::ApiError;
 use crate::store::Store;
-use crate::sync::{Class, Limiter, SyncState};
+use crate::sync::{excerpt, request_id, Call, Class, Limiter, SyncState};
 pub use writes::{interpret, Interpreted};
 
 /// The longest `X-Wait-Timeout` honoured.
@@ -260,6 +260,12 @@ impl FactsProxy {
             url.push_str(&query);
         }
 
+        if !self.state.calls.connected() {
+            return Err(ApiError::NotReady(
+                "control-plane connectivity is switched off (POST /control-plane/connectivity/enable); nothing was sent"
+                    .into(),
+            ));
+        }
         self.limiter.charge(Class::Facts);
         if (class == "bulk" || path.last() == Some(&"bulk")) && self.bulk.check().is_err() {
             warn!(
@@ -273,6 +279,13 @@ impl FactsProxy {
                 request = request.header(name, v.clone());
             }
         }
+        let started = Instant::now();
+        let mut call = Call::new(
+            "facts_proxy",
+            method.as_str(),
+            url[self.base.len()..].to_owned(),
+            Class::Facts.label(),
+        );
         let upstream = match request.send().await {
             Ok(r) => r,
             Err(e) => {
@@ -281,13 +294,29 @@ impl FactsProxy {
                     .with_label_values(&[class, "error"])
                     .inc();
                 warn!(error = %e, path = rest, "facts proxy: the control plane did not answer");
+                call.status = if e.is_timeout() { "timeout" } else { "network" }.into();
+                call.error = Some(without_url(&e));
+                self.state.calls.record(call.took(started.elapsed()));
                 return Err(ApiError::Upstream(without_url(&e)));
             }
         };
         let status = upstream.status();
         let content_type = upstream.headers().get(header::CONTENT_TYPE).cloned();
         let retry_after = upstream.headers().get(header::RETRY_AFTER).cloned();
-        let answer = read_limited(upstream).await.inspect_err(|_| {
+        call.request_id = request_id(upstream.headers());
+        let answer = read_limited(upstream).await;
+        call.status = match &answer {
+            Ok(_) => status.as_str().to_owned(),
+            Err(_) => "malformed".to_owned(),
+        };
+        if !status.is_success() {
+            call.error = answer
+                .as_ref()
+                .ok()
+                .map(|b| excerpt(&String::from_utf8_lossy(b)));
+        }
+        self.state.calls.record(call.took(started.elapsed()));
+        let answer = answer.inspect_err(|_| {
             self.metrics
                 .requests
                 .with_label_values(&[class, "error"])

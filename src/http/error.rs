@@ -71,8 +71,8 @@ pub enum ApiError {
     /// Permit's PDP words it so.
     #[error("Timeout waiting for update to be received")]
     UpdateTimeout,
-    #[error("the facts proxy forwards to the control plane, and this PDP serves a local file or the embedded example; write to its data file instead")]
-    NoFactsProxy,
+    #[error("this PDP serves a local file or the embedded example: there is no control plane to forward to, log or switch off")]
+    NoControlPlane,
 }
 
 impl ApiError {
@@ -95,7 +95,7 @@ impl ApiError {
             | ApiError::BadHeader { .. } => StatusCode::BAD_REQUEST,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpdateTimeout => StatusCode::FAILED_DEPENDENCY,
-            ApiError::NoFactsProxy => StatusCode::NOT_FOUND,
+            ApiError::NoControlPlane => StatusCode::NOT_FOUND,
             ApiError::WrongShape { .. } | ApiError::BadParam { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -122,7 +122,7 @@ impl ApiError {
             ApiError::BadHeader { .. } => "invalid_header",
             ApiError::Upstream(_) => "control_plane_unreachable",
             ApiError::UpdateTimeout => "update_timeout",
-            ApiError::NoFactsProxy => "no_facts_proxy",
+            ApiError::NoControlPlane => "no_control_plane",
             ApiError::NotReady(_) => "not_ready",
             ApiError::TooManyConnections => "too_many_connections",
             ApiError::BodyRead(_) => "body_read_error",

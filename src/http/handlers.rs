@@ -24,7 +24,7 @@ use crate::decide::{self, AllowedQuery, Obj};
 use crate::facts::{FactsProxy, Wait};
 use crate::metrics::Metrics;
 use crate::store::{Loaded, Source, Store};
-use crate::sync::SyncState;
+use crate::sync::{CallLog, SyncState};
 
 /// What the HTTP layer needs from the configuration.
 #[derive(Debug, Clone)]
@@ -268,7 +268,7 @@ impl App {
             return self.local_role_assignments(req.uri().query()).await;
         }
         if route == Route::Facts {
-            let facts = self.facts.as_ref().ok_or(ApiError::NoFactsProxy)?;
+            let facts = self.facts.as_ref().ok_or(ApiError::NoControlPlane)?;
             let (parts, body) = req.into_parts();
             // The wait headers are checked before anything is read or sent.
             Wait::from_headers(&parts.headers, Duration::ZERO)?;
@@ -414,6 +414,30 @@ impl App {
                 let meta = authzen::configuration(&format!("{scheme}://{host}"));
                 json_response(StatusCode::OK, &meta)
             }
+            Route::CallLog
+            | Route::Connectivity
+            | Route::ConnectivityOn
+            | Route::ConnectivityOff => {
+                let Some(state) = &self.sync_state else {
+                    return ApiError::NoControlPlane.to_response();
+                };
+                let calls = &state.calls;
+                match route {
+                    Route::CallLog => json_response(
+                        StatusCode::OK,
+                        &json!({"capacity": CallLog::CAPACITY, "calls": calls.recent()}),
+                    ),
+                    Route::ConnectivityOn => json_response(
+                        StatusCode::OK,
+                        &json!({"enabled": calls.set_connected(true)}),
+                    ),
+                    Route::ConnectivityOff => json_response(
+                        StatusCode::OK,
+                        &json!({"enabled": calls.set_connected(false)}),
+                    ),
+                    _ => json_response(StatusCode::OK, &json!({"enabled": calls.connected()})),
+                }
+            }
             Route::Sync => {
                 self.refresh.notify_one();
                 json_response(
@@ -525,7 +549,11 @@ impl App {
             | Route::Metrics
             | Route::AuthzenConfiguration
             | Route::LocalRoleAssignments
-            | Route::Facts => Err(unreachable_decision(route)),
+            | Route::Facts
+            | Route::CallLog
+            | Route::Connectivity
+            | Route::ConnectivityOn
+            | Route::ConnectivityOff => Err(unreachable_decision(route)),
         }
     }
 
@@ -632,6 +660,10 @@ impl App {
         if with_sync {
             if let Some(state) = &self.sync_state {
                 body["sync"] = serde_json::to_value(state.status()).unwrap_or_default();
+                // The call to look up in Permit's API log, by its request id.
+                body["sync"]["last_failed_call"] =
+                    serde_json::to_value(state.calls.last_failure()).unwrap_or_default();
+                body["sync"]["connectivity"] = json!(state.calls.connected());
             }
         }
         json_response(status, &body)

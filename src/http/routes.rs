@@ -31,6 +31,13 @@ pub enum Route {
     /// The facts proxy: every method under `/facts/` and
     /// `/v2/facts/{proj}/{env}/`.
     Facts,
+    /// `GET /control-plane/log`: the last calls to the control plane.
+    CallLog,
+    /// `GET /control-plane/connectivity`: whether calls are allowed.
+    Connectivity,
+    /// `POST /control-plane/connectivity/enable` and `/disable`.
+    ConnectivityOn,
+    ConnectivityOff,
 }
 
 /// `GET` routes answer `HEAD` too.
@@ -113,7 +120,7 @@ const fn deciding(path: &'static str, endpoint: Endpoint, cost: Cost) -> Spec {
 
 impl Route {
     /// Every route, in the order requests are matched; `/allowed` first.
-    pub const ALL: [Route; 19] = [
+    pub const ALL: [Route; 23] = [
         Route::Allowed,
         Route::Bulk,
         Route::AllTenants,
@@ -133,6 +140,10 @@ impl Route {
         Route::AuthzenConfiguration,
         Route::LocalRoleAssignments,
         Route::Facts,
+        Route::CallLog,
+        Route::Connectivity,
+        Route::ConnectivityOn,
+        Route::ConnectivityOff,
     ];
 
     /// The metrics label of requests that matched no route.
@@ -177,6 +188,10 @@ impl Route {
                 subpaths: true,
                 ..spec("/facts", Verb::Any, true)
             },
+            Route::CallLog => spec("/control-plane/log", Verb::Get, true),
+            Route::Connectivity => spec("/control-plane/connectivity", Verb::Get, true),
+            Route::ConnectivityOn => spec("/control-plane/connectivity/enable", Verb::Post, true),
+            Route::ConnectivityOff => spec("/control-plane/connectivity/disable", Verb::Post, true),
             // Also the per-tenant form `/.well-known/authzen-configuration/<tenant>`.
             Route::AuthzenConfiguration => Spec {
                 subpaths: true,
@@ -231,6 +246,10 @@ impl Route {
             Route::AuthzenConfiguration => 16,
             Route::LocalRoleAssignments => 17,
             Route::Facts => 18,
+            Route::CallLog => 19,
+            Route::Connectivity => 20,
+            Route::ConnectivityOn => 21,
+            Route::ConnectivityOff => 22,
         }
     }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use serde::Deserialize;
 
+use super::calls::{excerpt, Call};
 use super::limiter::{Class, Limiter, MAX_RETRY_AFTER};
 use super::metrics::SyncMetrics;
 use super::{backoff, SyncConfig, SyncState};
@@ -282,14 +283,23 @@ impl Client {
             .limiter_wait
             .with_label_values(&[class.label()])
             .inc_by(waited.as_secs_f64());
+        // With connectivity switched off, no call is made until it is on
+        // again; the sync deadline still bounds the sync.
+        self.state.calls.until_connected().await;
         self.sent.fetch_add(1, Ordering::Relaxed);
-        let result = self.send(path, query).await;
+        let started = Instant::now();
+        let (result, request_id) = self.send(path, query).await;
         let status_label = match &result {
             Ok(_) => "200".to_owned(),
             Err(RequestError::Status { status, .. }) => status.to_string(),
             Err(RequestError::RateLimited(_)) => "429".to_owned(),
             Err(e) => e.cause().to_owned(),
         };
+        let mut call = Call::new("sync", "GET", with_query(path, query), class.label());
+        call.status = status_label.clone();
+        call.request_id = request_id;
+        call.error = result.as_ref().err().map(|e| excerpt(&e.to_string()));
+        self.state.calls.record(call.took(started.elapsed()));
         self.metrics
             .requests
             .with_label_values(&[class.label(), &status_label])
@@ -348,9 +358,15 @@ impl Client {
         classify_with(e, self.request_timeout)
     }
 
-    async fn send(&self, path: &str, query: &[(&str, String)]) -> Result<Bytes, RequestError> {
+    /// One GET; the answer, and the control plane's request id if it sent
+    /// one.
+    async fn send(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> (Result<Bytes, RequestError>, Option<String>) {
         let url = format!("{}{}", self.base, path);
-        let response = self
+        let response = match self
             .http
             .get(&url)
             .query(query)
@@ -358,7 +374,15 @@ impl Client {
             .header(http::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| self.classify(e))?;
+        {
+            Ok(r) => r,
+            Err(e) => return (Err(self.classify(e)), None),
+        };
+        let request_id = request_id(response.headers());
+        (self.answer(response).await, request_id)
+    }
+
+    async fn answer(&self, response: reqwest::Response) -> Result<Bytes, RequestError> {
         let status = response.status();
         if status == http::StatusCode::TOO_MANY_REQUESTS {
             let after = response
@@ -389,6 +413,21 @@ impl Client {
         }
         Ok(body)
     }
+}
+
+/// The control plane's id for a request, from `X-Request-Id`.
+pub fn request_id(headers: &http::HeaderMap) -> Option<String> {
+    let id = headers.get("x-request-id")?.to_str().ok()?;
+    Some(excerpt(id))
+}
+
+/// `path?query` as sent, for the call log.
+fn with_query(path: &str, query: &[(&str, String)]) -> String {
+    if query.is_empty() {
+        return path.to_owned();
+    }
+    let pairs: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{path}?{}", pairs.join("&"))
 }
 
 /// How `get_json` gave up.

@@ -16,6 +16,7 @@
 //! `metrics` (Prometheus series).
 
 mod backup;
+mod calls;
 mod client;
 mod limiter;
 mod metrics;
@@ -36,7 +37,8 @@ pub use backup::{
     write_backup_at, write_journal, Backup, BackupError, BackupKey, Seal, BACKUP_FILE,
     JOURNAL_FILE,
 };
-pub use client::{parse_retry_after, KeyKind, RequestError};
+pub use calls::{excerpt, Call, CallLog};
+pub use client::{parse_retry_after, request_id, KeyKind, RequestError};
 pub use limiter::{Class, Limiter};
 pub use metrics::SyncMetrics;
 pub use state::{SyncState, SyncStatus};
@@ -241,6 +243,16 @@ impl Syncer {
             "API key is an environment key; syncing"
         );
         loop {
+            // Switched off: no sync starts until it is on again.
+            if !self.state.calls.connected() {
+                self.state.set_phase("disconnected");
+                tracing::info!("control-plane connectivity is off; serving the last snapshot");
+                tokio::select! {
+                    () = self.state.calls.until_connected() => {}
+                    _ = stopped(&mut shutdown) => return Ok(()),
+                }
+                tracing::info!("control-plane connectivity is on again; syncing");
+            }
             let outcome = tokio::select! {
                 outcome = self.sync_once(&scope, &store) => outcome,
                 _ = stopped(&mut shutdown) => return Ok(()),

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use super::calls::CallLog;
 use super::{SyncError, SyncOutcome};
 
 /// Shared between the sync task (writer) and the HTTP server (reader).
@@ -15,6 +16,8 @@ pub struct SyncState {
     /// The key's project and environment, once resolved: the path of the
     /// facts proxy's requests.
     scope: OnceLock<(String, String)>,
+    /// The calls made to the control plane, and whether any may be made.
+    pub calls: CallLog,
 }
 
 /// A point-in-time view. Times are unix seconds so the JSON is plain.

@@ -135,6 +135,12 @@ impl Pdp {
         body["allow"].as_bool().expect("allow")
     }
 
+    /// The authenticated health detail's `sync.last_failed_call`.
+    async fn last_failed_call(&self) -> Value {
+        let (_, _, health) = self.send(reqwest::Method::GET, "/health", None, &[]).await;
+        health["sync"]["last_failed_call"].clone()
+    }
+
     async fn metric(&self, name: &str) -> f64 {
         let text = self
             .client
@@ -294,8 +300,23 @@ async fn a_write_through_the_proxy_is_served_before_its_answer() {
         .await;
     assert_eq!(s, 201);
     assert!(
-        pdp.allowed("bob", "write", doc1).await,
+        pdp.allowed("bob", "write", doc1.clone()).await,
         "owner derived from manager of the parent"
+    );
+    // The SDKs percent-encode keys in the path: the folder, deleted by
+    // `folder%3Af1`, takes the derivation along.
+    let (s, _, _) = pdp
+        .send(
+            Method::DELETE,
+            "/facts/resource_instances/folder%3Af1",
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(s, 204);
+    assert!(
+        !pdp.allowed("bob", "write", doc1.clone()).await,
+        "the parent is gone"
     );
 
     // What the control plane saw: the delete asked for the deleted object,
@@ -529,6 +550,114 @@ async fn a_pdp_serving_a_file_has_no_facts_proxy() {
     let server = crate::support::TestServer::start_fixture("tests/fixtures/sdk.json").await;
     let (status, body) = server.post("/facts/users", &json!({"key": "x"})).await;
     assert_eq!(status, 404, "{body}");
-    assert_eq!(body["error"], "no_facts_proxy");
+    assert_eq!(body["error"], "no_control_plane");
     server.stop().await;
+}
+
+/// The control-plane call log: the fake's request ids, and the failing
+/// call named in the authenticated health detail.
+#[tokio::test]
+async fn the_call_log_names_the_failing_call_by_its_request_id() {
+    use pdp_devkit::fake_control_plane::Fault;
+    let cp = FakeControlPlane::start(&environment(), Shape::Paged).await;
+    let pdp = Pdp::start(&cp, &[("PDP_SYNC_DEADLINE", "2s")]).await;
+    let (s, _, log) = pdp
+        .send(reqwest::Method::GET, "/control-plane/log", None, &[])
+        .await;
+    assert_eq!(s, 200);
+    let calls = log["calls"].as_array().expect("calls").clone();
+    let sent: Vec<String> = cp.requests().iter().map(|r| r.request_id.clone()).collect();
+    assert_eq!(calls.len(), sent.len(), "every call, and only those");
+    for (call, id) in calls.iter().zip(&sent) {
+        assert_eq!(call["request_id"], json!(id), "{call}");
+        assert_eq!(call["by"], "sync");
+    }
+
+    cp.fail("users", Fault::Status(500));
+    let (s, _, _) = pdp.send(reqwest::Method::POST, "/sync", None, &[]).await;
+    assert_eq!(s, 202);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !pdp.last_failed_call().await.is_null()
+        })
+        .await,
+        "the failure reached the health detail"
+    );
+    let call = pdp.last_failed_call().await;
+    assert_eq!(call["status"], "500", "{call}");
+    assert!(call["path"].as_str().unwrap().contains("/users"), "{call}");
+    let id = call["request_id"].as_str().expect("a request id");
+    let fake = cp.requests();
+    let seen = fake
+        .iter()
+        .find(|r| r.request_id == id)
+        .expect("the fake's own id");
+    assert_eq!(seen.status, 500);
+    pdp.stop().await;
+}
+
+/// Switched off, the PDP makes no call (sync or proxy) and serves the last
+/// snapshot; switched on, it syncs again.
+#[tokio::test]
+async fn connectivity_off_makes_no_calls_and_on_resumes_them() {
+    let cp = FakeControlPlane::start(&environment(), Shape::Paged).await;
+    let pdp = Pdp::start(&cp, &[]).await;
+    use reqwest::Method;
+    let (s, _, body) = pdp
+        .send(Method::GET, "/control-plane/connectivity", None, &[])
+        .await;
+    assert_eq!((s, body), (200, json!({"enabled": true})));
+    let (s, _, body) = pdp
+        .send(
+            Method::POST,
+            "/control-plane/connectivity/disable",
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!((s, body), (200, json!({"enabled": false})));
+    let before = cp.requests().len();
+    let (s, _, _) = pdp.send(Method::POST, "/sync", None, &[]).await;
+    assert_eq!(s, 202);
+    let (s, _, body) = pdp
+        .send(
+            Method::POST,
+            "/facts/users",
+            Some(json!({"key": "off"})),
+            &[],
+        )
+        .await;
+    assert_eq!(s, 503, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("connectivity"),
+        "{body}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(cp.requests().len(), before, "no call while switched off");
+    assert!(
+        pdp.allowed("alice", "read", doc_in("default")).await,
+        "the last snapshot serves"
+    );
+
+    let (s, _, body) = pdp
+        .send(
+            Method::POST,
+            "/control-plane/connectivity/enable",
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!((s, body), (200, json!({"enabled": true})));
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            cp.requests().len() > before
+        })
+        .await,
+        "the requested sync runs once switched on"
+    );
+    let (s, _) = pdp
+        .write(Method::POST, "/facts/users", json!({"key": "on"}))
+        .await;
+    assert_eq!(s, 201);
+    pdp.stop().await;
 }

@@ -6,12 +6,17 @@
 //! fake_control_plane <data-document.json> [--port N] [--shape bare|paged|cursor]
 //! ```
 //!
-//! Prints `listening http://127.0.0.1:PORT` once it accepts, then serves
-//! until SIGTERM or SIGINT. The keys it
-//! knows are `pdp_devkit::fake_control_plane::{ENV_KEY, PROJECT_KEY,
-//! ORG_KEY}`.
+//! Prints `listening http://127.0.0.1:PORT` once it accepts (port 0, the
+//! default, is any free one), then serves until SIGTERM or SIGINT, or until
+//! its stdin reaches end of file when stdin is a pipe or socket (a parent
+//! holding the write end can stop it by going away; a shell's `&` gives
+//! `/dev/null`, which is never waited on). The keys it knows are
+//! `pdp_devkit::fake_control_plane::{ENV_KEY, PROJECT_KEY, ORG_KEY}`; writes
+//! take `ENV_KEY`.
 
 use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileTypeExt;
 use std::process::ExitCode;
 
 use pdp::model::DataDocument;
@@ -59,7 +64,14 @@ async fn main() -> ExitCode {
             return ExitCode::from(65);
         }
     };
-    let cp = FakeControlPlane::start_on(port, &doc, shape).await;
+    let cp = match FakeControlPlane::try_start_on(port, &doc, shape).await {
+        Ok(cp) => cp,
+        Err(e) => {
+            eprintln!("fake_control_plane: 127.0.0.1:{port}: {e}");
+            return ExitCode::from(69);
+        }
+    };
+    // The listener is bound and listening: connections queue from now on.
     println!("listening {}", cp.url());
     let _ = std::io::stdout().flush();
     let (Ok(mut term), Ok(mut int)) = (
@@ -72,6 +84,31 @@ async fn main() -> ExitCode {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+        _ = stdin_closed() => {}
     }
+    drop(cp);
     ExitCode::SUCCESS
+}
+
+/// Resolves when stdin, if a pipe or a socket, reaches end of file (or
+/// fails). A terminal, a file or `/dev/null` never resolves it: those say
+/// nothing about the parent.
+async fn stdin_closed() {
+    let piped = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .and_then(|f| f.metadata())
+        .is_ok_and(|m| m.file_type().is_fifo() || m.file_type().is_socket());
+    if !piped {
+        return std::future::pending().await;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // Blocking reads on a thread of their own; tokio's stdin needs a
+    // feature this crate does not otherwise use.
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+        let _ = tx.send(());
+    });
+    let _ = rx.await;
 }
