@@ -84,6 +84,11 @@ impl Metrics {
     /// Registers every series in `registry`; the HTTP series get one child
     /// per route of the route table, and one for requests that matched none.
     pub fn new(registry: Registry) -> Result<Metrics, prometheus::Error> {
+        // process_resident_memory_bytes, process_cpu_seconds_total, open
+        // file descriptors: what a dashboard sizes a sidecar by.
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         let decisions = IntCounterVec::new(
             Opts::new(
                 "pdp_decisions_total",

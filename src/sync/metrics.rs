@@ -13,6 +13,7 @@ pub struct SyncMetrics {
     pub(super) swaps: IntCounter,
     pub(super) duration: Histogram,
     pub(super) last_success: Gauge,
+    pub(super) last_attempt: Gauge,
     pub(super) requests: IntCounterVec,
     pub(super) rate_limited: IntCounterVec,
     pub(super) limiter_wait: CounterVec,
@@ -38,6 +39,10 @@ impl SyncMetrics {
             last_success: Gauge::new(
                 "pdp_sync_last_success_timestamp_seconds",
                 "Unix time of the last successful sync",
+            )?,
+            last_attempt: Gauge::new(
+                "pdp_sync_last_attempt_timestamp_seconds",
+                "Unix time the last sync started, successful or not",
             )?,
             requests: IntCounterVec::new(
                 Opts::new(
@@ -67,6 +72,7 @@ impl SyncMetrics {
         registry.register(Box::new(m.swaps.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
         registry.register(Box::new(m.last_success.clone()))?;
+        registry.register(Box::new(m.last_attempt.clone()))?;
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.rate_limited.clone()))?;
         registry.register(Box::new(m.limiter_wait.clone()))?;

@@ -331,6 +331,7 @@ impl Syncer {
         let started = Instant::now();
         self.state.attempt_started();
         self.metrics.attempts.inc();
+        self.metrics.last_attempt.set(unix_secs(SystemTime::now()));
         let requests_before = self.client.requests_sent();
         self.client.take_last_failure();
         self.client.begin_sync();

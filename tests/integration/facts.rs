@@ -661,3 +661,85 @@ async fn connectivity_off_makes_no_calls_and_on_resumes_them() {
     assert_eq!(s, 201);
     pdp.stop().await;
 }
+
+/// Every series `deploy/grafana/pdp.json` queries is one the PDP exports,
+/// once each kind of event has happened once.
+#[tokio::test]
+async fn the_dashboard_queries_only_exported_series() {
+    use pdp_devkit::fake_control_plane::Fault;
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/grafana/pdp.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut queried = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("pdp_") || word.starts_with("process_") {
+                    let base = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|s| word.strip_suffix(s))
+                        .unwrap_or(word);
+                    queried.insert(base.to_owned());
+                }
+            }
+        }
+    }
+    assert!(queried.len() > 15, "{queried:?}");
+
+    // One of everything: a decision, a failed and a successful sync, a 429,
+    // a write through the proxy.
+    let cp = FakeControlPlane::start(&environment(), Shape::Paged).await;
+    let pdp = Pdp::start(&cp, &[("PDP_SYNC_DEADLINE", "2s")]).await;
+    assert!(pdp.allowed("alice", "read", doc_in("default")).await);
+    assert!(!pdp.allowed("alice", "write", doc_in("default")).await);
+    let (s, _) = pdp
+        .write(
+            reqwest::Method::POST,
+            "/facts/users",
+            json!({"key": "dash"}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    cp.fail_times("users", Fault::Status(500), 1_000);
+    cp.rate_limit_after("schema", 0, RetryAfter::Seconds(1));
+    pdp.send(reqwest::Method::POST, "/sync", None, &[]).await;
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            pdp.metric("pdp_sync_failures_total").await > 0.0
+        })
+        .await,
+        "the sync failed"
+    );
+    let text = pdp
+        .client
+        .get(format!("{}/metrics", pdp.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let exported: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(|name| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name)
+        })
+        .collect();
+    let missing: Vec<&String> = queried
+        .iter()
+        .filter(|q| !exported.contains(q.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "queried but not exported: {missing:?}");
+    pdp.stop().await;
+}
