@@ -234,6 +234,11 @@ impl FactsProxy {
             .map(|seg| percent_decode_str(seg).decode_utf8_lossy().into_owned())
             .collect();
         let path: Vec<&str> = decoded.iter().map(String::as_str).collect();
+        // `..` would climb out of the environment's facts once the URL is
+        // normalized: nothing but facts is forwarded.
+        if path.iter().any(|seg| matches!(*seg, "." | "..")) {
+            return Err(ApiError::NotFound(uri.path().to_owned()));
+        }
         let class = writes::class(&path);
         let (project, environment) = self.state.scope().ok_or_else(|| {
             ApiError::NotReady(

@@ -381,6 +381,23 @@ async fn bad_wait_headers_are_400_before_anything_is_forwarded() {
         assert_eq!(body["error"], "invalid_header");
         assert!(body["detail"].as_str().unwrap().contains(name), "{body}");
     }
+    // Nothing but the environment's facts: no climbing out with `..`
+    // (sent raw: an HTTP client would normalize it away).
+    for path in [
+        "/facts/../../../schema/p/e/roles",
+        "/facts/users/%2E%2E/%2E%2E/x",
+    ] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = pdp.url.trim_start_matches("http://");
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ENV_KEY}\r\nConnection: close\r\n\r\n"
+        );
+        conn.write_all(req.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 404"), "{path}: {answer}");
+    }
     assert_eq!(cp.requests().len(), before, "nothing was forwarded");
     // Without the key: refused, not forwarded.
     let resp = reqwest::Client::new()
