@@ -121,6 +121,12 @@ impl Pdp {
         )
     }
 
+    /// `POST /facts/role_assignments`.
+    async fn assign(&self, assignment: Value) -> (u16, Value) {
+        self.write(reqwest::Method::POST, "/facts/role_assignments", assignment)
+            .await
+    }
+
     async fn write(&self, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
         let (status, _, body) = self.send(method, path, Some(body), &[]).await;
         (status, body)
@@ -204,11 +210,7 @@ async fn a_write_through_the_proxy_is_served_before_its_answer() {
         .await;
     assert_eq!(s, 201);
     let (s, ra) = pdp
-        .write(
-            Method::POST,
-            "/facts/role_assignments",
-            json!({"user": "bob", "role": "editor", "tenant": "acme"}),
-        )
+        .assign(json!({"user": "bob", "role": "editor", "tenant": "acme"}))
         .await;
     assert_eq!(s, 201, "{ra}");
     assert!(
@@ -273,13 +275,7 @@ async fn a_write_through_the_proxy_is_served_before_its_answer() {
     );
 
     // An instance and a tuple that derives a role on it.
-    let (s, _) = pdp
-        .write(
-            Method::POST,
-            "/facts/role_assignments",
-            json!({"user": "bob", "role": "manager", "tenant": "acme", "resource_instance": "folder:f1"}),
-        )
-        .await;
+    let (s, _) = pdp.assign(json!({"user": "bob", "role": "manager", "tenant": "acme", "resource_instance": "folder:f1"})).await;
     assert_eq!(s, 201);
     let doc1 = json!({"type": "document", "key": "d1", "tenant": "acme"});
     assert!(!pdp.allowed("bob", "write", doc1.clone()).await);
@@ -345,11 +341,7 @@ async fn a_write_the_control_plane_refuses_changes_nothing() {
     let cp = FakeControlPlane::start(&environment(), Shape::Paged).await;
     let pdp = Pdp::start(&cp, &[]).await;
     let (s, body) = pdp
-        .write(
-            reqwest::Method::POST,
-            "/facts/role_assignments",
-            json!({"user": "alice", "role": "no-such-role", "tenant": "default"}),
-        )
+        .assign(json!({"user": "alice", "role": "no-such-role", "tenant": "default"}))
         .await;
     assert_eq!(s, 404, "the control plane's status passes through: {body}");
     assert!(body["detail"].is_string(), "and its body: {body}");
@@ -488,11 +480,7 @@ async fn a_write_survives_a_sync_that_read_its_lists_before_it() {
         .await
         .expect("the sync reached the assignments");
     let (s, _) = pdp
-        .write(
-            reqwest::Method::POST,
-            "/facts/role_assignments",
-            json!({"user": "alice", "role": "editor", "tenant": "default"}),
-        )
+        .assign(json!({"user": "alice", "role": "editor", "tenant": "default"}))
         .await;
     assert_eq!(s, 201);
     assert!(pdp.allowed("alice", "write", doc_in("default")).await);
@@ -539,11 +527,7 @@ async fn a_restart_in_an_outage_serves_the_writes_since_the_backup() {
     let cp = FakeControlPlane::start(&environment(), Shape::Paged).await;
     let pdp = Pdp::start(&cp, &[("PDP_BACKUP_DIR", &backup)]).await;
     let (s, _) = pdp
-        .write(
-            reqwest::Method::POST,
-            "/facts/role_assignments",
-            json!({"user": "alice", "role": "editor", "tenant": "default"}),
-        )
+        .assign(json!({"user": "alice", "role": "editor", "tenant": "default"}))
         .await;
     assert_eq!(s, 201);
     let journal = dir.path().join(pdp::sync::JOURNAL_FILE);
