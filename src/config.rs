@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+
+use crate::decisions::{self, Destination, Mask};
 use subtle::ConstantTimeEq;
 
 /// One setting: its key, default and meaning (the table in the README and
@@ -110,6 +112,42 @@ const KEYS: &[Key] = &[
         name: "local_facts_wait_timeout",
         default: "10s",
     },
+    Key {
+        name: "decision_logs",
+        default: "",
+    },
+    Key {
+        name: "decision_logs_file",
+        default: "",
+    },
+    Key {
+        name: "decision_logs_file_max_bytes",
+        default: "104857600",
+    },
+    Key {
+        name: "decision_logs_file_keep",
+        default: "5",
+    },
+    Key {
+        name: "decision_logs_buffer_events",
+        default: "100000",
+    },
+    Key {
+        name: "decision_logs_buffer_bytes",
+        default: "33554432",
+    },
+    Key {
+        name: "decision_logs_min_delay",
+        default: "1s",
+    },
+    Key {
+        name: "decision_logs_max_delay",
+        default: "10s",
+    },
+    Key {
+        name: "decision_logs_mask",
+        default: "",
+    },
 ];
 
 /// The environment API key. Its `Debug` is redacted and its memory wiped on
@@ -194,6 +232,10 @@ pub struct Config {
     /// How long a write through the facts proxy waits to be served
     /// locally, when its request has no `X-Wait-Timeout`.
     pub local_facts_wait_timeout: Duration,
+    /// Where decisions are logged; `None`: not at all. Unset, the control
+    /// plane when syncing from it, as Permit's PDP does.
+    pub decision_logs: Option<Destination>,
+    pub decision_log_settings: decisions::Settings,
 }
 
 /// What the PDP serves.
@@ -474,6 +516,9 @@ impl Parser<'_> {
         }
         let data_file = text(self.get("data_file")).map(PathBuf::from);
         let backup_dir = text(self.get("backup_dir")).map(PathBuf::from);
+        let syncing = data_file.is_none() && api_key.is_some();
+        let decision_logs = self.decision_logs(syncing);
+        let decision_log_settings = self.decision_log_settings();
         Some(Config {
             host: host?,
             port: port?,
@@ -497,7 +542,84 @@ impl Parser<'_> {
             rate_limit_facts: rate_limit_facts?,
             rate_limit_schema: rate_limit_schema?,
             local_facts_wait_timeout: local_facts_wait_timeout?,
+            decision_logs: decision_logs?,
+            decision_log_settings: decision_log_settings?,
         })
+    }
+
+    /// `decision_logs`: `off`, `control-plane`, `stdout` or `file`; unset,
+    /// the control plane when `syncing` from it.
+    fn decision_logs(&mut self, syncing: bool) -> Option<Option<Destination>> {
+        let key = "decision_logs";
+        let file = self.get("decision_logs_file").trim().to_owned();
+        match self.get(key).trim().to_ascii_lowercase().as_str() {
+            "" if syncing => Some(Some(Destination::ControlPlane)),
+            "" | "off" => Some(None),
+            "control-plane" if syncing => Some(Some(Destination::ControlPlane)),
+            "control-plane" => self.fail(
+                key,
+                "possible here: `control-plane` needs PDP_API_KEY and no PDP_DATA_FILE (a PDP that syncs from the control plane)",
+            ),
+            "stdout" => Some(Some(Destination::Stdout)),
+            "file" if file.is_empty() => {
+                self.fail(key, "possible without PDP_DECISION_LOGS_FILE, the file to write")
+            }
+            "file" => {
+                let max_bytes = self.count("decision_logs_file_max_bytes")?;
+                let keep = self.count("decision_logs_file_keep")?;
+                Some(Some(Destination::File {
+                    path: PathBuf::from(file),
+                    max_bytes,
+                    keep,
+                }))
+            }
+            _ => self.fail(key, "`off`, `control-plane`, `stdout` or `file`"),
+        }
+    }
+
+    fn decision_log_settings(&mut self) -> Option<decisions::Settings> {
+        let buffer_events = self.count("decision_logs_buffer_events");
+        let buffer_bytes = self.count("decision_logs_buffer_bytes");
+        let min_delay = self.positive_duration("decision_logs_min_delay");
+        let max_delay = self.positive_duration("decision_logs_max_delay");
+        if let (Some(min), Some(max)) = (min_delay, max_delay) {
+            if min > max {
+                self.fail::<()>(
+                    "decision_logs_max_delay",
+                    "at least PDP_DECISION_LOGS_MIN_DELAY",
+                );
+            }
+        }
+        let mut masks = Vec::new();
+        let pointers = self.get("decision_logs_mask").to_owned();
+        for pointer in pointers.split(',') {
+            let pointer = pointer.trim();
+            if pointer.is_empty() {
+                continue;
+            }
+            match Mask::parse(pointer) {
+                Ok(m) => masks.push(m),
+                Err(e) => self.errors.push(format!(
+                    "PDP_DECISION_LOGS_MASK / `decision_logs_mask`: {e}"
+                )),
+            }
+        }
+        Some(decisions::Settings {
+            buffer_events: buffer_events?,
+            buffer_bytes: buffer_bytes?,
+            min_delay: min_delay?,
+            max_delay: max_delay?,
+            masks,
+            ..decisions::Settings::default()
+        })
+    }
+
+    /// A count above zero.
+    fn count(&mut self, key: &str) -> Option<usize> {
+        match self.value::<usize>(key, "a count")? {
+            0 => self.fail(key, "above zero"),
+            n => Some(n),
+        }
     }
 }
 

@@ -32,6 +32,7 @@ pub mod abac;
 pub mod authzen;
 pub mod config;
 pub mod decide;
+pub mod decisions;
 pub mod facts;
 pub mod http;
 pub mod metrics;
@@ -49,6 +50,7 @@ use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use crate::config::{ApiKey, Config, Mode};
+use crate::decisions::{DecisionLog, Destination, Sink};
 use crate::facts::{FactsProxy, ProxyConfig};
 use crate::http::{App, HeavyWork, HttpSettings};
 use crate::metrics::Metrics;
@@ -91,6 +93,8 @@ pub enum RunError {
     SyncClient(#[from] reqwest::Error),
     #[error("cannot start the facts proxy: {0}")]
     Facts(#[from] facts::ProxyError),
+    #[error("cannot start the decision log: {0}")]
+    DecisionLogs(#[from] decisions::SinkError),
 }
 
 /// Reads a data document from a JSON file, whole (for tests and tools).
@@ -160,6 +164,9 @@ pub async fn run(
     let mut sync_task = None;
     let mut sync_state = None;
     let mut facts = None;
+    // What decision-log uploads share with the sync: its status (the call
+    // log, the connectivity switch) and its request budget.
+    let mut control_plane = None;
 
     match config.mode() {
         Mode::Embedded => {
@@ -234,6 +241,7 @@ pub async fn run(
                 syncer.limiter(),
                 metrics.registry(),
             )?));
+            control_plane = Some((state.clone(), syncer.limiter()));
             if let Some(dir) = backup_dir {
                 tokio::spawn(keep_journal(
                     store.clone(),
@@ -263,6 +271,38 @@ pub async fn run(
         }
         (_, None) => None,
     };
+    let decision_log = match &config.decision_logs {
+        None => None,
+        Some(destination) => {
+            let sink = match destination {
+                Destination::ControlPlane => {
+                    let (state, limiter) =
+                        control_plane.ok_or(decisions::SinkError::NoControlPlane)?;
+                    Sink::ControlPlane(Box::new(decisions::Uploader::new(
+                        &config.control_plane,
+                        config.api_key.clone().unwrap_or_else(|| ApiKey::new("")),
+                        config.sync_request_timeout,
+                        state,
+                        limiter,
+                        upload_budget(&config),
+                    )?))
+                }
+                Destination::Stdout => Sink::stdout(),
+                Destination::File {
+                    path,
+                    max_bytes,
+                    keep,
+                } => Sink::file(path, *max_bytes, *keep)?,
+            };
+            let log = Arc::new(DecisionLog::new(
+                config.decision_log_settings.clone(),
+                metrics.registry(),
+            )?);
+            info!(instance = %log.instance, ?destination, "decision logs on");
+            let task = tokio::spawn(decisions::run(log.clone(), sink, stop_rx.clone()));
+            Some((log, task))
+        }
+    };
     let app = Arc::new(App {
         store,
         settings: HttpSettings {
@@ -280,6 +320,7 @@ pub async fn run(
         sync_state,
         heavy: HeavyWork::default(),
         facts,
+        decision_log: decision_log.as_ref().map(|(log, _)| log.clone()),
     });
     let serving = http::serve(app, listener, shutdown);
     tokio::pin!(serving);
@@ -307,7 +348,26 @@ pub async fn run(
         },
     };
     let _ = stop_tx.send(true);
+    // The decisions of the drained requests go out too (bounded by the
+    // task's last flush).
+    if let Some((_, task)) = decision_log {
+        let _ = task.await;
+    }
     result
+}
+
+/// Decision-log uploads a minute: what the sync's own classes leave of the
+/// overall budget, and never fewer than one a second; 0 (no cap of their
+/// own) when the overall budget is unlimited.
+fn upload_budget(config: &Config) -> u32 {
+    if config.rate_limit_overall == 0 {
+        return 0;
+    }
+    config
+        .rate_limit_overall
+        .saturating_sub(config.rate_limit_facts)
+        .saturating_sub(config.rate_limit_schema)
+        .max(60)
 }
 
 /// Keeps the journal beside the backup in step with the writes served

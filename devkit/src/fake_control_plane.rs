@@ -108,6 +108,34 @@ pub struct Logged {
     pub request_id: String,
 }
 
+/// How the decision-log ingress answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingress {
+    /// Take every chunk: 204, as OPA's services answer.
+    Accept,
+    /// Accept the request and never answer.
+    Stall,
+    /// Answer with this status.
+    Refuse(u16),
+}
+
+/// One chunk the decision-log ingress received.
+#[derive(Debug, Clone)]
+pub struct IngressChunk {
+    pub at: Instant,
+    /// Names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The body's length as sent (gzipped).
+    pub gzipped_bytes: usize,
+    /// The events, or `None` when the body was not a gzipped JSON array
+    /// or the fake keeps counts only ([`FakeControlPlane::keep_ingress_events`]).
+    pub events: Option<Vec<serde_json::Value>>,
+    /// How many events the chunk held.
+    pub event_count: usize,
+    /// The status answered (0: none, stalled).
+    pub status: u16,
+}
+
 /// A page held back ([`FakeControlPlane::hold`]): the next request for a
 /// list is answered with the list as it was when the request arrived, but
 /// only once the hold is released.
@@ -165,6 +193,11 @@ struct State {
     holds: Vec<Arc<HoldInner>>,
     /// For the ids of objects written.
     next_id: u64,
+    ingress: Ingress,
+    keep_events: bool,
+    /// What the decision-log ingress received, kept apart from `log`
+    /// (the API's requests).
+    chunks: Vec<IngressChunk>,
 }
 
 pub struct FakeControlPlane {
@@ -220,6 +253,9 @@ impl FakeControlPlane {
                 generation: 0,
                 holds: Vec::new(),
                 next_id: 0,
+                ingress: Ingress::Accept,
+                keep_events: true,
+                chunks: Vec::new(),
             }),
             server: Mutex::new(None),
         });
@@ -274,8 +310,26 @@ impl FakeControlPlane {
         Some((rl.blocked_until?, rl.early))
     }
 
+    /// The API's requests, oldest first (decision-log uploads are kept
+    /// apart: [`ingress_chunks`](Self::ingress_chunks)).
     pub fn requests(&self) -> Vec<Logged> {
         self.lock().log.clone()
+    }
+
+    /// How `POST /v1/decision_logs/ingress` answers from now on.
+    pub fn set_ingress(&self, ingress: Ingress) {
+        self.lock().ingress = ingress;
+    }
+
+    /// Whether received events are kept (the default) or only counted, as
+    /// a long benchmark needs.
+    pub fn keep_ingress_events(&self, keep: bool) {
+        self.lock().keep_events = keep;
+    }
+
+    /// The chunks the decision-log ingress received, oldest first.
+    pub fn ingress_chunks(&self) -> Vec<IngressChunk> {
+        self.lock().chunks.clone()
     }
 
     /// Holds the next page request for `list` (a path name from
@@ -402,6 +456,9 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    if parts.uri.path() == INGRESS_PATH {
+        return ingress(shared, &parts, &body).await;
+    }
     let (reply, held, request_id) = {
         let mut s = shared.lock();
         let reply = route(&mut s, &parts, &body);
@@ -465,6 +522,85 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
             std::future::pending().await
         }
     }
+}
+
+/// Where Permit's PDP (OPA's decision-log plugin) posts decision logs.
+pub const INGRESS_PATH: &str = "/v1/decision_logs/ingress";
+
+/// The decision-log ingress: the environment key, `POST`, a gzipped JSON
+/// array; each chunk recorded with its events.
+async fn ingress(
+    shared: &Shared,
+    parts: &http::request::Parts,
+    body: &[u8],
+) -> Response<Full<Bytes>> {
+    let key = parts
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let gzipped = parts
+        .headers
+        .get("content-encoding")
+        .is_some_and(|v| v.as_bytes() == b"gzip");
+    let parsed = gzipped.then(|| gunzip_array(body)).flatten();
+    let malformed = parsed.is_none();
+    let (mode, keep) = {
+        let s = shared.lock();
+        (s.ingress, s.keep_events)
+    };
+    let event_count = parsed.as_ref().map_or(0, Vec::len);
+    let events = parsed.filter(|_| keep);
+    let status = match mode {
+        _ if parts.method != http::Method::POST => 405,
+        _ if key != Some(ENV_KEY) => 401,
+        _ if malformed => 400,
+        Ingress::Accept => 204,
+        Ingress::Stall => 0,
+        Ingress::Refuse(status) => status,
+    };
+    let request_id = {
+        let mut s = shared.lock();
+        s.chunks.push(IngressChunk {
+            at: Instant::now(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            gzipped_bytes: body.len(),
+            events,
+            event_count,
+            status,
+        });
+        format!("fake-ingress-{}", s.chunks.len())
+    };
+    if status == 0 {
+        std::future::pending::<()>().await;
+    }
+    let mut r = if status == 204 {
+        no_content()
+    } else {
+        json(
+            status,
+            format!("{{\"detail\": \"ingress answered {status}\"}}"),
+        )
+    };
+    if let Ok(v) = request_id.parse() {
+        r.headers_mut().insert("x-request-id", v);
+    }
+    r
+}
+
+fn gunzip_array(body: &[u8]) -> Option<Vec<serde_json::Value>> {
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(body), &mut text).ok()?;
+    serde_json::from_slice(&text).ok()
 }
 
 fn route(s: &mut State, req: &http::request::Parts, body: &[u8]) -> Reply {

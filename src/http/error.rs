@@ -71,6 +71,9 @@ pub enum ApiError {
     /// Permit's PDP words it so.
     #[error("Timeout waiting for update to be received")]
     UpdateTimeout,
+    /// An answer that could not be encoded: a bug, not the request's fault.
+    #[error("internal error: {0}")]
+    Encode(String),
     #[error("this PDP serves a local file or the embedded example: there is no control plane to forward to, log or switch off")]
     NoControlPlane,
 }
@@ -100,6 +103,7 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::NotReady(_) | ApiError::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -126,6 +130,7 @@ impl ApiError {
             ApiError::NotReady(_) => "not_ready",
             ApiError::TooManyConnections => "too_many_connections",
             ApiError::BodyRead(_) => "body_read_error",
+            ApiError::Encode(_) => "internal",
         }
     }
 

@@ -21,6 +21,7 @@ use super::transport::{BodyRead, Progress};
 use crate::authzen;
 use crate::config::ApiKey;
 use crate::decide::{self, AllowedQuery, Obj};
+use crate::decisions::{DecisionLog, DECISION_ID_HEADER};
 use crate::facts::{FactsProxy, Wait};
 use crate::metrics::Metrics;
 use crate::store::{Loaded, Source, Store};
@@ -138,15 +139,25 @@ pub struct App {
     pub heavy: HeavyWork,
     /// The facts proxy, when syncing from a control plane.
     pub facts: Option<Arc<FactsProxy>>,
+    /// Where decisions are logged, when they are.
+    pub decision_log: Option<Arc<DecisionLog>>,
 }
 
 /// Decodes a query, answers it with `f`, and encodes the answer.
 fn answer<'b, Q: Deserialize<'b>, R: Serialize>(
     body: &'b [u8],
     f: impl FnOnce(&Q) -> R,
-) -> Result<Response<Full<Bytes>>, ApiError> {
+) -> Result<Bytes, ApiError> {
     let Obj(q): Obj<Q> = decode(body)?;
-    Ok(json_response(StatusCode::OK, &f(&q)))
+    to_json(&f(&q))
+}
+
+/// An answer's JSON. Our answers are maps with string keys and plain
+/// values, which always encode; a failure would be a bug, answered 500.
+fn to_json<T: Serialize>(value: &T) -> Result<Bytes, ApiError> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::Encode(e.to_string()))
 }
 
 const ALLOW_BODY: &[u8] = b"{\"allow\":true,\"result\":true}";
@@ -289,11 +300,19 @@ impl App {
         let guard = self.snapshot()?;
         let loaded = guard.as_deref().ok_or_else(not_loaded)?;
         let started = Instant::now();
-        let (resp, allowed, denied) = self
+        let (answer, allowed, denied) = self
             .heavy
             .run(heavy, || self.decide(route, loaded, &body))?;
-        self.metrics
-            .decisions(endpoint, allowed, denied, started.elapsed());
+        let took = started.elapsed();
+        self.metrics.decisions(endpoint, allowed, denied, took);
+        let id = self
+            .decision_log
+            .as_ref()
+            .map(|log| log.record(endpoint, &body, &answer, took));
+        let mut resp = json_bytes(answer);
+        if let Some(id) = id {
+            resp.headers_mut().insert(DECISION_ID_HEADER, id);
+        }
         Ok(resp)
     }
 
@@ -464,7 +483,7 @@ impl App {
         route: Route,
         loaded: &Loaded,
         body: &[u8],
-    ) -> Result<(Response<Full<Bytes>>, u64, u64), ApiError> {
+    ) -> Result<(Bytes, u64, u64), ApiError> {
         let snap = &loaded.snapshot;
         let debug = self.settings.debug;
         match route {
@@ -472,14 +491,10 @@ impl App {
                 let Obj(q): Obj<AllowedQuery> = decode(body)?;
                 let d = decide::check(snap, &q);
                 let resp = if debug {
-                    json_response(StatusCode::OK, &d.to_response(debug))
+                    to_json(&d.to_response(debug))?
                 } else {
                     // The two answers without debug are constants.
-                    json_bytes(Bytes::from_static(if d.allow {
-                        ALLOW_BODY
-                    } else {
-                        DENY_BODY
-                    }))
+                    Bytes::from_static(if d.allow { ALLOW_BODY } else { DENY_BODY })
                 };
                 Ok((resp, d.allow as u64, !d.allow as u64))
             }
@@ -497,7 +512,7 @@ impl App {
                 let allowed = decisions.iter().filter(|d| d.allow).count() as u64;
                 let resp = if debug {
                     let allow: Vec<_> = decisions.iter().map(|d| d.to_response(true)).collect();
-                    json_response(StatusCode::OK, &json!({ "allow": allow }))
+                    to_json(&json!({ "allow": allow }))?
                 } else {
                     // Written directly from the two constant answers: no
                     // intermediate JSON value for a hundred checks.
@@ -510,7 +525,7 @@ impl App {
                         out.extend_from_slice(if d.allow { ALLOW_BODY } else { DENY_BODY });
                     }
                     out.extend_from_slice(b"]}");
-                    json_bytes(Bytes::from(out))
+                    Bytes::from(out)
                 };
                 Ok((resp, allowed, decisions.len() as u64 - allowed))
             }
@@ -518,7 +533,7 @@ impl App {
                 let Obj(q): Obj<AllowedQuery> = decode(body)?;
                 let r = decide::allowed_tenants(snap, &q);
                 let n = r.allowed_tenants.len() as u64;
-                Ok((json_response(StatusCode::OK, &r), n, (n == 0) as u64))
+                Ok((to_json(&r)?, n, (n == 0) as u64))
             }
             Route::UserPermissions => Ok((
                 answer(body, |q: &decide::UserPermissionsQuery| {
@@ -562,7 +577,7 @@ impl App {
         op: authzen::Op,
         snap: &crate::snapshot::Snapshot,
         body: &[u8],
-    ) -> Result<(Response<Full<Bytes>>, u64, u64), ApiError> {
+    ) -> Result<(Bytes, u64, u64), ApiError> {
         let limits = authzen::Limits {
             max_batch_items: self.settings.max_bulk_items,
         };
@@ -575,7 +590,7 @@ impl App {
             }
             authzen::Response::Search(_) => (0, 0),
         };
-        Ok((json_bytes(Bytes::from(answer.to_json())), allowed, denied))
+        Ok((Bytes::from(answer.to_json()), allowed, denied))
     }
 
     /// Checks the content type and reads the body within the size cap; the
@@ -888,6 +903,7 @@ mod tests {
             sync_state: None,
             heavy: HeavyWork::new(1),
             facts: None,
+            decision_log: None,
         }
     }
 

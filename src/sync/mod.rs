@@ -584,7 +584,7 @@ fn jittered(base: Duration, fraction: f64) -> Duration {
 
 /// Full-jitter exponential back-off for the `failures`-th consecutive
 /// failure (1-based): uniform in [cap/2, cap], cap = min * 2^(failures-1).
-fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
+pub(crate) fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
     let exp = failures.saturating_sub(1).min(20);
     let cap = min.saturating_mul(1u32 << exp).min(max).max(min);
     cap.mul_f64(rand::random_range(0.5..=1.0))

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::binary::wait_ready;
 use pdp_devkit::fake_control_plane::{FakeControlPlane, RetryAfter, Shape, ENV_KEY};
 
-fn environment() -> pdp::model::DataDocument {
+pub(crate) fn environment() -> pdp::model::DataDocument {
     serde_json::from_value(json!({
         "resources": [
             {"key": "document", "actions": {"read": {}, "write": {}},
@@ -35,15 +35,15 @@ fn environment() -> pdp::model::DataDocument {
     .expect("a valid data document")
 }
 
-struct Pdp {
-    url: String,
+pub(crate) struct Pdp {
+    pub(crate) url: String,
     client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
 
 impl Pdp {
-    async fn start(cp: &FakeControlPlane, extra: &[(&str, &str)]) -> Pdp {
+    pub(crate) async fn start(cp: &FakeControlPlane, extra: &[(&str, &str)]) -> Pdp {
         let mut env: HashMap<String, String> = [
             ("PDP_API_KEY", ENV_KEY),
             ("PDP_CONTROL_PLANE", &cp.url()),
@@ -83,7 +83,7 @@ impl Pdp {
         }
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -93,7 +93,7 @@ impl Pdp {
     }
 
     /// A request through the PDP with its key; status, headers and body.
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -132,7 +132,7 @@ impl Pdp {
         (status, body)
     }
 
-    async fn allowed(&self, user: &str, action: &str, resource: Value) -> bool {
+    pub(crate) async fn allowed(&self, user: &str, action: &str, resource: Value) -> bool {
         let q = json!({"user": {"key": user}, "action": action, "resource": resource});
         let (status, _, body) = self
             .send(reqwest::Method::POST, "/allowed", Some(q), &[])
@@ -147,7 +147,7 @@ impl Pdp {
         health["sync"]["last_failed_call"].clone()
     }
 
-    async fn metric(&self, name: &str) -> f64 {
+    pub(crate) async fn metric(&self, name: &str) -> f64 {
         let text = self
             .client
             .get(format!("{}/metrics", self.url))
@@ -165,7 +165,7 @@ impl Pdp {
 }
 
 /// Polls `done` every 20 ms until it holds, for at most `limit`.
-async fn eventually<F: std::future::Future<Output = bool>>(
+pub(crate) async fn eventually<F: std::future::Future<Output = bool>>(
     limit: Duration,
     mut done: impl FnMut() -> F,
 ) -> bool {
@@ -181,7 +181,7 @@ async fn eventually<F: std::future::Future<Output = bool>>(
     }
 }
 
-fn doc_in(tenant: &str) -> Value {
+pub(crate) fn doc_in(tenant: &str) -> Value {
     json!({"type": "document", "tenant": tenant})
 }
 

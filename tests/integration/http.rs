@@ -873,6 +873,7 @@ async fn the_handler_answers_without_a_socket() {
         sync_state: None,
         heavy: Default::default(),
         facts: None,
+        decision_log: None,
     };
     let call = |method: &str, path: &str, key: Option<&str>, body: &str| {
         let mut req = http::Request::builder()

@@ -5,6 +5,7 @@ mod support;
 
 mod authzen;
 mod binary;
+mod decision_logs;
 mod facts;
 mod generated;
 mod http;

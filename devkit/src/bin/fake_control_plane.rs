@@ -4,7 +4,12 @@
 //!
 //! ```text
 //! fake_control_plane <data-document.json> [--port N] [--shape bare|paged|cursor]
+//!                    [--ingress accept|stall|STATUS]
 //! ```
+//!
+//! `--ingress` sets how the decision-log ingress answers: take every chunk
+//! (the default), never answer, or answer with that status. The process
+//! counts the events it receives and keeps none of them.
 //!
 //! Prints `listening http://127.0.0.1:PORT` once it accepts (port 0, the
 //! default, is any free one), then serves until SIGTERM or SIGINT, or until
@@ -20,12 +25,12 @@ use std::os::unix::fs::FileTypeExt;
 use std::process::ExitCode;
 
 use pdp::model::DataDocument;
-use pdp_devkit::fake_control_plane::{FakeControlPlane, Shape};
+use pdp_devkit::fake_control_plane::{FakeControlPlane, Ingress, Shape};
 use tokio::signal::unix::{signal, SignalKind};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: fake_control_plane <data-document.json> [--port N] [--shape bare|paged|cursor]"
+        "usage: fake_control_plane <data-document.json> [--port N] [--shape bare|paged|cursor] [--ingress accept|stall|STATUS]"
     );
     ExitCode::from(64)
 }
@@ -36,13 +41,23 @@ async fn main() -> ExitCode {
     let Some(path) = args.next() else {
         return usage();
     };
-    let (mut port, mut shape) = (0u16, Shape::Paged);
+    let (mut port, mut shape, mut ingress) = (0u16, Shape::Paged, Ingress::Accept);
     while let Some(flag) = args.next() {
         match (flag.as_str(), args.next()) {
             ("--port", Some(p)) => match p.parse() {
                 Ok(p) => port = p,
                 Err(_) => return usage(),
             },
+            ("--ingress", Some(i)) => {
+                ingress = match i.as_str() {
+                    "accept" => Ingress::Accept,
+                    "stall" => Ingress::Stall,
+                    status => match status.parse() {
+                        Ok(s @ 100..=599) => Ingress::Refuse(s),
+                        _ => return usage(),
+                    },
+                }
+            }
             ("--shape", Some(s)) => {
                 shape = match s.as_str() {
                     "bare" => Shape::Bare,
@@ -71,6 +86,8 @@ async fn main() -> ExitCode {
             return ExitCode::from(69);
         }
     };
+    cp.set_ingress(ingress);
+    cp.keep_ingress_events(false);
     // The listener is bound and listening: connections queue from now on.
     println!("listening {}", cp.url());
     let _ = std::io::stdout().flush();

@@ -70,6 +70,7 @@ impl TestServer {
             sync_state: None,
             heavy: Default::default(),
             facts: None,
+            decision_log: None,
         });
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(pdp::http::serve(app, listener, async {
