@@ -484,16 +484,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
             method: parts.method.to_string(),
             path: path.to_owned(),
             query: parts.uri.query().unwrap_or("").to_owned(),
-            headers: parts
-                .headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_owned(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect(),
+            headers: header_pairs(&parts.headers),
             class: class_of(path),
             status,
         });
@@ -524,6 +515,27 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
     }
 }
 
+/// The bearer token of a request.
+fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// Headers as logged: names lower-cased, values as text.
+fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
 /// Where Permit's PDP (OPA's decision-log plugin) posts decision logs.
 pub const INGRESS_PATH: &str = "/v1/decision_logs/ingress";
 
@@ -534,11 +546,7 @@ async fn ingress(
     parts: &http::request::Parts,
     body: &[u8],
 ) -> Response<Full<Bytes>> {
-    let key = parts
-        .headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let key = bearer(&parts.headers);
     let gzipped = parts
         .headers
         .get("content-encoding")
@@ -563,16 +571,7 @@ async fn ingress(
         let mut s = shared.lock();
         s.chunks.push(IngressChunk {
             at: Instant::now(),
-            headers: parts
-                .headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_owned(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect(),
+            headers: header_pairs(&parts.headers),
             gzipped_bytes: body.len(),
             events,
             event_count,
@@ -606,12 +605,7 @@ fn gunzip_array(body: &[u8]) -> Option<Vec<serde_json::Value>> {
 fn route(s: &mut State, req: &http::request::Parts, body: &[u8]) -> Reply {
     let path = req.uri.path();
     let class = class_of(path);
-    let key = req
-        .headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let key = bearer(&req.headers).unwrap_or("");
     let scope = match key {
         ENV_KEY => (Some(PROJECT_ID), Some(ENV_ID)),
         PROJECT_KEY => (Some(PROJECT_ID), None),

@@ -259,14 +259,7 @@ async fn a_chunk_the_ingress_refuses_as_malformed_is_dropped_and_counted() {
 async fn connectivity_off_stops_uploads_and_on_resumes_them() {
     let cp = FakeControlPlane::start(&environment(), Shape::Paged).await;
     let pdp = Pdp::start(&cp, &settings(&[])).await;
-    let (s, _, _) = pdp
-        .send(
-            Method::POST,
-            "/control-plane/connectivity/disable",
-            None,
-            &[],
-        )
-        .await;
+    let (s, _) = pdp.switch(false).await;
     assert_eq!(s, 200);
     let q = json!({"user": "alice", "action": "read", "resource": doc_in("default")});
     for _ in 0..5 {
@@ -277,14 +270,7 @@ async fn connectivity_off_stops_uploads_and_on_resumes_them() {
         cp.ingress_chunks().is_empty(),
         "no upload while switched off"
     );
-    let (s, _, _) = pdp
-        .send(
-            Method::POST,
-            "/control-plane/connectivity/enable",
-            None,
-            &[],
-        )
-        .await;
+    let (s, _) = pdp.switch(true).await;
     assert_eq!(s, 200);
     assert!(
         shipped(&cp, 5).await,

@@ -141,6 +141,14 @@ impl Pdp {
         body["allow"].as_bool().expect("allow")
     }
 
+    /// `POST /control-plane/connectivity/enable` or `/disable`.
+    pub(crate) async fn switch(&self, on: bool) -> (u16, Value) {
+        let path = if on { "enable" } else { "disable" };
+        let path = format!("/control-plane/connectivity/{path}");
+        let (status, _, body) = self.send(reqwest::Method::POST, &path, None, &[]).await;
+        (status, body)
+    }
+
     /// The authenticated health detail's `sync.last_failed_call`.
     async fn last_failed_call(&self) -> Value {
         let (_, _, health) = self.send(reqwest::Method::GET, "/health", None, &[]).await;
@@ -608,14 +616,7 @@ async fn connectivity_off_makes_no_calls_and_on_resumes_them() {
         .send(Method::GET, "/control-plane/connectivity", None, &[])
         .await;
     assert_eq!((s, body), (200, json!({"enabled": true})));
-    let (s, _, body) = pdp
-        .send(
-            Method::POST,
-            "/control-plane/connectivity/disable",
-            None,
-            &[],
-        )
-        .await;
+    let (s, body) = pdp.switch(false).await;
     assert_eq!((s, body), (200, json!({"enabled": false})));
     let before = cp.requests().len();
     let (s, _, _) = pdp.send(Method::POST, "/sync", None, &[]).await;
@@ -640,14 +641,7 @@ async fn connectivity_off_makes_no_calls_and_on_resumes_them() {
         "the last snapshot serves"
     );
 
-    let (s, _, body) = pdp
-        .send(
-            Method::POST,
-            "/control-plane/connectivity/enable",
-            None,
-            &[],
-        )
-        .await;
+    let (s, body) = pdp.switch(true).await;
     assert_eq!((s, body), (200, json!({"enabled": true})));
     assert!(
         eventually(Duration::from_secs(10), || async {
