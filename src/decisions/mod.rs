@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use uuid::Uuid;
 
@@ -29,7 +29,7 @@ pub use encode::{Mask, MaskError};
 pub use sink::{run, Sink, SinkError, Uploader};
 
 /// The response header that carries a decision's id.
-pub const DECISION_ID_HEADER: &str = "x-decision-id";
+pub const DECISION_ID_HEADER: HeaderName = HeaderName::from_static("x-decision-id");
 
 /// Where the events go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,11 +100,15 @@ impl Event {
     /// What the event holds while it is queued: its bytes and a share for
     /// the struct and the queue's slot.
     fn cost(&self) -> usize {
-        self.input.len() + self.result.len() + EVENT_OVERHEAD
+        cost(self.input.len(), self.result.len())
     }
 }
 
 const EVENT_OVERHEAD: usize = 128;
+
+fn cost(input: usize, result: usize) -> usize {
+    input + result + EVENT_OVERHEAD
+}
 
 /// The OPA path each endpoint's decisions are logged under. `permit/root`
 /// is the one Permit's audit log reads and replays; the others are the
@@ -264,17 +268,7 @@ impl DecisionLog {
             HeaderValue::from_str(id.hyphenated().encode_lower(&mut Uuid::encode_buffer()))
                 .expect("a UUID is a header value");
         self.metrics.events.inc();
-        let event = Event {
-            id,
-            path: path_of(endpoint),
-            // A copy: the body may be a slice of the connection's read
-            // buffer, which the queue must not keep alive.
-            input: Bytes::copy_from_slice(input),
-            result: result.clone(),
-            at: SystemTime::now(),
-            took,
-        };
-        let cost = event.cost();
+        let cost = cost(input.len(), result.len());
         let queued = {
             let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
             let held = queue.len() + self.held_in_chunks.load(Ordering::Relaxed);
@@ -283,7 +277,16 @@ impl DecisionLog {
             {
                 None
             } else {
-                queue.push(event);
+                queue.push(Event {
+                    id,
+                    path: path_of(endpoint),
+                    // A copy: the body may be a slice of the connection's
+                    // read buffer, which the queue must not keep alive.
+                    input: Bytes::copy_from_slice(input),
+                    result: result.clone(),
+                    at: SystemTime::now(),
+                    took,
+                });
                 self.held_bytes.fetch_add(cost, Ordering::Relaxed);
                 Some(queue.len())
             }
