@@ -30,22 +30,13 @@ read -r PORT_NONE PORT_SOME <<<"${PORTS:-18780 18781}"
 WORK=${LOAD_WORK:-target/load}
 BIN=target/release/writes_bench
 BODIES=$WORK/writes-bodies.jsonl
-
-log() { printf '[writes] %s\n' "$*" >&2; }
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT INT TERM
+BENCH=writes
+. benches/lib.sh
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   cargo build --release -p pdp-devkit --bin writes_bench
 fi
-if ! command -v wrk >/dev/null; then
-  log "installing wrk"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
-fi
+need_wrk
 mkdir -p "$WORK"
 
 # start PORT PENDING [BODIES]: a server pinned to SERVER_CPU; prints its PID.
@@ -54,46 +45,21 @@ start() {
     taskset -c "$SERVER_CPU" "$BIN" >"$WORK/writes-$1.log" 2>&1 &
   echo $!
 }
-ready() {
-  local port=$1 pid=$2 i
-  for ((i = 0; i < 3000; i++)); do
-    kill -0 "$pid" 2>/dev/null || { log "server on $port exited:"; cat "$WORK/writes-$port.log" >&2; exit 1; }
-    [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$port/ready") == 200 ]] && return 0
-    sleep 0.1
-  done
-  log "server on $port not ready in 300 s"; exit 1
-}
 
 log "starting both servers ($PRESET; 0 and $PENDING writes pending)"
 PID_NONE=$(start "$PORT_NONE" 0 "$BODIES"); PIDS+=("$PID_NONE")
-ready "$PORT_NONE" "$PID_NONE"
+wait_ready "$PORT_NONE" "$PID_NONE" "$WORK/writes-$PORT_NONE.log"
 PID_SOME=$(start "$PORT_SOME" "$PENDING"); PIDS+=("$PID_SOME")
-ready "$PORT_SOME" "$PID_SOME"
-
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-HZ=$(getconf CLK_TCK)
-# run PORT PID: one wrk run; prints "rps cpu_us_per_request".
-run() {
-  local port=$1 pid=$2 t0 t1 out line n rps
-  t0=$(cpu_ticks "$pid")
-  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --timeout 5s \
-    -s benches/load/bodies.lua "http://127.0.0.1:$port/allowed" -- "$BODIES" none 2>&1) || true
-  t1=$(cpu_ticks "$pid")
-  line=$(grep '^RESULT' <<<"$out") || { log "wrk failed: $(tail -3 <<<"$out")"; echo "0 0"; return; }
-  n=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")
-  rps=$(sed -E 's/.* rps=([0-9.]+).*/\1/' <<<"$line")
-  awk -v r="$rps" -v t=$((t1 - t0)) -v hz="$HZ" -v n="$n" 'BEGIN { printf "%.0f %.2f\n", r, t / hz * 1e6 / n }'
-}
+wait_ready "$PORT_SOME" "$PID_SOME" "$WORK/writes-$PORT_SOME.log"
 
 NONE_RPS=(); NONE_CPU=(); SOME_RPS=(); SOME_CPU=()
 for ((r = 1; r <= ROUNDS; r++)); do
   for side in $( ((r % 2)) && echo "none some" || echo "some none"); do
-    if [[ $side == none ]]; then read -r a b < <(run "$PORT_NONE" "$PID_NONE"); NONE_RPS+=("$a"); NONE_CPU+=("$b")
-    else read -r a b < <(run "$PORT_SOME" "$PID_SOME"); SOME_RPS+=("$a"); SOME_CPU+=("$b"); fi
+    if [[ $side == none ]]; then read -r a b < <(wrk_allowed "$PORT_NONE" "$PID_NONE" "$BODIES" none); NONE_RPS+=("$a"); NONE_CPU+=("$b")
+    else read -r a b < <(wrk_allowed "$PORT_SOME" "$PID_SOME" "$BODIES" none); SOME_RPS+=("$a"); SOME_CPU+=("$b"); fi
     log "round $r, $side pending: $a req/s, $b µs CPU per request"
   done
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 nr=$(median "${NONE_RPS[@]}"); nc=$(median "${NONE_CPU[@]}")
 sr=$(median "${SOME_RPS[@]}"); sc=$(median "${SOME_CPU[@]}")
 echo "| /allowed, $PRESET, c=$CONNS, median of $ROUNDS | req/s | server CPU per request |"
