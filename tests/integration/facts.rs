@@ -687,10 +687,18 @@ async fn the_dashboard_queries_only_exported_series() {
     }
     assert!(queried.len() > 15, "{queried:?}");
 
-    // One of everything: a decision, a failed and a successful sync, a 429,
-    // a write through the proxy.
+    // One of everything: a decision (and its upload to the decision-log
+    // ingress), a failed and a successful sync, a 429, a write through the
+    // proxy.
     let cp = FakeControlPlane::start(&environment(), Shape::Paged).await;
-    let pdp = Pdp::start(&cp, &[("PDP_SYNC_DEADLINE", "2s")]).await;
+    let pdp = Pdp::start(
+        &cp,
+        &[
+            ("PDP_SYNC_DEADLINE", "2s"),
+            ("PDP_DECISION_LOGS_MAX_DELAY", "1s"),
+        ],
+    )
+    .await;
     assert!(pdp.allowed("alice", "read", doc_in("default")).await);
     assert!(!pdp.allowed("alice", "write", doc_in("default")).await);
     let (s, _) = pdp
@@ -701,6 +709,13 @@ async fn the_dashboard_queries_only_exported_series() {
         )
         .await;
     assert_eq!(s, 201);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            pdp.metric("pdp_decision_log_shipped_total").await > 0.0
+        })
+        .await,
+        "the decisions were shipped"
+    );
     cp.fail_times("users", Fault::Status(500), 1_000);
     cp.rate_limit_after("schema", 0, RetryAfter::Seconds(1));
     pdp.send(reqwest::Method::POST, "/sync", None, &[]).await;
