@@ -77,6 +77,14 @@ const KEYS: &[Key] = &[
         default: "https://api.permit.io",
     },
     Key {
+        name: "upstream_url",
+        default: "",
+    },
+    Key {
+        name: "hub",
+        default: "false",
+    },
+    Key {
         name: "sync_interval",
         default: "60s",
     },
@@ -220,6 +228,10 @@ pub struct Config {
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
     pub control_plane: String,
+    /// Follow this hub PDP or bundle file instead of the control plane.
+    pub upstream_url: Option<String>,
+    /// Serve `GET /v1/snapshot` to followers.
+    pub hub: bool,
     pub sync_interval: Duration,
     pub sync_request_timeout: Duration,
     pub sync_deadline: Duration,
@@ -245,16 +257,19 @@ pub enum Mode {
     Embedded,
     File(PathBuf),
     ControlPlane,
+    /// A follower of a hub PDP or a bundle file (`PDP_UPSTREAM_URL`).
+    Upstream(String),
 }
 
 impl Config {
     /// Where decisions come from: a data file if one is named, else the
     /// control plane if there is a key to sync with, else the embedded example.
     pub fn mode(&self) -> Mode {
-        match (&self.data_file, &self.api_key) {
-            (Some(f), _) => Mode::File(f.clone()),
-            (None, Some(_)) => Mode::ControlPlane,
-            (None, None) => Mode::Embedded,
+        match (&self.data_file, &self.upstream_url, &self.api_key) {
+            (Some(f), _, _) => Mode::File(f.clone()),
+            (None, Some(url), _) => Mode::Upstream(url.clone()),
+            (None, None, Some(_)) => Mode::ControlPlane,
+            (None, None, None) => Mode::Embedded,
         }
     }
 
@@ -516,7 +531,45 @@ impl Parser<'_> {
         }
         let data_file = text(self.get("data_file")).map(PathBuf::from);
         let backup_dir = text(self.get("backup_dir")).map(PathBuf::from);
-        let syncing = data_file.is_none() && api_key.is_some();
+        let upstream_url =
+            text(self.get("upstream_url")).map(|u| u.trim_end_matches('/').to_owned());
+        if let Some(url) = &upstream_url {
+            match reqwest::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => {
+                    self.fail::<()>(
+                        "upstream_url",
+                        "an http:// or https:// URL: a PDP (http://pdp-hub:7766) or a bundle file",
+                    );
+                }
+            }
+            if data_file.is_some() {
+                self.errors.push(
+                    "PDP_UPSTREAM_URL and PDP_DATA_FILE name two sources of the snapshot; set one"
+                        .to_owned(),
+                );
+            }
+            if api_key.is_none() {
+                self.errors.push(
+                    "PDP_UPSTREAM_URL needs PDP_API_KEY: bundles are authenticated with it"
+                        .to_owned(),
+                );
+            }
+        }
+        let hub = self.flag("hub");
+        if hub == Some(true) && (data_file.is_some() || api_key.is_none()) {
+            self.errors.push(
+                "PDP_HUB serves what is synced from the control plane or an upstream: it needs PDP_API_KEY and no PDP_DATA_FILE"
+                    .to_owned(),
+            );
+        }
+        // Decision logs go to the control plane, or to a hub a follower
+        // reads; a bundle file's server takes none.
+        let syncing = data_file.is_none()
+            && api_key.is_some()
+            && upstream_url
+                .as_deref()
+                .is_none_or(|u| matches!(crate::sync::Target::of(u), crate::sync::Target::Hub(_)));
         let decision_logs = self.decision_logs(syncing);
         let decision_log_settings = self.decision_log_settings();
         Some(Config {
@@ -533,6 +586,8 @@ impl Parser<'_> {
             header_read_timeout: header_read_timeout?,
             shutdown_grace: shutdown_grace?,
             control_plane,
+            upstream_url,
+            hub: hub?,
             sync_interval: sync_interval?,
             sync_request_timeout: sync_request_timeout?,
             sync_deadline: sync_deadline?,
@@ -558,7 +613,7 @@ impl Parser<'_> {
             "control-plane" if syncing => Some(Some(Destination::ControlPlane)),
             "control-plane" => self.fail(
                 key,
-                "possible here: `control-plane` needs PDP_API_KEY and no PDP_DATA_FILE (a PDP that syncs from the control plane)",
+                "possible here: `control-plane` needs PDP_API_KEY and a control plane or hub to send to (no PDP_DATA_FILE, no bundle file as PDP_UPSTREAM_URL)",
             ),
             "stdout" => Some(Some(Destination::Stdout)),
             "file" if file.is_empty() => {

@@ -97,6 +97,72 @@ pub enum RunError {
     DecisionLogs(#[from] decisions::SinkError),
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("PDP_API_KEY is needed: a bundle is authenticated with a key derived from it, and followers check it")]
+    NoKey,
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("cannot read the environment from the control plane: {0}")]
+    ControlPlane(#[from] sync::ExportError),
+    #[error("cannot start the control-plane client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("cannot seal the document: {0}")]
+    Seal(#[from] std::io::Error),
+}
+
+/// `pdp export` (docs/fleet.md): a full bundle of the environment, which
+/// followers can poll from any HTTP server. From `PDP_DATA_FILE` (sealed
+/// for `environment`, `local` if not given) or else from one read of the
+/// control plane (its environment's id).
+pub async fn export(config: &Config, environment: Option<&str>) -> Result<Vec<u8>, ExportError> {
+    let api_key = config.api_key.clone().ok_or(ExportError::NoKey)?;
+    let (staged, environment) = match &config.data_file {
+        Some(path) => (
+            read_staged(path)?,
+            environment.unwrap_or("local").to_owned(),
+        ),
+        None => {
+            let sync_config = sync::SyncConfig {
+                control_plane: config.control_plane.clone(),
+                api_key: api_key.clone(),
+                request_timeout: config.sync_request_timeout,
+                sync_deadline: config.sync_deadline,
+                overall_per_min: config.rate_limit_overall,
+                facts_per_min: config.rate_limit_facts,
+                schema_per_min: config.rate_limit_schema,
+                ..sync::SyncConfig::default()
+            };
+            let metrics = Arc::new(sync::SyncMetrics::register(&prometheus::Registry::new())?);
+            let syncer = sync::Syncer::new(sync_config, Arc::new(sync::SyncState::new()), metrics)?;
+            syncer.fetch_document().await?
+        }
+    };
+    let key = sync::BackupKey::derive(&api_key);
+    let bundle = tokio::task::spawn_blocking(move || {
+        let version = format!("export.{}", &staged.content_hash()[..16]);
+        let seal = sync::Seal {
+            key: key.clone(),
+            environment: environment.clone(),
+        };
+        let base = sync::seal_staged(&staged, &seal, std::time::SystemTime::now())?;
+        Ok::<_, std::io::Error>(sync::bundle::encode(
+            &key,
+            sync::bundle::Kind::Full,
+            &version,
+            None,
+            &environment,
+            Some(&base),
+            &[],
+        ))
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    Ok(bundle)
+}
+
 /// Reads a data document from a JSON file, whole (for tests and tools).
 pub fn read_document(path: &Path) -> Result<DataDocument, LoadError> {
     let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
@@ -201,30 +267,14 @@ pub async fn run(
                 facts_per_min: config.rate_limit_facts,
                 schema_per_min: config.rate_limit_schema,
                 backup_dir: config.backup_dir.clone(),
+                hub: config.hub,
                 ..sync::SyncConfig::default()
             };
             let state = Arc::new(sync::SyncState::new());
             // Ready from the backup at once; the first sync replaces it.
             if let Some(dir) = &sync_config.backup_dir {
-                match sync::remove_stale_temps(dir) {
-                    Ok(0) => {}
-                    Ok(n) => info!(
-                        removed = n,
-                        "removed temp files a crash left in the backup directory"
-                    ),
-                    Err(e) => warn!(error = %e, "cannot clean the backup directory"),
-                }
                 let key = sync::BackupKey::derive(&sync_config.api_key);
-                match sync::restore_backup(&store, dir, &key) {
-                    Ok(true) => {
-                        info!(dir = %dir.display(), "serving the offline backup until the first sync")
-                    }
-                    Ok(false) => info!(dir = %dir.display(), "no offline backup yet"),
-                    Err(e) => {
-                        warn!(error = %e, "offline backup ignored");
-                        state.backup_refused(e.to_string());
-                    }
-                }
+                restore_at_start(&store, dir, &key, config.hub, &state);
             }
             let sync_metrics = Arc::new(sync::SyncMetrics::register(metrics.registry())?);
             let backup_dir = sync_config.backup_dir.clone();
@@ -233,6 +283,7 @@ pub async fn run(
             facts = Some(Arc::new(FactsProxy::new(
                 ProxyConfig {
                     control_plane: config.control_plane.clone(),
+                    via_hub: false,
                     request_timeout: config.sync_request_timeout,
                     default_wait: config.local_facts_wait_timeout,
                 },
@@ -259,12 +310,93 @@ pub async fn run(
                 stop_rx.clone(),
             )));
         }
+        Mode::Upstream(url) => {
+            let api_key = config.api_key.clone().unwrap_or_else(|| ApiKey::new(""));
+            let key = sync::BackupKey::derive(&api_key);
+            let state = Arc::new(sync::SyncState::new());
+            let environment = config
+                .backup_dir
+                .as_deref()
+                .and_then(|dir| restore_at_start(&store, dir, &key, config.hub, &state));
+            let target = sync::Target::of(&url);
+            let follower = sync::Follower::new(
+                sync::FollowConfig {
+                    url: url.clone(),
+                    api_key,
+                    request_timeout: config.sync_request_timeout,
+                    interval: config.sync_interval,
+                    backup_dir: config.backup_dir.clone(),
+                    hub: config.hub,
+                    backoff_min: std::time::Duration::from_secs(1),
+                    backoff_max: std::time::Duration::from_secs(30),
+                },
+                state.clone(),
+                Arc::new(sync::SyncMetrics::register(metrics.registry())?),
+                environment,
+            )?;
+            // The hub spends the control plane's budget; calls to it are
+            // not limited here.
+            let limiter = Arc::new(sync::Limiter::new(
+                0,
+                0,
+                0,
+                std::time::Duration::from_secs(60),
+            ));
+            // A hub takes writes and decision logs; a bundle file's server
+            // does not.
+            if matches!(target, sync::Target::Hub(_)) {
+                facts = Some(Arc::new(FactsProxy::new(
+                    ProxyConfig {
+                        control_plane: url.clone(),
+                        request_timeout: config.sync_request_timeout,
+                        default_wait: config.local_facts_wait_timeout,
+                        via_hub: true,
+                    },
+                    store.clone(),
+                    state.clone(),
+                    limiter.clone(),
+                    metrics.registry(),
+                )?));
+                control_plane = Some((state.clone(), limiter));
+            }
+            if let Some(dir) = config.backup_dir.clone() {
+                tokio::spawn(keep_journal(
+                    store.clone(),
+                    dir,
+                    key,
+                    state.clone(),
+                    stop_rx.clone(),
+                ));
+            }
+            sync_state = Some(state);
+            let (store, stop) = (store.clone(), stop_rx.clone());
+            sync_task = Some(tokio::spawn(async move {
+                follower.run(store, stop).await;
+                Ok(())
+            }));
+        }
     }
+    // Turns true when the drain begins: followers' long polls held by the
+    // hub are answered then, not at the end of the grace period.
+    let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = draining_tx.send(true);
+    };
+    let hub = match (&config.api_key, config.hub) {
+        (Some(api_key), true) => Some(Arc::new(sync::Hub::new(
+            store.clone(),
+            sync::BackupKey::derive(api_key),
+            draining_rx,
+            metrics.registry(),
+        )?)),
+        _ => None,
+    };
 
     // Staleness is measured from the last sync; a local file or the embedded
     // example is never synced, so the limit would only ever turn them off.
     let max_staleness = match (config.mode(), config.max_staleness) {
-        (Mode::ControlPlane, limit) => limit,
+        (Mode::ControlPlane | Mode::Upstream(_), limit) => limit,
         (_, Some(_)) => {
             warn!("PDP_MAX_STALENESS applies only when syncing from the control plane; ignored");
             None
@@ -279,7 +411,10 @@ pub async fn run(
                     let (state, limiter) =
                         control_plane.ok_or(decisions::SinkError::NoControlPlane)?;
                     Sink::ControlPlane(Box::new(decisions::Uploader::new(
-                        &config.control_plane,
+                        config
+                            .upstream_url
+                            .as_deref()
+                            .unwrap_or(&config.control_plane),
                         config.api_key.clone().unwrap_or_else(|| ApiKey::new("")),
                         config.sync_request_timeout,
                         state,
@@ -321,6 +456,7 @@ pub async fn run(
         heavy: HeavyWork::default(),
         facts,
         decision_log: decision_log.as_ref().map(|(log, _)| log.clone()),
+        hub,
     });
     let serving = http::serve(app, listener, shutdown);
     tokio::pin!(serving);
@@ -356,6 +492,41 @@ pub async fn run(
     result
 }
 
+/// Serves the backup in `dir` until the first sync, if there is one this
+/// key can read; returns its environment. A refused backup is logged and
+/// shown by `/health`.
+fn restore_at_start(
+    store: &Store,
+    dir: &Path,
+    key: &sync::BackupKey,
+    hub: bool,
+    state: &sync::SyncState,
+) -> Option<String> {
+    match sync::remove_stale_temps(dir) {
+        Ok(0) => {}
+        Ok(n) => info!(
+            removed = n,
+            "removed temp files a crash left in the backup directory"
+        ),
+        Err(e) => warn!(error = %e, "cannot clean the backup directory"),
+    }
+    match sync::restore(store, dir, key, hub) {
+        Ok(Some(environment)) => {
+            info!(dir = %dir.display(), "serving the offline backup until the first sync");
+            Some(environment)
+        }
+        Ok(None) => {
+            info!(dir = %dir.display(), "no offline backup yet");
+            None
+        }
+        Err(e) => {
+            warn!(error = %e, "offline backup ignored");
+            state.backup_refused(e.to_string());
+            None
+        }
+    }
+}
+
 /// Decision-log uploads a minute: what the sync's own classes leave of the
 /// overall budget, and never fewer than one a second; 0 (no cap of their
 /// own) when the overall budget is unlimited.
@@ -387,7 +558,7 @@ async fn keep_journal(
         }
         // The journal is sealed to the environment, known once the key's
         // scope is; writes come through the proxy only after that.
-        let Some((_, environment)) = state.scope() else {
+        let Some(environment) = state.environment() else {
             continue;
         };
         let seal = sync::Seal {

@@ -13,6 +13,53 @@ use tracing::{error, info, warn};
 const EX_USAGE: u8 = 64;
 const EX_DATAERR: u8 = 65;
 const EX_UNAVAILABLE: u8 = 69;
+const EX_IOERR: u8 = 74;
+
+const USAGE: &str = "usage: pdp                 serve (settings: PDP_* variables, README)
+       pdp export --out FILE [--environment NAME]
+                           write a bundle for followers (docs/fleet.md) from
+                           PDP_DATA_FILE, or else from one read of the
+                           control plane; PDP_API_KEY authenticates it";
+
+/// What the command line asks for.
+enum Command {
+    Serve,
+    Export {
+        out: std::path::PathBuf,
+        environment: Option<String>,
+    },
+    Help,
+}
+
+impl Command {
+    fn parse(args: &[String]) -> Result<Command, String> {
+        let Some(first) = args.first() else {
+            return Ok(Command::Serve);
+        };
+        match first.as_str() {
+            "-h" | "--help" | "help" => Ok(Command::Help),
+            "export" => {
+                let (mut out, mut environment) = (None, None);
+                let mut rest = args[1..].iter();
+                while let Some(flag) = rest.next() {
+                    let mut value = || {
+                        rest.next()
+                            .cloned()
+                            .ok_or_else(|| format!("{flag} needs a value"))
+                    };
+                    match flag.as_str() {
+                        "--out" | "-o" => out = Some(value()?.into()),
+                        "--environment" => environment = Some(value()?),
+                        other => return Err(format!("export: unknown argument {other:?}")),
+                    }
+                }
+                let out = out.ok_or("export: --out FILE is required")?;
+                Ok(Command::Export { out, environment })
+            }
+            other => Err(format!("unknown command {other:?}")),
+        }
+    }
+}
 
 /// mimalloc returns freed pages to the OS: a snapshot swap frees a whole
 /// environment at once, and glibc's allocator would keep it resident.
@@ -20,9 +67,17 @@ const EX_UNAVAILABLE: u8 = 69;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match Command::parse(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pdp: {e}\n{USAGE}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
     let env: HashMap<String, String> = std::env::vars().collect();
     let file = Config::default_file(&env);
-    let mut config = match Config::load(file.as_deref(), &env) {
+    let config = match Config::load(file.as_deref(), &env) {
         Ok(c) => c,
         Err(errors) => {
             for e in &errors {
@@ -32,6 +87,78 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(&config);
+    let (out, environment) = match command {
+        Command::Help => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Command::Export { out, environment } => (out, environment),
+        Command::Serve => return serve(config),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let bundle = match runtime.block_on(pdp::export(&config, environment.as_deref())) {
+        Ok(b) => b,
+        Err(e) => {
+            error!(error = %e, "export failed");
+            return ExitCode::from(match e {
+                pdp::ExportError::NoKey => EX_USAGE,
+                pdp::ExportError::Load(_) => EX_DATAERR,
+                pdp::ExportError::Seal(_) => EX_IOERR,
+                _ => EX_UNAVAILABLE,
+            });
+        }
+    };
+    match write_atomically(&out, &bundle) {
+        Ok(()) => {
+            info!(file = %out.display(), bytes = bundle.len(), "bundle written");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!(file = %out.display(), error = %e, "cannot write the bundle");
+            ExitCode::from(EX_IOERR)
+        }
+    }
+}
+
+/// Writes `bytes` beside `path` and renames it over `path`, so a server
+/// that serves the file never serves half of it.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "--out names no file")
+    })?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    match written.and_then(|()| std::fs::rename(&tmp, path)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn serve(mut config: Config) -> ExitCode {
     if config.api_key.is_none() && !config.host.is_loopback() {
         warn!(
             requested = %config.host,

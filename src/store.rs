@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
+use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
 use crate::snapshot::{BuildError, Counts, Snapshot, Staged, Unapplied, Write};
@@ -28,6 +29,8 @@ pub enum Source {
     Embedded,
     Backup(PathBuf),
     ControlPlane,
+    /// A hub PDP's `/v1/snapshot`, or a bundle file served over HTTP.
+    Upstream(String),
 }
 
 impl Source {
@@ -38,6 +41,7 @@ impl Source {
             Source::Embedded => "embedded example",
             Source::Backup(_) => "backup",
             Source::ControlPlane => "control plane",
+            Source::Upstream(_) => "upstream",
         }
     }
 }
@@ -56,6 +60,12 @@ pub struct Provenance {
     /// by then are in what it read, and are let go; later ones are applied
     /// again over it. `None` keeps every pending write.
     pub writes_before: Option<u64>,
+    /// Writes served over the document from the start, before any still
+    /// pending here: those a hub had applied over the base it sent.
+    pub writes: Vec<Write>,
+    /// The document as a hub hands it on ([`Store::since`]); kept only by
+    /// a PDP that serves as one.
+    pub base: Option<Arc<BaseFrame>>,
 }
 
 impl From<Source> for Provenance {
@@ -65,8 +75,20 @@ impl From<Source> for Provenance {
             content_hash: None,
             fresh_at: None,
             writes_before: None,
+            writes: Vec::new(),
+            base: None,
         }
     }
+}
+
+/// A snapshot's document in the backup's sealed form, as a hub sends it in
+/// full bundles (docs/fleet.md).
+#[derive(Debug)]
+pub struct BaseFrame {
+    /// The backup file's bytes: header, MAC and the staged document.
+    pub bytes: Bytes,
+    /// The environment it is sealed for.
+    pub environment: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -78,14 +100,32 @@ pub struct SnapshotMeta {
     /// The sequence number of the last write applied over the full
     /// snapshot; 0 when none is.
     pub last_write: u64,
+    /// Counts the changes of the served content other than a write
+    /// applied on top: a new document, or writes let go. With
+    /// `last_write`, it names a version a follower can be brought up to
+    /// date from by the writes after it.
+    pub generation: u64,
 }
 
 pub struct Loaded {
     pub snapshot: Snapshot,
     pub meta: SnapshotMeta,
+    pub base: Option<Arc<BaseFrame>>,
 }
 
-#[derive(Default)]
+/// How the served content differs from a version of it ([`Store::since`]).
+pub enum Since {
+    /// Nothing is served yet.
+    Nothing,
+    /// The version is the current one.
+    Current(Arc<Loaded>),
+    /// The writes after the version, in order, lead to the current one.
+    Writes(Arc<Loaded>, Vec<Write>),
+    /// The version is of another generation: the current document and the
+    /// writes served over it.
+    Full(Arc<Loaded>, Vec<Write>),
+}
+
 pub struct Store {
     current: ArcSwapOption<Loaded>,
     /// Unix milliseconds when the serving snapshot was last known current:
@@ -98,6 +138,9 @@ pub struct Store {
     pending: Mutex<Pending>,
     /// Woken when the pending writes change (the journal follows them).
     pub writes_changed: Notify,
+    /// Bumped on every change of the served snapshot: long polls wait on it.
+    changed: watch::Sender<u64>,
+    generations: AtomicU64,
 }
 
 #[derive(Default)]
@@ -138,9 +181,55 @@ fn retire(old: Arc<Loaded>, wait: Duration) {
     }
 }
 
+impl Default for Store {
+    fn default() -> Self {
+        Store {
+            current: ArcSwapOption::default(),
+            confirmed_ms: AtomicU64::default(),
+            swaps: AtomicU64::default(),
+            pending: Mutex::default(),
+            writes_changed: Notify::new(),
+            changed: watch::Sender::new(0),
+            generations: AtomicU64::default(),
+        }
+    }
+}
+
 impl Store {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Changes whenever the served snapshot does.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// What was served at `(generation, last_write)` lacks of what is
+    /// served now, read under the lock writes and swaps take, so the
+    /// snapshot and the writes agree.
+    pub fn since(&self, generation: u64, last_write: u64) -> Since {
+        let pending = self.pending();
+        let Some(current) = self.current.load_full() else {
+            return Since::Nothing;
+        };
+        let meta = &current.meta;
+        let all = || pending.writes.iter().map(|(_, w)| w.clone()).collect();
+        if meta.generation != generation || last_write > meta.last_write {
+            return Since::Full(current.clone(), all());
+        }
+        if last_write == meta.last_write {
+            return Since::Current(current);
+        }
+        // Every write after `last_write` is still pending: writes are let go
+        // only with a new generation.
+        let after: Vec<Write> = pending
+            .writes
+            .iter()
+            .filter(|&&(seq, _)| seq > last_write)
+            .map(|(_, w)| w.clone())
+            .collect();
+        Since::Writes(current, after)
     }
 
     /// The current snapshot, or `None` before the first one is loaded.
@@ -168,6 +257,8 @@ impl Store {
             content_hash,
             fresh_at,
             writes_before,
+            writes,
+            base,
         } = provenance.into();
         let started = Instant::now();
         let content_hash = content_hash.unwrap_or_else(|| staged.content_hash());
@@ -179,8 +270,17 @@ impl Store {
             content_hash,
             loaded_at: SystemTime::now(),
             last_write: 0,
+            generation: 0,
         };
-        self.swap(Loaded { snapshot, meta }, writes_before);
+        self.swap(
+            Loaded {
+                snapshot,
+                meta,
+                base,
+            },
+            writes_before,
+            writes,
+        );
         if let Some(at) = fresh_at {
             self.mark_fresh_at(at);
         }
@@ -211,28 +311,48 @@ impl Store {
     }
 
     /// Lets go of the writes acknowledged before `writes_before` and puts
-    /// `snapshot` in service with the rest applied over it; returns the
-    /// snapshot it replaced.
+    /// `snapshot` in service with `first`, then the rest, applied over it;
+    /// returns the snapshot it replaced.
     fn replace(
         &self,
         pending: &mut Pending,
-        snapshot: Snapshot,
-        mut meta: SnapshotMeta,
+        next: Loaded,
         writes_before: Option<u64>,
+        first: Vec<Write>,
     ) -> Option<Arc<Loaded>> {
+        let Loaded {
+            snapshot,
+            mut meta,
+            base,
+        } = next;
         let before = pending.writes.len();
         if let Some(seen) = writes_before {
             pending.writes.retain(|&(seq, _)| seq > seen);
+        }
+        if !first.is_empty() {
+            let rest = std::mem::take(&mut pending.writes);
+            for w in first.into_iter().chain(rest.into_iter().map(|(_, w)| w)) {
+                pending.seq += 1;
+                let seq = pending.seq;
+                pending.writes.push((seq, w));
+            }
         }
         let (snapshot, refused) = snapshot.with_writes(pending.writes.iter().map(|(_, w)| w));
         for (i, e) in &refused {
             warn!(error = %e, write = ?pending.writes[*i].1, "a pending write no longer applies; the next sync settles it");
         }
         meta.last_write = pending.writes.last().map_or(0, |&(seq, _)| seq);
+        meta.generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         if pending.writes.len() != before {
             self.writes_changed.notify_one();
         }
-        self.current.swap(Some(Arc::new(Loaded { snapshot, meta })))
+        let old = self.current.swap(Some(Arc::new(Loaded {
+            snapshot,
+            meta,
+            base,
+        })));
+        self.changed.send_modify(|n| *n += 1);
+        old
     }
 
     /// Serves `writes`, confirmed by the control plane, over the current
@@ -269,9 +389,13 @@ impl Store {
         if applied > 0 {
             let mut meta = current.meta.clone();
             meta.last_write = pending.seq;
-            self.current
-                .store(Some(Arc::new(Loaded { snapshot, meta })));
+            self.current.store(Some(Arc::new(Loaded {
+                snapshot,
+                meta,
+                base: current.base.clone(),
+            })));
             self.writes_changed.notify_one();
+            self.changed.send_modify(|n| *n += 1);
         }
         Applied { applied, refused }
     }
@@ -290,13 +414,12 @@ impl Store {
         let Some(current) = self.current.load_full() else {
             return;
         };
-        let base = current.snapshot.without_writes();
-        self.replace(
-            &mut pending,
-            base,
-            current.meta.clone(),
-            Some(writes_before),
-        );
+        let next = Loaded {
+            snapshot: current.snapshot.without_writes(),
+            meta: current.meta.clone(),
+            base: current.base.clone(),
+        };
+        self.replace(&mut pending, next, Some(writes_before), Vec::new());
     }
 
     /// The sequence number of the last write applied; a sync records it
@@ -326,10 +449,10 @@ impl Store {
     ///
     /// The pending writes not let go by `writes_before` are applied over
     /// `next` first ([`Provenance::writes_before`]).
-    fn swap(&self, next: Loaded, writes_before: Option<u64>) {
+    fn swap(&self, next: Loaded, writes_before: Option<u64>, first: Vec<Write>) {
         let old = {
             let mut pending = self.pending();
-            self.replace(&mut pending, next.snapshot, next.meta, writes_before)
+            self.replace(&mut pending, next, writes_before, first)
         };
         self.swaps.fetch_add(1, Ordering::Relaxed);
         self.mark_fresh();
@@ -372,7 +495,7 @@ mod tests {
     fn freshness_follows_swaps_and_confirmations() {
         let store = Store::new();
         assert!(store.current().is_none());
-        store.swap(loaded(), None);
+        store.swap(loaded(), None, Vec::new());
         assert!(store.freshness_age() < Duration::from_secs(5));
         assert_eq!(store.swaps(), 1);
         store.mark_fresh_at(SystemTime::now() - Duration::from_secs(3600));
@@ -389,20 +512,22 @@ mod tests {
                 content_hash: String::new(),
                 loaded_at: SystemTime::now(),
                 last_write: 0,
+                generation: 0,
             },
+            base: None,
         }
     }
 
     #[test]
     fn a_swap_frees_the_old_snapshot_itself_once_readers_let_go() {
         let store = Arc::new(Store::new());
-        store.swap(loaded(), None);
+        store.swap(loaded(), None, Vec::new());
         let old = Arc::downgrade(store.load().as_ref().expect("loaded"));
         // A request deciding against the old snapshot while the swap runs.
         let reader = store.current();
         let swapper = {
             let store = store.clone();
-            std::thread::spawn(move || store.swap(loaded(), None))
+            std::thread::spawn(move || store.swap(loaded(), None, Vec::new()))
         };
         std::thread::sleep(Duration::from_millis(50));
         assert!(!swapper.is_finished(), "the swap waits for the reader");

@@ -123,6 +123,9 @@ impl Encoder {
     /// were decided, so they are carried as they are, unless a mask
     /// applies.
     pub fn event(&self, e: &Event) -> Vec<u8> {
+        if e.forwarded {
+            return e.input.to_vec();
+        }
         let id = e.id.to_string();
         let result = raw(&e.result);
         let out = |input| Out {
@@ -265,6 +268,7 @@ mod tests {
             result: Bytes::from_static(b"{\"allow\":true,\"result\":true}"),
             at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_500),
             took: Duration::from_nanos(4_200),
+            forwarded: false,
         }
     }
 

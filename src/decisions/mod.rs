@@ -94,6 +94,9 @@ pub struct Event {
     pub result: Bytes,
     pub at: SystemTime,
     pub took: Duration,
+    /// `input` is a whole event a follower encoded (and masked), shipped
+    /// as it is.
+    pub forwarded: bool,
 }
 
 impl Event {
@@ -105,6 +108,9 @@ impl Event {
 }
 
 const EVENT_OVERHEAD: usize = 128;
+/// The most a follower's upload may hold uncompressed (its chunks are
+/// 64 KiB gzipped).
+const MAX_INGEST_BYTES: usize = 16 << 20;
 
 fn cost(input: usize, result: usize) -> usize {
     input + result + EVENT_OVERHEAD
@@ -286,6 +292,7 @@ impl DecisionLog {
                     result: result.clone(),
                     at: SystemTime::now(),
                     took,
+                    forwarded: false,
                 });
                 self.held_bytes.fetch_add(cost, Ordering::Relaxed);
                 Some(queue.len())
@@ -297,6 +304,54 @@ impl DecisionLog {
             Some(_) => {}
         }
         header
+    }
+
+    /// Queues the events of a follower's upload (a gzipped or plain JSON
+    /// array, as this PDP's own uploads are) to ship with this PDP's own;
+    /// returns how many were queued. Past the bound the rest are dropped
+    /// and counted, as decisions' events are.
+    pub fn ingest(&self, body: &[u8], gzipped: bool) -> Result<usize, String> {
+        use std::io::Read;
+        let mut plain = Vec::new();
+        let read = if gzipped {
+            flate2::read::GzDecoder::new(body)
+                .take(MAX_INGEST_BYTES as u64 + 1)
+                .read_to_end(&mut plain)
+        } else {
+            plain.extend_from_slice(body);
+            Ok(plain.len())
+        };
+        read.map_err(|e| format!("the body is not gzip: {e}"))?;
+        if plain.len() > MAX_INGEST_BYTES {
+            return Err(format!("more than {MAX_INGEST_BYTES} bytes uncompressed"));
+        }
+        let events: Vec<&serde_json::value::RawValue> = serde_json::from_slice(&plain)
+            .map_err(|e| format!("not a JSON array of events: {e}"))?;
+        let mut queued = 0;
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        for e in events {
+            self.metrics.events.inc();
+            let cost = cost(e.get().len(), 0);
+            let held = queue.len() + self.held_in_chunks.load(Ordering::Relaxed);
+            if held >= self.settings.buffer_events
+                || self.held_bytes.load(Ordering::Relaxed) + cost > self.settings.buffer_bytes
+            {
+                self.dropped(Drop::BufferFull, 1);
+                continue;
+            }
+            queue.push(Event {
+                id: Uuid::nil(),
+                path: "",
+                input: Bytes::copy_from_slice(e.get().as_bytes()),
+                result: Bytes::new(),
+                at: SystemTime::now(),
+                took: Duration::ZERO,
+                forwarded: true,
+            });
+            self.held_bytes.fetch_add(cost, Ordering::Relaxed);
+            queued += 1;
+        }
+        Ok(queued)
     }
 
     /// Everything queued, oldest first; the queue starts again empty.

@@ -168,11 +168,15 @@ pub struct FactsProxy {
     bulk: DefaultDirectRateLimiter,
     default_wait: Duration,
     metrics: FactsMetrics,
+    via_hub: bool,
 }
 
 /// How a [`FactsProxy`] reaches the control plane.
 pub struct ProxyConfig {
     pub control_plane: String,
+    /// `control_plane` is a hub PDP (this one follows it): requests go to
+    /// its `/facts/...`, and it forwards them under its key's scope.
+    pub via_hub: bool,
     pub request_timeout: Duration,
     pub default_wait: Duration,
 }
@@ -206,6 +210,7 @@ impl FactsProxy {
         Ok(FactsProxy {
             http,
             base: config.control_plane.trim_end_matches('/').to_owned(),
+            via_hub: config.via_hub,
             store,
             state,
             limiter,
@@ -240,13 +245,17 @@ impl FactsProxy {
             return Err(ApiError::NotFound(uri.path().to_owned()));
         }
         let class = writes::class(&path);
-        let (project, environment) = self.state.scope().ok_or_else(|| {
-            ApiError::NotReady(
-                "the facts proxy forwards under the API key's scope, which the sync has not resolved yet"
-                    .into(),
-            )
-        })?;
-        let mut url = format!("{}/v2/facts/{project}/{environment}/{rest}", self.base);
+        let mut url = if self.via_hub {
+            format!("{}/facts/{rest}", self.base)
+        } else {
+            let (project, environment) = self.state.scope().ok_or_else(|| {
+                ApiError::NotReady(
+                    "the facts proxy forwards under the API key's scope, which the sync has not resolved yet"
+                        .into(),
+                )
+            })?;
+            format!("{}/v2/facts/{project}/{environment}/{rest}", self.base)
+        };
         let mut query = uri.query().unwrap_or("").to_owned();
         // Delete of an assignment: have the control plane say what it removed.
         let unassign = method == Method::DELETE

@@ -74,8 +74,10 @@ pub enum ApiError {
     /// An answer that could not be encoded: a bug, not the request's fault.
     #[error("internal error: {0}")]
     Encode(String),
-    #[error("this PDP serves a local file or the embedded example: there is no control plane to forward to, log or switch off")]
+    #[error("this PDP serves a local file, the embedded example or a bundle file: there is no control plane or hub to forward to, log or switch off")]
     NoControlPlane,
+    #[error("{0}")]
+    NotAHub(&'static str),
 }
 
 impl ApiError {
@@ -98,7 +100,7 @@ impl ApiError {
             | ApiError::BadHeader { .. } => StatusCode::BAD_REQUEST,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpdateTimeout => StatusCode::FAILED_DEPENDENCY,
-            ApiError::NoControlPlane => StatusCode::NOT_FOUND,
+            ApiError::NoControlPlane | ApiError::NotAHub(_) => StatusCode::NOT_FOUND,
             ApiError::WrongShape { .. } | ApiError::BadParam { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -127,6 +129,7 @@ impl ApiError {
             ApiError::Upstream(_) => "control_plane_unreachable",
             ApiError::UpdateTimeout => "update_timeout",
             ApiError::NoControlPlane => "no_control_plane",
+            ApiError::NotAHub(_) => "not_a_hub",
             ApiError::NotReady(_) => "not_ready",
             ApiError::TooManyConnections => "too_many_connections",
             ApiError::BodyRead(_) => "body_read_error",

@@ -25,7 +25,7 @@ use crate::decisions::{DecisionLog, DECISION_ID_HEADER};
 use crate::facts::{FactsProxy, Wait};
 use crate::metrics::Metrics;
 use crate::store::{Loaded, Source, Store};
-use crate::sync::{CallLog, SyncState};
+use crate::sync::{CallLog, Hub, SyncState};
 
 /// What the HTTP layer needs from the configuration.
 #[derive(Debug, Clone)]
@@ -141,6 +141,8 @@ pub struct App {
     pub facts: Option<Arc<FactsProxy>>,
     /// Where decisions are logged, when they are.
     pub decision_log: Option<Arc<DecisionLog>>,
+    /// Serves followers, with `PDP_HUB`.
+    pub hub: Option<Arc<Hub>>,
 }
 
 /// Decodes a query, answers it with `f`, and encodes the answer.
@@ -291,6 +293,15 @@ impl App {
                 .handle(&parts.method, &parts.uri, &parts.headers, body)
                 .await;
         }
+        if route == Route::Snapshot {
+            let hub = self.hub.as_ref().ok_or(ApiError::NotAHub(
+                "this PDP does not serve followers; start it with PDP_HUB=true",
+            ))?;
+            return hub.serve(req.headers()).await;
+        }
+        if route == Route::DecisionLogIngress {
+            return self.ingest(req, progress).await;
+        }
         let Some(endpoint) = spec.decisions else {
             return Ok(self.serve(route, &req));
         };
@@ -314,6 +325,47 @@ impl App {
             resp.headers_mut().insert(DECISION_ID_HEADER, id);
         }
         Ok(resp)
+    }
+
+    /// `POST /v1/decision_logs/ingress` at a hub: a follower's decision
+    /// logs, queued to ship with this PDP's own.
+    async fn ingest<B>(
+        &self,
+        req: Request<B>,
+        progress: &Progress,
+    ) -> Result<Response<Full<Bytes>>, ApiError>
+    where
+        B: Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (Some(_), Some(log)) = (&self.hub, &self.decision_log) else {
+            return Err(ApiError::NotAHub(
+                "this PDP takes no followers' decision logs: it needs PDP_HUB=true and its own decision logs on",
+            ));
+        };
+        let (parts, body) = req.into_parts();
+        let gzipped = match parts.headers.get(header::CONTENT_ENCODING) {
+            None => false,
+            Some(v) if v.as_bytes().eq_ignore_ascii_case(b"gzip") => true,
+            Some(v) => {
+                return Err(ApiError::UnsupportedEncoding(
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                ))
+            }
+        };
+        let body = {
+            let _reading = BodyRead::begin(progress);
+            read_body(body, self.settings.max_body_bytes).await?
+        };
+        let log = log.clone();
+        let queued = tokio::task::spawn_blocking(move || log.ingest(&body, gzipped))
+            .await
+            .map_err(|e| ApiError::Encode(e.to_string()))?
+            .map_err(|detail| ApiError::WrongShape {
+                field: None,
+                detail,
+            })?;
+        Ok(json_response(StatusCode::OK, &json!({"queued": queued})))
     }
 
     /// Whether a request goes to [`HeavyWork`]: by its body's size, and a
@@ -472,6 +524,8 @@ impl App {
             | Route::UserTenants
             | Route::LocalRoleAssignments
             | Route::Facts
+            | Route::Snapshot
+            | Route::DecisionLogIngress
             | Route::Authzen(_) => unreachable_decision(route).to_response(),
         }
     }
@@ -568,7 +622,9 @@ impl App {
             | Route::CallLog
             | Route::Connectivity
             | Route::ConnectivityOn
-            | Route::ConnectivityOff => Err(unreachable_decision(route)),
+            | Route::ConnectivityOff
+            | Route::Snapshot
+            | Route::DecisionLogIngress => Err(unreachable_decision(route)),
         }
     }
 
@@ -904,6 +960,7 @@ mod tests {
             heavy: HeavyWork::new(1),
             facts: None,
             decision_log: None,
+            hub: None,
         }
     }
 

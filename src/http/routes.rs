@@ -38,6 +38,11 @@ pub enum Route {
     /// `POST /control-plane/connectivity/enable` and `/disable`.
     ConnectivityOn,
     ConnectivityOff,
+    /// `GET /v1/snapshot`: the serving snapshot as a bundle, for followers.
+    Snapshot,
+    /// `POST /v1/decision_logs/ingress`: followers' decision logs, shipped
+    /// on in this PDP's own.
+    DecisionLogIngress,
 }
 
 /// `GET` routes answer `HEAD` too.
@@ -120,7 +125,7 @@ const fn deciding(path: &'static str, endpoint: Endpoint, cost: Cost) -> Spec {
 
 impl Route {
     /// Every route, in the order requests are matched; `/allowed` first.
-    pub const ALL: [Route; 23] = [
+    pub const ALL: [Route; 25] = [
         Route::Allowed,
         Route::Bulk,
         Route::AllTenants,
@@ -144,6 +149,8 @@ impl Route {
         Route::Connectivity,
         Route::ConnectivityOn,
         Route::ConnectivityOff,
+        Route::Snapshot,
+        Route::DecisionLogIngress,
     ];
 
     /// The metrics label of requests that matched no route.
@@ -192,6 +199,8 @@ impl Route {
             Route::Connectivity => spec("/control-plane/connectivity", Verb::Get, true),
             Route::ConnectivityOn => spec("/control-plane/connectivity/enable", Verb::Post, true),
             Route::ConnectivityOff => spec("/control-plane/connectivity/disable", Verb::Post, true),
+            Route::Snapshot => spec("/v1/snapshot", Verb::Get, true),
+            Route::DecisionLogIngress => spec("/v1/decision_logs/ingress", Verb::Post, true),
             // Also the per-tenant form `/.well-known/authzen-configuration/<tenant>`.
             Route::AuthzenConfiguration => Spec {
                 subpaths: true,
@@ -250,6 +259,8 @@ impl Route {
             Route::Connectivity => 20,
             Route::ConnectivityOn => 21,
             Route::ConnectivityOff => 22,
+            Route::Snapshot => 23,
+            Route::DecisionLogIngress => 24,
         }
     }
 

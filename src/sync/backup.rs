@@ -60,6 +60,14 @@ impl BackupKey {
     }
 }
 
+impl BackupKey {
+    /// A key for another purpose, derived from this one: what authenticates
+    /// a journal or a bundle cannot authenticate a backup.
+    pub(crate) fn subkey(&self, purpose: &str) -> [u8; 32] {
+        blake3::derive_key(purpose, &self.0)
+    }
+}
+
 /// What a written backup is sealed with: the key, and the environment the
 /// data is from.
 #[derive(Clone)]
@@ -263,10 +271,7 @@ fn write_file(
         .create_new(true)
         .mode(0o600)
         .open(tmp)?;
-    let synced = synced_at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let synced = unix_secs(synced_at);
     let mut hasher = mac_hasher(key, FORMAT_VERSION, synced, env);
     // Stream the body behind a placeholder header, hashing as it goes, so a
     // large environment is not held twice in memory; then fill the header.
@@ -308,6 +313,47 @@ pub fn frame(body: &[u8], seal: &Seal, synced: u64) -> io::Result<Vec<u8>> {
     let mut bytes = header(synced, body.len() as u64, &env, &hasher.finalize());
     bytes.extend_from_slice(body);
     Ok(bytes)
+}
+
+/// `staged` sealed as a backup file's bytes, in memory: the document a hub
+/// sends in a full bundle, and the backup a follower writes from it.
+pub fn seal_staged(staged: &Staged, seal: &Seal, synced_at: SystemTime) -> io::Result<Vec<u8>> {
+    let env = env_field(&seal.environment)?;
+    let synced = unix_secs(synced_at);
+    let mut bytes = vec![0u8; HEADER_LEN];
+    bincode::serde::encode_into_std_write(staged, &mut bytes, bincode::config::standard())
+        .map_err(io::Error::other)?;
+    let body = &bytes[HEADER_LEN..];
+    let mut hasher = mac_hasher(&seal.key, FORMAT_VERSION, synced, &env);
+    hasher.update(body);
+    let header = header(synced, body.len() as u64, &env, &hasher.finalize());
+    bytes[..HEADER_LEN].copy_from_slice(&header);
+    Ok(bytes)
+}
+
+/// Replaces the backup in `dir` (created if missing) with `bytes`, a whole
+/// backup as [`seal_staged`] makes it, atomically as [`write_backup`] does.
+pub fn write_backup_bytes(dir: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
+    create_dir(dir)?;
+    let tmp = temp_path(dir, BACKUP_FILE);
+    let pending = Pending {
+        dir: dir.to_owned(),
+        tmp: Some(tmp.clone()),
+    };
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    pending.commit()
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// [`read_backup`] on bytes in memory; errors name no file.
@@ -441,8 +487,7 @@ const MAX_JOURNAL_BYTES: u64 = 256 << 20;
 
 /// The journal's MAC key: the backup key's, for another purpose.
 fn journal_mac(key: &BackupKey, body: &[u8]) -> blake3::Hash {
-    let key = blake3::derive_key("pdp 2026-12 journal of served writes", &key.0);
-    blake3::keyed_hash(&key, body)
+    blake3::keyed_hash(&key.subkey("pdp 2026-12 journal of served writes"), body)
 }
 
 /// Replaces the journal in `dir` with `writes` (removes it when there are

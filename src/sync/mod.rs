@@ -16,12 +16,15 @@
 //! `metrics` (Prometheus series).
 
 mod backup;
+pub mod bundle;
 mod calls;
 mod client;
+mod hub;
 mod limiter;
 mod metrics;
 mod pages;
 mod state;
+mod upstream;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,18 +33,21 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{watch, Notify};
 
 use crate::config::ApiKey;
-use crate::store::{Provenance, Source, Store};
+use crate::snapshot::Staged;
+use crate::store::{BaseFrame, Provenance, Source, Store};
 
 pub use backup::{
-    decode_backup, frame, read_backup, read_journal, remove_stale_temps, write_backup,
-    write_backup_at, write_journal, Backup, BackupError, BackupKey, Seal, BACKUP_FILE,
-    JOURNAL_FILE,
+    decode_backup, frame, read_backup, read_journal, remove_stale_temps, seal_staged, write_backup,
+    write_backup_at, write_backup_bytes, write_journal, Backup, BackupError, BackupKey, Seal,
+    BACKUP_FILE, JOURNAL_FILE,
 };
 pub use calls::{excerpt, Call, CallLog};
 pub use client::{parse_retry_after, request_id, KeyKind, RequestError};
+pub use hub::Hub;
 pub use limiter::{Class, Limiter};
 pub use metrics::SyncMetrics;
 pub use state::{SyncState, SyncStatus};
+pub use upstream::{FollowConfig, Follower, Target};
 
 use client::Client;
 
@@ -82,6 +88,8 @@ pub struct SyncConfig {
     pub max_sync_bytes: u64,
     /// Where the offline backup lives; `None` disables it.
     pub backup_dir: Option<PathBuf>,
+    /// Keep each document sealed in memory, for followers (`PDP_HUB`).
+    pub hub: bool,
 }
 
 impl Default for SyncConfig {
@@ -104,6 +112,7 @@ impl Default for SyncConfig {
             min_trigger_gap: Duration::from_secs(5),
             max_sync_bytes: 4 << 30,
             backup_dir: None,
+            hub: false,
         }
     }
 }
@@ -120,6 +129,19 @@ pub enum FatalKeyError {
     InvalidKey { control_plane: String, status: u16 },
     #[error("PDP_API_KEY is {} key, but a PDP needs an environment key (one scoped to a project and an environment); copy the environment's API key from Permit (Settings → API Keys)", .got.with_article())]
     WrongKeyKind { got: KeyKind },
+}
+
+/// Why `pdp export` could not read the environment.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Key(#[from] FatalKeyError),
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    #[error(
+        "the control plane did not give the whole environment within {0:?} (PDP_SYNC_DEADLINE)"
+    )]
+    Deadline(Duration),
 }
 
 /// Why one sync failed. The previous snapshot keeps serving in every case.
@@ -150,6 +172,12 @@ pub enum SyncError {
     Build(String),
     #[error("snapshot build task failed: {0}")]
     Internal(String),
+    /// A follower's upstream did not answer with a bundle.
+    #[error("upstream: {0}")]
+    Upstream(String),
+    /// A follower refused what its upstream sent.
+    #[error("upstream bundle refused: {0}")]
+    Refused(String),
 }
 
 impl SyncError {
@@ -170,6 +198,8 @@ impl SyncError {
             SyncError::Deadline { last: None, .. } => "deadline",
             SyncError::Build(_) => "invalid_data",
             SyncError::Internal(_) => "internal",
+            SyncError::Upstream(_) => "upstream",
+            SyncError::Refused(_) => "bundle_refused",
         }
     }
 }
@@ -285,6 +315,23 @@ impl Syncer {
         }
     }
 
+    /// One read of the whole environment, for `pdp export`: the document
+    /// and the environment's id. Bounded by the sync deadline, key
+    /// resolution included.
+    pub async fn fetch_document(&self) -> Result<(Staged, String), ExportError> {
+        let after = self.config.sync_deadline;
+        let fetch = async {
+            let scope = self.resolve_scope().await?;
+            let deadline = Instant::now() + after;
+            let staged =
+                pages::fetch_staged(&self.client, &scope, self.config.per_page, deadline).await?;
+            Ok::<_, ExportError>((staged, scope.environment_id))
+        };
+        tokio::time::timeout(after, fetch)
+            .await
+            .map_err(|_| ExportError::Deadline(after))?
+    }
+
     /// `GET /v2/api-key/scope` until it answers: network errors and 5xx are
     /// retried with back-off; 401 and non-environment keys are fatal.
     async fn resolve_scope(&self) -> Result<client::Scope, FatalKeyError> {
@@ -390,6 +437,7 @@ impl Syncer {
             environment: scope.environment_id.clone(),
         };
         let backed_up = self.backed_up.clone();
+        let hub = self.config.hub;
         // Hashing, building and writing a million-assignment environment
         // takes CPU-seconds; keep it off the runtime's worker threads.
         let (outcome, hash, backup_result, confirmed) = tokio::task::spawn_blocking(move || {
@@ -423,11 +471,27 @@ impl Syncer {
                 store.settle(writes_before);
                 SyncOutcome::Unchanged
             } else {
+                let base = if hub {
+                    let bytes =
+                        backup::seal_staged(&staged, &seal, SystemTime::now()).map_err(|e| {
+                            SyncError::Internal(format!(
+                                "cannot seal the document for followers: {e}"
+                            ))
+                        })?;
+                    Some(Arc::new(BaseFrame {
+                        bytes: bytes.into(),
+                        environment: seal.environment.clone(),
+                    }))
+                } else {
+                    None
+                };
                 let provenance = Provenance {
                     source: Source::ControlPlane,
                     content_hash: Some(hash.clone()),
                     fresh_at: None,
                     writes_before: Some(writes_before),
+                    writes: Vec::new(),
+                    base,
                 };
                 // Dropping the pending backup removes its file.
                 if let Err(e) = store.install(staged, provenance) {
@@ -532,10 +596,35 @@ pub fn restore_backup(
     dir: &std::path::Path,
     key: &BackupKey,
 ) -> Result<bool, BackupError> {
+    restore(store, dir, key, false).map(|env| env.is_some())
+}
+
+/// [`restore_backup`], keeping the backup's bytes with the snapshot when
+/// `hub` (they are what a full bundle carries); returns the environment of
+/// the backup restored.
+pub fn restore(
+    store: &Store,
+    dir: &std::path::Path,
+    key: &BackupKey,
+    hub: bool,
+) -> Result<Option<String>, BackupError> {
+    let path = dir.join(BACKUP_FILE);
     let backup = match read_backup(dir, key) {
         Ok(b) => b,
-        Err(BackupError::Missing(_)) => return Ok(false),
+        Err(BackupError::Missing(_)) => return Ok(None),
         Err(e) => return Err(e),
+    };
+    let base = if hub {
+        let bytes = std::fs::read(&path).map_err(|source| BackupError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Some(Arc::new(BaseFrame {
+            bytes: bytes.into(),
+            environment: backup.environment.clone(),
+        }))
+    } else {
+        None
     };
     // Fresh as of the last sync that wrote or confirmed it, not as of now:
     // under PDP_MAX_STALENESS an old backup must not pass for a current one.
@@ -545,10 +634,12 @@ pub fn restore_backup(
         .map_or(backup.synced_at, |c| c.max(backup.synced_at))
         .min(SystemTime::now());
     let provenance = Provenance {
-        source: Source::Backup(dir.join(BACKUP_FILE)),
+        source: Source::Backup(path),
         content_hash: Some(backup.content_hash),
         fresh_at: Some(fresh_at),
         writes_before: None,
+        writes: Vec::new(),
+        base,
     };
     store
         .install(backup.staged, provenance)
@@ -568,7 +659,7 @@ pub fn restore_backup(
         }
         Err(e) => tracing::warn!(error = %e, "the journal of served writes is ignored"),
     }
-    Ok(true)
+    Ok(Some(backup.environment))
 }
 
 /// Resolves when the shutdown flag is (or becomes) true, or its sender is gone.

@@ -16,6 +16,8 @@ pub struct SyncState {
     /// The key's project and environment, once resolved: the path of the
     /// facts proxy's requests.
     scope: OnceLock<(String, String)>,
+    /// The environment served: the key's, or a follower's upstream's.
+    environment: OnceLock<String>,
     /// The calls made to the control plane, and whether any may be made.
     pub calls: CallLog,
 }
@@ -23,7 +25,8 @@ pub struct SyncState {
 /// A point-in-time view. Times are unix seconds so the JSON is plain.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct SyncStatus {
-    /// `starting`, `resolving_key_scope`, `fetching`, `building`, `idle`.
+    /// `starting`, `resolving_key_scope`, `fetching`, `building`, `idle`,
+    /// `disconnected`; a follower: `fetching`, `long_polling`, `idle`.
     pub phase: &'static str,
     pub last_attempt_unix: Option<u64>,
     pub last_success_unix: Option<u64>,
@@ -54,6 +57,16 @@ impl SyncState {
 
     pub(super) fn set_scope(&self, project: &str, environment: &str) {
         let _ = self.scope.set((project.to_owned(), environment.to_owned()));
+        self.set_environment(environment);
+    }
+
+    pub(super) fn set_environment(&self, environment: &str) {
+        let _ = self.environment.set(environment.to_owned());
+    }
+
+    /// The environment served, once known.
+    pub fn environment(&self) -> Option<&str> {
+        self.environment.get().map(String::as_str)
     }
 
     /// The key's `(project, environment)`, once the sync has resolved it.

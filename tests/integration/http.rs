@@ -874,6 +874,7 @@ async fn the_handler_answers_without_a_socket() {
         heavy: Default::default(),
         facts: None,
         decision_log: None,
+        hub: None,
     };
     let call = |method: &str, path: &str, key: Option<&str>, body: &str| {
         let mut req = http::Request::builder()

@@ -135,6 +135,7 @@ fn config(fake: &FakeControlPlane) -> SyncConfig {
         min_trigger_gap: Duration::ZERO,
         max_sync_bytes: 1 << 30,
         backup_dir: None,
+        hub: false,
     }
 }
 

@@ -141,6 +141,7 @@ fn serve(port: u16, doc: &pdp::model::DataDocument, pending: usize, n_queries: u
             heavy: pdp::http::HeavyWork::default(),
             facts: None,
             decision_log: None,
+            hub: None,
         });
         eprintln!("writes_bench: serving on 127.0.0.1:{port} with {pending} writes pending");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -71,6 +71,7 @@ impl TestServer {
             heavy: Default::default(),
             facts: None,
             decision_log: None,
+            hub: None,
         });
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(pdp::http::serve(app, listener, async {

@@ -1,0 +1,413 @@
+//! The hub's side of a fleet (docs/fleet.md): `GET /v1/snapshot` hands the
+//! serving snapshot to followers as a [`bundle`](super::bundle).
+//!
+//! A version names what is served: this process, the store's generation
+//! (a new document, or writes let go) and the last write applied over it,
+//! as the `ETag` `"{instance}.{generation}.{last_write}"`. A follower that
+//! names the current version in `If-None-Match` gets a 304, after holding
+//! the request up to `Prefer: wait=N` seconds (at most 60) for a change; one
+//! that names an earlier version of the same generation gets a delta, the
+//! writes since; any other gets the full bundle, encoded once per version
+//! and shared by every follower that asks for it.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use tokio::sync::{watch, OnceCell};
+
+use super::backup::BackupKey;
+use super::bundle::{self, Kind};
+use crate::http::ApiError;
+use crate::store::{Loaded, Since, Store};
+
+/// The longest `Prefer: wait` honoured.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Bodies shorter than this are sent as they are, asked to compress or not.
+const COMPRESS_FROM: usize = 1024;
+
+pub struct Hub {
+    store: Arc<Store>,
+    key: BackupKey,
+    /// Random per process: a version named by another process's run is
+    /// not one this one can make a delta from.
+    instance: String,
+    /// The last full bundle, by version.
+    full: Mutex<Option<Arc<Encoded>>>,
+    stop: watch::Receiver<bool>,
+    metrics: HubMetrics,
+}
+
+/// A full bundle of one version, encoded when first asked for.
+struct Encoded {
+    version: String,
+    plain: OnceCell<Bytes>,
+    gzip: OnceCell<Bytes>,
+}
+
+struct HubMetrics {
+    /// Answers by kind: full, delta, not_modified.
+    answers: IntCounterVec,
+    /// Body bytes sent, by kind.
+    bytes: IntCounterVec,
+    waiting: IntGauge,
+}
+
+impl HubMetrics {
+    fn register(registry: &Registry) -> prometheus::Result<HubMetrics> {
+        let m = HubMetrics {
+            answers: IntCounterVec::new(
+                Opts::new(
+                    "pdp_hub_answers_total",
+                    "GET /v1/snapshot answers, by kind: full, delta, not_modified",
+                ),
+                &["kind"],
+            )?,
+            bytes: IntCounterVec::new(
+                Opts::new(
+                    "pdp_hub_sent_bytes_total",
+                    "Bundle bytes sent to followers, by kind (after compression)",
+                ),
+                &["kind"],
+            )?,
+            waiting: IntGauge::new(
+                "pdp_hub_long_polls",
+                "Followers' requests held open until the snapshot changes",
+            )?,
+        };
+        for kind in ["full", "delta", "not_modified"] {
+            m.answers.with_label_values(&[kind]);
+        }
+        for kind in ["full", "delta"] {
+            m.bytes.with_label_values(&[kind]);
+        }
+        registry.register(Box::new(m.answers.clone()))?;
+        registry.register(Box::new(m.bytes.clone()))?;
+        registry.register(Box::new(m.waiting.clone()))?;
+        Ok(m)
+    }
+}
+
+/// Counts a long poll for as long as it is held.
+struct Waiting<'a>(&'a IntGauge);
+
+impl<'a> Waiting<'a> {
+    fn begin(gauge: &'a IntGauge) -> Self {
+        gauge.inc();
+        Waiting(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Hub {
+    pub fn new(
+        store: Arc<Store>,
+        key: BackupKey,
+        stop: watch::Receiver<bool>,
+        registry: &Registry,
+    ) -> prometheus::Result<Hub> {
+        Ok(Hub {
+            store,
+            key,
+            instance: format!("{:016x}", rand::random::<u64>()),
+            full: Mutex::new(None),
+            stop,
+            metrics: HubMetrics::register(registry)?,
+        })
+    }
+
+    fn version(&self, loaded: &Loaded) -> String {
+        format!(
+            "{}.{}.{}",
+            self.instance, loaded.meta.generation, loaded.meta.last_write
+        )
+    }
+
+    /// `(generation, last_write)` of a version this process made.
+    fn parse(&self, version: &str) -> Option<(u64, u64)> {
+        let mut parts = version.split('.');
+        let (instance, generation, last) = (parts.next()?, parts.next()?, parts.next()?);
+        if instance != self.instance || parts.next().is_some() {
+            return None;
+        }
+        Some((generation.parse().ok()?, last.parse().ok()?))
+    }
+
+    /// Answers `GET /v1/snapshot`.
+    pub async fn serve(&self, headers: &HeaderMap) -> Result<Response<Full<Bytes>>, ApiError> {
+        let named = if_none_match(headers);
+        let known = named.as_deref().and_then(|v| self.parse(v));
+        let gzip = accepts_gzip(headers);
+        let deadline = Instant::now() + prefer_wait(headers);
+        let mut changes = self.store.changes();
+        let mut stop = self.stop.clone();
+        let _waiting = (deadline > Instant::now()).then(|| Waiting::begin(&self.metrics.waiting));
+        loop {
+            changes.borrow_and_update();
+            // An unknown version (or none) is of no generation: a full bundle.
+            let (generation, last) = known.unwrap_or((u64::MAX, 0));
+            let (kind, body, version, compressed) = match self.store.since(generation, last) {
+                Since::Nothing => return Err(not_ready("no snapshot is loaded yet")),
+                Since::Current(loaded) => {
+                    let now = Instant::now();
+                    if now < deadline && !*stop.borrow() {
+                        tokio::select! {
+                            _ = changes.changed() => {}
+                            () = tokio::time::sleep_until(deadline.into()) => {}
+                            _ = stop.changed() => {}
+                        }
+                        continue;
+                    }
+                    self.metrics
+                        .answers
+                        .with_label_values(&["not_modified"])
+                        .inc();
+                    return Ok(answer(
+                        StatusCode::NOT_MODIFIED,
+                        &self.version(&loaded),
+                        None,
+                        Bytes::new(),
+                        false,
+                    ));
+                }
+                Since::Writes(loaded, writes) => {
+                    let base = loaded.base.as_ref().ok_or_else(no_base)?;
+                    let version = self.version(&loaded);
+                    let plain = bundle::encode(
+                        &self.key,
+                        Kind::Delta,
+                        &version,
+                        named.as_deref(),
+                        &base.environment,
+                        None,
+                        &writes,
+                    );
+                    let compressed = gzip && plain.len() >= COMPRESS_FROM;
+                    let body = if compressed {
+                        gzipped(&plain)
+                    } else {
+                        Bytes::from(plain)
+                    };
+                    (Kind::Delta, body, version, compressed)
+                }
+                Since::Full(loaded, writes) => {
+                    let version = self.version(&loaded);
+                    let body = self.full(&loaded, &version, writes, gzip).await?;
+                    (Kind::Full, body, version, gzip)
+                }
+            };
+            let label = kind.label();
+            self.metrics.answers.with_label_values(&[label]).inc();
+            self.metrics
+                .bytes
+                .with_label_values(&[label])
+                .inc_by(body.len() as u64);
+            return Ok(answer(
+                StatusCode::OK,
+                &version,
+                Some(kind),
+                body,
+                compressed,
+            ));
+        }
+    }
+
+    /// The full bundle of `loaded`, encoded (and compressed) once per
+    /// version on a blocking thread: a million assignments are tens of MB.
+    async fn full(
+        &self,
+        loaded: &Arc<Loaded>,
+        version: &str,
+        writes: Vec<crate::snapshot::Write>,
+        gzip: bool,
+    ) -> Result<Bytes, ApiError> {
+        let base = loaded.base.clone().ok_or_else(no_base)?;
+        let encoded = {
+            let mut slot = self.full.lock().unwrap_or_else(|p| p.into_inner());
+            match &*slot {
+                Some(e) if e.version == version => e.clone(),
+                _ => {
+                    let e = Arc::new(Encoded {
+                        version: version.to_owned(),
+                        plain: OnceCell::new(),
+                        gzip: OnceCell::new(),
+                    });
+                    *slot = Some(e.clone());
+                    e
+                }
+            }
+        };
+        let key = self.key.clone();
+        let owned = version.to_owned();
+        let plain = encoded
+            .plain
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || {
+                    Bytes::from(bundle::encode(
+                        &key,
+                        Kind::Full,
+                        &owned,
+                        None,
+                        &base.environment,
+                        Some(&base.bytes),
+                        &writes,
+                    ))
+                })
+                .await
+                .map_err(|e| ApiError::Encode(e.to_string()))
+            })
+            .await?
+            .clone();
+        if !gzip {
+            return Ok(plain);
+        }
+        encoded
+            .gzip
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || gzipped(&plain))
+                    .await
+                    .map_err(|e| ApiError::Encode(e.to_string()))
+            })
+            .await
+            .cloned()
+    }
+}
+
+fn answer(
+    status: StatusCode,
+    version: &str,
+    kind: Option<Kind>,
+    body: Bytes,
+    compressed: bool,
+) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        h.insert(header::ETAG, etag);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if let Some(kind) = kind {
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(bundle::MEDIA_TYPE),
+        );
+        h.insert("x-pdp-bundle", HeaderValue::from_static(kind.label()));
+    }
+    if compressed {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    resp
+}
+
+fn gzipped(bytes: &[u8]) -> Bytes {
+    use std::io::Write;
+    let mut gz = GzEncoder::new(Vec::with_capacity(bytes.len() / 3), Compression::fast());
+    // Writing into a Vec cannot fail.
+    let _ = gz.write_all(bytes);
+    Bytes::from(gz.finish().unwrap_or_default())
+}
+
+fn not_ready(why: &str) -> ApiError {
+    ApiError::NotReady(why.to_owned())
+}
+
+fn no_base() -> ApiError {
+    not_ready("the serving snapshot was not loaded from a control-plane sync, a backup or an upstream, so there is no bundle of it")
+}
+
+/// The first entity tag of `If-None-Match`, unquoted (weak or strong).
+fn if_none_match(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::IF_NONE_MATCH)?.to_str().ok()?;
+    let first = v.split(',').next()?.trim();
+    let first = first.strip_prefix("W/").unwrap_or(first);
+    Some(first.trim_matches('"').to_owned())
+}
+
+/// `Prefer: wait=N` (RFC 7240), at most [`MAX_WAIT`]; a preference that
+/// does not parse is ignored, as the RFC asks.
+fn prefer_wait(headers: &HeaderMap) -> Duration {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .filter_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            k.trim()
+                .eq_ignore_ascii_case("wait")
+                .then(|| v.trim().trim_matches('"').parse::<u64>().ok())?
+        })
+        .next()
+        .map_or(Duration::ZERO, |s| Duration::from_secs(s).min(MAX_WAIT))
+}
+
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let refused = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    == Some(0.0)
+            });
+            name.eq_ignore_ascii_case("gzip") && !refused
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn request_headers_are_read_as_their_rfcs_say() {
+        assert_eq!(
+            prefer_wait(&headers(&[("prefer", "wait=30")])),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            prefer_wait(&headers(&[("prefer", "respond-async, wait=600")])),
+            MAX_WAIT
+        );
+        assert_eq!(
+            prefer_wait(&headers(&[("prefer", "wait=soon")])),
+            Duration::ZERO
+        );
+        assert_eq!(prefer_wait(&headers(&[])), Duration::ZERO);
+        assert_eq!(
+            if_none_match(&headers(&[("if-none-match", "W/\"a.1.2\", \"b\"")])).as_deref(),
+            Some("a.1.2")
+        );
+        assert!(accepts_gzip(&headers(&[(
+            "accept-encoding",
+            "br, gzip;q=0.5"
+        )])));
+        assert!(!accepts_gzip(&headers(&[("accept-encoding", "gzip;q=0")])));
+        assert!(!accepts_gzip(&headers(&[("accept-encoding", "identity")])));
+    }
+}
