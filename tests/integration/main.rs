@@ -7,6 +7,7 @@ mod authzen;
 mod binary;
 mod decision_logs;
 mod facts;
+mod fleet;
 mod generated;
 mod http;
 mod props;
