@@ -505,3 +505,47 @@ async fn bundles_of_another_environment_or_with_a_wrong_tag_are_refused_with_the
     assert!(follower.allowed("alice", "read", doc_in("default")).await);
     assert!(!follower.allowed("bob", "write", doc_in("default")).await);
 }
+
+#[tokio::test]
+async fn a_followers_decisions_reach_the_control_plane_through_the_hub_once() {
+    let cp = FakeControlPlane::start(&environment(), Shape::Paged).await;
+    let fast = ("PDP_DECISION_LOGS_MAX_DELAY", "1s");
+    let hub = Proc::start(&[
+        ("PDP_CONTROL_PLANE", &cp.url()),
+        ("PDP_SYNC_INTERVAL", "1h"),
+        ("PDP_HUB", "true"),
+        fast,
+    ])
+    .await;
+    let a = Proc::start(&[("PDP_UPSTREAM_URL", &hub.url), fast]).await;
+    let q = json!({"user": {"key": "alice"}, "action": "read", "resource": doc_in("default")});
+    let resp = reqwest::Client::new()
+        .post(format!("{}/allowed", a.url))
+        .bearer_auth(ENV_KEY)
+        .json(&q)
+        .send()
+        .await
+        .unwrap();
+    let id = resp.headers()["x-decision-id"].to_str().unwrap().to_owned();
+    let with_id = || {
+        cp.ingress_chunks()
+            .iter()
+            .filter(|c| c.status == 204)
+            .flat_map(|c| c.events.clone().unwrap_or_default())
+            .filter(|e| e["decision_id"] == id.as_str())
+            .collect::<Vec<Value>>()
+    };
+    assert!(
+        eventually(Duration::from_secs(15), || async { !with_id().is_empty() }).await,
+        "the follower's decision did not reach the control plane"
+    );
+    // Shipped by the hub, in its own uploads, as the follower made it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let events = with_id();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["path"], "permit/root");
+    assert_eq!(events[0]["input"], q);
+    assert_eq!(events[0]["result"]["allow"], true);
+    let (status, _) = hub.post("/v1/decision_logs/ingress", json!("not events")).await;
+    assert_eq!(status, 422);
+}
