@@ -324,6 +324,7 @@ pub async fn run(
                     url: url.clone(),
                     api_key,
                     request_timeout: config.sync_request_timeout,
+                    deadline: config.sync_deadline,
                     interval: config.sync_interval,
                     backup_dir: config.backup_dir.clone(),
                     hub: config.hub,

@@ -39,7 +39,12 @@ pub struct FollowConfig {
     /// `PDP_UPSTREAM_URL`: a PDP (no path) or a bundle file (a path).
     pub url: String,
     pub api_key: ApiKey,
+    /// The most a request may wait for each read (a long poll's answer
+    /// comes within [`LONG_POLL`] more).
     pub request_timeout: Duration,
+    /// The most one whole request may take, a full bundle's body
+    /// included (`PDP_SYNC_DEADLINE`).
+    pub deadline: Duration,
     /// Between polls of a bundle file.
     pub interval: Duration,
     pub backup_dir: Option<PathBuf>,
@@ -98,9 +103,13 @@ impl Follower {
         metrics: Arc<SyncMetrics>,
         environment: Option<String>,
     ) -> Result<Follower, reqwest::Error> {
+        // A stalled connection is given up after a read timeout, a slow
+        // one with a large bundle only at the deadline.
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
+            .read_timeout(LONG_POLL + config.request_timeout)
+            .timeout(config.deadline)
             .user_agent(concat!("pdp/", env!("CARGO_PKG_VERSION"), " (follower)"))
             .build()?;
         if let Some(env) = &environment {
@@ -190,15 +199,12 @@ impl Follower {
                 self.state.set_phase("long_polling");
                 request = request
                     .header(header::IF_NONE_MATCH, format!("\"{version}\""))
-                    .header("prefer", format!("wait={}", LONG_POLL.as_secs()))
-                    .timeout(LONG_POLL + self.config.request_timeout);
+                    .header("prefer", format!("wait={}", LONG_POLL.as_secs()));
             }
             (Target::File(_), _, Some(etag)) => {
-                request = request
-                    .header(header::IF_NONE_MATCH, etag.as_str())
-                    .timeout(self.config.request_timeout);
+                request = request.header(header::IF_NONE_MATCH, etag.as_str());
             }
-            _ => request = request.timeout(self.config.request_timeout),
+            _ => {}
         }
         let path = reqwest::Url::parse(&url).map_or_else(|_| url.clone(), |u| u.path().to_owned());
         let mut call = Call::new("upstream", "GET", path, "other");
