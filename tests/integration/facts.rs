@@ -689,13 +689,14 @@ async fn the_dashboard_queries_only_exported_series() {
 
     // One of everything: a decision (and its upload to the decision-log
     // ingress), a failed and a successful sync, a 429, a write through the
-    // proxy.
+    // proxy; as a hub, for the fleet's series.
     let cp = FakeControlPlane::start(&environment(), Shape::Paged).await;
     let pdp = Pdp::start(
         &cp,
         &[
             ("PDP_SYNC_DEADLINE", "2s"),
             ("PDP_DECISION_LOGS_MAX_DELAY", "1s"),
+            ("PDP_HUB", "true"),
         ],
     )
     .await;
