@@ -546,6 +546,8 @@ async fn a_followers_decisions_reach_the_control_plane_through_the_hub_once() {
     assert_eq!(events[0]["path"], "permit/root");
     assert_eq!(events[0]["input"], q);
     assert_eq!(events[0]["result"]["allow"], true);
-    let (status, _) = hub.post("/v1/decision_logs/ingress", json!("not events")).await;
+    let (status, _) = hub
+        .post("/v1/decision_logs/ingress", json!("not events"))
+        .await;
     assert_eq!(status, 422);
 }
