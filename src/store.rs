@@ -140,6 +140,8 @@ pub struct Store {
     pub writes_changed: Notify,
     /// Bumped on every change of the served snapshot: long polls wait on it.
     changed: watch::Sender<u64>,
+    /// Bumped whenever the snapshot is confirmed current.
+    confirmed: watch::Sender<u64>,
     generations: AtomicU64,
 }
 
@@ -190,6 +192,7 @@ impl Default for Store {
             pending: Mutex::default(),
             writes_changed: Notify::new(),
             changed: watch::Sender::new(0),
+            confirmed: watch::Sender::new(0),
             generations: AtomicU64::default(),
         }
     }
@@ -203,6 +206,11 @@ impl Store {
     /// Changes whenever the served snapshot does.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// Changes whenever the served snapshot is confirmed current.
+    pub fn confirmations(&self) -> watch::Receiver<u64> {
+        self.confirmed.subscribe()
     }
 
     /// What was served at `(generation, last_write)` lacks of what is
@@ -464,15 +472,17 @@ impl Store {
     /// Records that the control plane confirmed the serving snapshot is current.
     pub fn mark_fresh(&self) {
         self.confirmed_ms.store(now_ms(), Ordering::Relaxed);
+        self.confirmed.send_modify(|n| *n += 1);
     }
 
     /// Records when the serving snapshot was last known current.
-    fn mark_fresh_at(&self, at: SystemTime) {
+    pub fn mark_fresh_at(&self, at: SystemTime) {
         let ms = at
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or_default();
         self.confirmed_ms.store(ms, Ordering::Relaxed);
+        self.confirmed.send_modify(|n| *n += 1);
     }
 
     /// Time since the snapshot was last swapped in or confirmed current.

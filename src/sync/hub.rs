@@ -8,7 +8,10 @@
 //! the request up to `Prefer: wait=N` seconds (at most 60) for a change; one
 //! that names an earlier version of the same generation gets a delta, the
 //! writes since; any other gets the full bundle, encoded once per version
-//! and shared by every follower that asks for it.
+//! and shared by every follower that asks for it. Every answer says how
+//! long ago the hub's snapshot was confirmed current ([`AGE_HEADER`]), and
+//! a held poll is answered when it is confirmed again, so a follower is
+//! exactly as fresh as its hub.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,6 +33,10 @@ use crate::store::{Loaded, Since, Store};
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 /// Bodies shorter than this are sent as they are, asked to compress or not.
 const COMPRESS_FROM: usize = 1024;
+/// How long ago the hub's snapshot was last known current (a sync that
+/// swapped or confirmed it), in milliseconds: a follower is as fresh as its
+/// hub, so `PDP_MAX_STALENESS` holds across the fleet.
+pub const AGE_HEADER: &str = "x-pdp-snapshot-age-ms";
 
 pub struct Hub {
     store: Arc<Store>,
@@ -150,6 +157,11 @@ impl Hub {
         let gzip = accepts_gzip(headers);
         let deadline = Instant::now() + prefer_wait(headers);
         let mut changes = self.store.changes();
+        let mut confirmations = self.store.confirmations();
+        confirmations.borrow_and_update();
+        // Answered at once after a confirmation, so the follower learns how
+        // fresh the hub is now (its staleness limit is measured by it).
+        let mut confirmed = false;
         let mut stop = self.stop.clone();
         let _waiting = (deadline > Instant::now()).then(|| Waiting::begin(&self.metrics.waiting));
         loop {
@@ -160,9 +172,10 @@ impl Hub {
                 Since::Nothing => return Err(not_ready("no snapshot is loaded yet")),
                 Since::Current(loaded) => {
                     let now = Instant::now();
-                    if now < deadline && !*stop.borrow() {
+                    if now < deadline && !*stop.borrow() && !confirmed {
                         tokio::select! {
                             _ = changes.changed() => {}
+                            _ = confirmations.changed() => confirmed = true,
                             () = tokio::time::sleep_until(deadline.into()) => {}
                             _ = stop.changed() => {}
                         }
@@ -173,6 +186,7 @@ impl Hub {
                         .with_label_values(&["not_modified"])
                         .inc();
                     return Ok(answer(
+                        self.store.freshness_age(),
                         StatusCode::NOT_MODIFIED,
                         &self.version(&loaded),
                         None,
@@ -213,6 +227,7 @@ impl Hub {
                 .with_label_values(&[label])
                 .inc_by(body.len() as u64);
             return Ok(answer(
+                self.store.freshness_age(),
                 StatusCode::OK,
                 &version,
                 Some(kind),
@@ -284,6 +299,7 @@ impl Hub {
 }
 
 fn answer(
+    age: Duration,
     status: StatusCode,
     version: &str,
     kind: Option<Kind>,
@@ -308,6 +324,7 @@ fn answer(
     if compressed {
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
+    h.insert(AGE_HEADER, HeaderValue::from(age.as_millis() as u64));
     resp
 }
 

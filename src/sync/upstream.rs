@@ -233,6 +233,13 @@ impl Follower {
             .get(header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        // As fresh as the hub; a bundle file, as of when it was read.
+        let fresh_at = response
+            .headers()
+            .get(super::hub::AGE_HEADER)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .and_then(|ms| SystemTime::now().checked_sub(Duration::from_millis(ms)))
+            .unwrap_or_else(SystemTime::now);
         let body = read_limited(response).await;
         if !status.is_success() && status != http::StatusCode::NOT_MODIFIED {
             let why = body
@@ -251,11 +258,12 @@ impl Follower {
                     "{url} answered 304 to a request that named no version"
                 )));
             }
-            store.mark_fresh();
+            store.mark_fresh_at(fresh_at);
             return Ok(SyncOutcome::Unchanged);
         }
         let body = body.map_err(|e| SyncError::Upstream(format!("{url}: {e}")))?;
         let outcome = self.apply(store, body, writes_before).await?;
+        store.mark_fresh_at(fresh_at);
         if matches!(self.target, Target::File(_)) {
             self.etag = etag;
         }

@@ -551,3 +551,45 @@ async fn a_followers_decisions_reach_the_control_plane_through_the_hub_once() {
         .await;
     assert_eq!(status, 422);
 }
+
+#[tokio::test]
+async fn a_follower_is_as_stale_as_its_hub() {
+    let cp = FakeControlPlane::start(&environment(), Shape::Paged).await;
+    let hub = Proc::start(&[
+        ("PDP_CONTROL_PLANE", &cp.url()),
+        ("PDP_SYNC_INTERVAL", "1s"),
+        ("PDP_HUB", "true"),
+    ])
+    .await;
+    let a = Proc::start(&[("PDP_UPSTREAM_URL", &hub.url), ("PDP_MAX_STALENESS", "3s")]).await;
+    let age = hub.get("/v1/snapshot", &[]).await.headers()["x-pdp-snapshot-age-ms"]
+        .to_str()
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    assert!(age < 3_000, "{age} ms");
+    assert!(a.allowed("alice", "read", doc_in("default")).await);
+    // The control plane goes away: the hub stops confirming its snapshot,
+    // and the follower, which still reaches the hub, goes stale with it.
+    cp.go_down();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            let q =
+                json!({"user": {"key": "alice"}, "action": "read", "resource": doc_in("default")});
+            a.post("/allowed", q).await.0 == 503
+        })
+        .await,
+        "the follower kept answering past the staleness limit"
+    );
+    cp.come_up();
+    // The hub's next sync comes after its back-off.
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            let q =
+                json!({"user": {"key": "alice"}, "action": "read", "resource": doc_in("default")});
+            a.post("/allowed", q).await.0 == 200
+        })
+        .await,
+        "the follower did not recover with its hub"
+    );
+}
