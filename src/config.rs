@@ -773,6 +773,70 @@ mod tests {
     }
 
     #[test]
+    fn a_follower_names_its_upstream_and_a_hub_syncs_itself() {
+        let key = ("PDP_API_KEY", "permit_key_x");
+        let c = Config::load(
+            None,
+            &env(&[key, ("PDP_UPSTREAM_URL", "http://pdp-hub:7766/")]),
+        )
+        .unwrap();
+        assert_eq!(c.mode(), Mode::Upstream("http://pdp-hub:7766".into()));
+        assert_eq!(c.decision_logs, Some(Destination::ControlPlane));
+        // A bundle file takes no decision logs.
+        let c = Config::load(
+            None,
+            &env(&[key, ("PDP_UPSTREAM_URL", "https://cdn.example/b.bin")]),
+        )
+        .unwrap();
+        assert_eq!(c.decision_logs, None);
+        assert!(
+            Config::load(None, &env(&[key, ("PDP_HUB", "true")]))
+                .unwrap()
+                .hub
+        );
+
+        for (pairs, names) in [
+            (
+                vec![
+                    key,
+                    ("PDP_UPSTREAM_URL", "http://h:7766"),
+                    ("PDP_DATA_FILE", "env.json"),
+                ],
+                &["PDP_UPSTREAM_URL", "PDP_DATA_FILE"][..],
+            ),
+            (
+                vec![("PDP_UPSTREAM_URL", "http://h:7766")],
+                &["PDP_API_KEY"],
+            ),
+            (
+                vec![key, ("PDP_UPSTREAM_URL", "ftp://h/b.bin")],
+                &["PDP_UPSTREAM_URL"],
+            ),
+            (vec![("PDP_HUB", "true")], &["PDP_HUB"]),
+            (
+                vec![key, ("PDP_HUB", "true"), ("PDP_DATA_FILE", "env.json")],
+                &["PDP_HUB"],
+            ),
+            (
+                vec![
+                    key,
+                    ("PDP_UPSTREAM_URL", "https://cdn.example/b.bin"),
+                    ("PDP_DECISION_LOGS", "control-plane"),
+                ],
+                &["PDP_DECISION_LOGS"],
+            ),
+        ] {
+            let errors = Config::load(None, &env(&pairs)).unwrap_err();
+            for name in names {
+                assert!(
+                    errors.iter().any(|e| e.contains(name)),
+                    "{pairs:?}: {errors:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn the_key_is_never_printed_and_matches_only_itself() {
         let c = Config::load(None, &env(&[("PDP_API_KEY", "permit_key_s3cr3t")])).unwrap();
         let printed = format!("{c:?}");

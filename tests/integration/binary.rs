@@ -213,3 +213,48 @@ async fn a_hangup_during_the_first_load_is_a_reload_not_an_exit() {
     let log = drain.join().unwrap();
     assert!(log.contains("SIGHUP: refresh requested"), "{log}");
 }
+
+#[test]
+fn export_refuses_what_it_cannot_do_with_a_clear_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bundle.bin");
+    // No --out: a usage error.
+    let run = pdp().arg("export").output().unwrap();
+    assert_eq!(run.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("--out"));
+    // No key to authenticate the bundle with.
+    let run = pdp()
+        .args(["export", "--out"])
+        .arg(&out)
+        .env("PDP_DATA_FILE", "config/example-data.json")
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("PDP_API_KEY"));
+    // A broken data file.
+    let broken = dir.path().join("env.json");
+    std::fs::write(&broken, "{").unwrap();
+    let run = pdp()
+        .args(["export", "--out"])
+        .arg(&out)
+        .env("PDP_API_KEY", "permit_key_x")
+        .env("PDP_DATA_FILE", &broken)
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(65));
+    // No control plane within the deadline.
+    let run = pdp()
+        .args(["export", "--out"])
+        .arg(&out)
+        .env("PDP_API_KEY", "permit_key_x")
+        .env("PDP_CONTROL_PLANE", "http://127.0.0.1:9")
+        .env("PDP_SYNC_DEADLINE", "1s")
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(69));
+    assert!(!out.exists(), "nothing is written when the export fails");
+    // An unknown command.
+    let run = pdp().arg("serve-please").output().unwrap();
+    assert_eq!(run.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("usage"));
+}

@@ -593,3 +593,39 @@ async fn a_follower_is_as_stale_as_its_hub() {
         "the follower did not recover with its hub"
     );
 }
+
+#[tokio::test]
+async fn export_reads_the_control_plane_once_into_a_bundle_of_its_environment() {
+    let cp = FakeControlPlane::start(&environment(), Shape::Paged).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bundle.bin");
+    // The fake answers on this test's runtime: the export runs aside.
+    let (url, file) = (cp.url(), out.clone());
+    let status = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_pdp"))
+            .args(["export", "--out"])
+            .arg(&file)
+            .env_clear()
+            .env("PDP_API_KEY", ENV_KEY)
+            .env("PDP_CONTROL_PLANE", url)
+            .env("PDP_LOG_LEVEL", "warn")
+            .status()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(status.success());
+    let key = BackupKey::derive(&ApiKey::new(ENV_KEY));
+    let b = bundle::decode(std::fs::read(&out).unwrap().into(), &key).unwrap();
+    assert_eq!(b.kind, Kind::Full);
+    let scope = cp
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/v2/api-key/scope")
+        .expect("the key's scope was read");
+    assert_eq!(scope.status, 200);
+    let doc = pdp::sync::decode_backup(&b.base.unwrap(), &key).unwrap();
+    assert_eq!(doc.environment, b.environment);
+    assert!(!b.environment.is_empty());
+    assert!(b.writes.is_empty());
+}
