@@ -294,13 +294,8 @@ pub async fn run(
             )?));
             control_plane = Some((state.clone(), syncer.limiter()));
             if let Some(dir) = backup_dir {
-                tokio::spawn(keep_journal(
-                    store.clone(),
-                    dir,
-                    key,
-                    state.clone(),
-                    stop_rx.clone(),
-                ));
+                let journal = keep_journal(store.clone(), dir, key, state.clone(), stop_rx.clone());
+                tokio::spawn(journal);
             }
             sync_state = Some(state);
             sync_task = Some(tokio::spawn(sync::supervise(
@@ -361,13 +356,8 @@ pub async fn run(
                 control_plane = Some((state.clone(), limiter));
             }
             if let Some(dir) = config.backup_dir.clone() {
-                tokio::spawn(keep_journal(
-                    store.clone(),
-                    dir,
-                    key,
-                    state.clone(),
-                    stop_rx.clone(),
-                ));
+                let journal = keep_journal(store.clone(), dir, key, state.clone(), stop_rx.clone());
+                tokio::spawn(journal);
             }
             sync_state = Some(state);
             let (store, stop) = (store.clone(), stop_rx.clone());

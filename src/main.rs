@@ -95,15 +95,9 @@ fn main() -> ExitCode {
         Command::Export { out, environment } => (out, environment),
         Command::Serve => return serve(config),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            error!(error = %e, "cannot start the runtime");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let bundle = match runtime.block_on(pdp::export(&config, environment.as_deref())) {
         Ok(b) => b,
@@ -166,15 +160,9 @@ fn serve(mut config: Config) -> ExitCode {
         );
         config.host = IpAddr::V4(Ipv4Addr::LOCALHOST);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            error!(error = %e, "cannot start the runtime");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     // Every idle keep-alive client holds a descriptor; the shell's soft
     // limit (often 1,024) is no limit for a server.
@@ -228,6 +216,16 @@ fn serve(mut config: Config) -> ExitCode {
             }
         }
     })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            error!(error = %e, "cannot start the runtime");
+            ExitCode::FAILURE
+        })
 }
 
 fn init_tracing(config: &Config) {

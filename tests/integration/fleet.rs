@@ -108,6 +108,15 @@ impl Proc {
         body["allow"].as_bool().expect("allow")
     }
 
+    /// Waits, up to `limit`, for this PDP to serve [`with_editor_bob`].
+    async fn comes_to_allow_bob_to_write(&self, limit: Duration) {
+        assert!(
+            eventually(limit, || self.allowed("bob", "write", doc_in("default"))).await,
+            "{} did not come to serve the new document",
+            self.url
+        );
+    }
+
     async fn health(&self) -> Value {
         self.get("/health", &[]).await.json().await.unwrap()
     }
@@ -159,16 +168,7 @@ async fn a_change_at_the_control_plane_reaches_both_followers_through_the_hub() 
     let (status, _) = hub.post("/sync", json!({})).await;
     assert_eq!(status, 202);
     for p in [&a, &b] {
-        assert!(
-            eventually(Duration::from_secs(10), || p.allowed(
-                "bob",
-                "write",
-                doc_in("default")
-            ))
-            .await,
-            "{} did not take the hub's new snapshot",
-            p.url
-        );
+        p.comes_to_allow_bob_to_write(Duration::from_secs(10)).await;
         let health = p.health().await;
         assert_eq!(health["snapshot"]["source"]["kind"], "upstream", "{health}");
     }
@@ -299,16 +299,7 @@ async fn with_the_hub_down_followers_keep_serving_and_catch_up_when_it_returns()
     cp.set_document(&with_editor_bob());
     hub.restart().await;
     for p in [&a, &b] {
-        assert!(
-            eventually(Duration::from_secs(20), || p.allowed(
-                "bob",
-                "write",
-                doc_in("default")
-            ))
-            .await,
-            "{} did not catch up",
-            p.url
-        );
+        p.comes_to_allow_bob_to_write(Duration::from_secs(20)).await;
     }
 }
 
@@ -412,15 +403,9 @@ async fn a_follower_behind_nginx_serves_an_exported_bundle_and_its_updates() {
     );
 
     export(&with_editor_bob(), &file);
-    assert!(
-        eventually(Duration::from_secs(10), || follower.allowed(
-            "bob",
-            "write",
-            doc_in("default")
-        ))
-        .await,
-        "the follower did not take the new bundle"
-    );
+    follower
+        .comes_to_allow_bob_to_write(Duration::from_secs(10))
+        .await;
     assert!(backup.path().join(pdp::sync::BACKUP_FILE).exists());
     // Writes go nowhere: a bundle file has no control plane behind it.
     let (status, body) = follower
