@@ -255,7 +255,7 @@ impl DecisionLog {
             held_bytes: AtomicUsize::new(0),
             held_in_chunks: AtomicUsize::new(0),
             wake: tokio::sync::Notify::new(),
-            instance: Uuid::from_bytes(rand::random()),
+            instance: uuid::Builder::from_random_bytes(rand::random()).into_uuid(),
             metrics: LogMetrics::register(registry)?,
         })
     }
@@ -380,6 +380,27 @@ impl DecisionLog {
 
     fn shipped(&self, n: usize) {
         self.metrics.shipped.inc_by(n as u64);
+    }
+
+    /// What the authenticated `/health` shows of the log.
+    pub fn status(&self) -> serde_json::Value {
+        let queued = self.queue.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let dropped: serde_json::Map<String, serde_json::Value> = Drop::ALL
+            .iter()
+            .map(|d| {
+                let n = self.metrics.dropped[*d as usize].get();
+                (d.label().to_owned(), n.into())
+            })
+            .collect();
+        serde_json::json!({
+            "instance": self.instance.to_string(),
+            "events": self.metrics.events.get(),
+            "shipped": self.metrics.shipped.get(),
+            "dropped": dropped,
+            "held_events": queued + self.held_in_chunks.load(Ordering::Relaxed),
+            "held_bytes": self.held_bytes.load(Ordering::Relaxed),
+            "upload_failures": self.metrics.upload_failures.get(),
+        })
     }
 
     /// Refreshes the queue gauges.

@@ -712,6 +712,9 @@ impl App {
                         "content_hash": l.meta.content_hash,
                         "age_seconds": age.as_secs(),
                         "last_confirmed_seconds_ago": self.store.freshness_age().as_secs(),
+                        // With the hub's ETag, where a follower stands.
+                        "generation": l.meta.generation,
+                        "last_write": l.meta.last_write,
                         "objects": l.snapshot.counts(),
                     },
                 })
@@ -735,6 +738,9 @@ impl App {
                 body["sync"]["last_failed_call"] =
                     serde_json::to_value(state.calls.last_failure()).unwrap_or_default();
                 body["sync"]["connectivity"] = json!(state.calls.connected());
+            }
+            if let Some(log) = &self.decision_log {
+                body["decision_logs"] = log.status();
             }
         }
         json_response(status, &body)

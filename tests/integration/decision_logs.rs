@@ -91,6 +91,21 @@ async fn every_decision_reaches_the_ingress_once_with_its_fields_and_masks() {
         sent.insert(id, ("permit/bulk", Value::Array(checks), answer));
     }
     assert!(shipped(&cp, sent.len()).await, "every decision is shipped");
+    // The authenticated health detail says so too (once the answers to
+    // the uploads are in).
+    let health = || async { pdp.send(Method::GET, "/health", None, &[]).await.2 };
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            health().await["decision_logs"]["shipped"] == sent.len()
+        })
+        .await,
+        "{}",
+        health().await
+    );
+    let health = health().await;
+    let log = &health["decision_logs"];
+    assert_eq!(log["held_events"], 0, "{health}");
+    assert_eq!(log["dropped"]["buffer_full"], 0, "{health}");
     // The last flush at shutdown sends nothing twice.
     pdp.stop().await;
 
