@@ -614,3 +614,59 @@ async fn export_reads_the_control_plane_once_into_a_bundle_of_its_environment() 
     assert!(!b.environment.is_empty());
     assert!(b.writes.is_empty());
 }
+
+#[tokio::test]
+async fn a_draining_hub_answers_held_polls_at_once() {
+    let cp = FakeControlPlane::start(&environment(), Shape::Paged).await;
+    let mut hub = Proc::start(&[
+        ("PDP_CONTROL_PLANE", &cp.url()),
+        ("PDP_SYNC_INTERVAL", "1h"),
+        ("PDP_HUB", "true"),
+        ("PDP_SHUTDOWN_GRACE", "20s"),
+    ])
+    .await;
+    let etag = hub.get("/v1/snapshot", &[]).await.headers()["etag"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let url = format!("{}/v1/snapshot", hub.url);
+    let held = tokio::spawn(async move {
+        let resp = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(ENV_KEY)
+            .header("if-none-match", etag)
+            .header("prefer", "wait=60")
+            .send()
+            .await
+            .unwrap();
+        resp.status().as_u16()
+    });
+    // Held: the hub counts it.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let m = hub.get("/metrics", &[]).await.text().await.unwrap();
+            m.contains("pdp_hub_long_polls 1")
+        })
+        .await
+    );
+    let asked = Instant::now();
+    let sent = Command::new("kill")
+        .args(["-TERM", &hub.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    assert_eq!(held.await.unwrap(), 304);
+    let exited = tokio::task::spawn_blocking(move || {
+        let status = hub.child.wait();
+        (status, hub)
+    })
+    .await
+    .unwrap();
+    assert!(exited.0.unwrap().success());
+    // Well inside the 20 s grace: the held poll did not hold the drain.
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+}
