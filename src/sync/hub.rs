@@ -7,8 +7,8 @@
 //! names the current version in `If-None-Match` gets a 304, after holding
 //! the request up to `Prefer: wait=N` seconds (at most 60) for a change; one
 //! that names an earlier version of the same generation gets a delta, the
-//! writes since; any other gets the full bundle, encoded once per version
-//! and shared by every follower that asks for it. Every answer says how
+//! writes since; any other gets the full bundle, encoded once per
+//! generation and shared by every follower that asks for it. Every answer says how
 //! long ago the hub's snapshot was confirmed current ([`AGE_HEADER`]), and
 //! a held poll is answered when it is confirmed again, so a follower is
 //! exactly as fresh as its hub.
@@ -52,6 +52,7 @@ pub struct Hub {
 
 /// A full bundle of one version, encoded when first asked for.
 struct Encoded {
+    generation: u64,
     version: String,
     plain: OnceCell<Bytes>,
     gzip: OnceCell<Bytes>,
@@ -215,8 +216,7 @@ impl Hub {
                     (Kind::Delta, body, version, compressed)
                 }
                 Since::Full(loaded, writes) => {
-                    let version = self.version(&loaded);
-                    let body = self.full(&loaded, &version, writes, gzip).await?;
+                    let (version, body) = self.full(&loaded, writes, gzip).await?;
                     (Kind::Full, body, version, gzip)
                 }
             };
@@ -237,23 +237,27 @@ impl Hub {
         }
     }
 
-    /// The full bundle of `loaded`, encoded (and compressed) once per
-    /// version on a blocking thread: a million assignments are tens of MB.
+    /// A full bundle of `loaded`'s generation and its version, encoded (and
+    /// compressed) once per generation on a blocking thread: a million
+    /// assignments are tens of MB. One encoded at an earlier version of the
+    /// same generation is as good: the follower takes the writes since in
+    /// its next poll, so a stream of writes does not make every follower
+    /// that needs the document cost an encoding of it.
     async fn full(
         &self,
         loaded: &Arc<Loaded>,
-        version: &str,
         writes: Vec<crate::snapshot::Write>,
         gzip: bool,
-    ) -> Result<Bytes, ApiError> {
+    ) -> Result<(String, Bytes), ApiError> {
         let base = loaded.base.clone().ok_or_else(no_base)?;
         let encoded = {
             let mut slot = self.full.lock().unwrap_or_else(|p| p.into_inner());
             match &*slot {
-                Some(e) if e.version == version => e.clone(),
+                Some(e) if e.generation == loaded.meta.generation => e.clone(),
                 _ => {
                     let e = Arc::new(Encoded {
-                        version: version.to_owned(),
+                        generation: loaded.meta.generation,
+                        version: self.version(loaded),
                         plain: OnceCell::new(),
                         gzip: OnceCell::new(),
                     });
@@ -262,8 +266,9 @@ impl Hub {
                 }
             }
         };
+        let version = encoded.version.clone();
         let key = self.key.clone();
-        let owned = version.to_owned();
+        let owned = version.clone();
         let plain = encoded
             .plain
             .get_or_try_init(|| async move {
@@ -284,17 +289,18 @@ impl Hub {
             .await?
             .clone();
         if !gzip {
-            return Ok(plain);
+            return Ok((version, plain));
         }
-        encoded
+        let body = encoded
             .gzip
             .get_or_try_init(|| async move {
                 tokio::task::spawn_blocking(move || gzipped(&plain))
                     .await
                     .map_err(|e| ApiError::Encode(e.to_string()))
             })
-            .await
-            .cloned()
+            .await?
+            .clone();
+        Ok((version, body))
     }
 }
 
