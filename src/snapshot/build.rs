@@ -167,6 +167,7 @@ impl Builder {
             });
         }
         let mut schema = Schema::build(&doc)?;
+        let schema_hash = doc.schema_hash();
         let mut facts = Facts::new(&mut doc);
         self.tenants_and_users(&mut doc, &schema, &mut facts)?;
         self.instances(&mut doc, &schema, &mut facts);
@@ -179,9 +180,13 @@ impl Builder {
         drop(std::mem::take(&mut doc.keys));
         let indexes = facts.indexes(schema.types.len())?;
         let conditions = self.conditions(&doc, &mut schema)?;
-        Ok(Snapshot::from_tables(
-            self.assemble(schema, facts, indexes, conditions),
-        ))
+        Ok(Snapshot::from_tables(self.assemble(
+            schema,
+            schema_hash,
+            facts,
+            indexes,
+            conditions,
+        )))
     }
 
     fn tenants_and_users(
@@ -492,7 +497,14 @@ impl Builder {
 
     /// Counts, shrinks and moves everything into the snapshot, turning
     /// each kind's attributes into rows and freeing its boxes as it goes.
-    fn assemble(self, schema: Schema, f: Facts, ix: Indexes, conditions: Conditions) -> Tables {
+    fn assemble(
+        self,
+        schema: Schema,
+        schema_hash: [u8; 32],
+        f: Facts,
+        ix: Indexes,
+        conditions: Conditions,
+    ) -> Tables {
         let Facts {
             mut attr_names,
             mut values,
@@ -578,6 +590,7 @@ impl Builder {
             user_sets: conditions.user_sets,
             resource_sets: conditions.resource_sets,
             relations: schema.relations,
+            schema: schema_hash,
             counts,
         }
     }

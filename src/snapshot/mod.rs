@@ -24,6 +24,7 @@
 mod build;
 mod chunked;
 mod delta;
+mod diff;
 mod ids;
 mod intern;
 mod read;
@@ -273,6 +274,9 @@ pub(crate) struct Tables {
     resource_sets: Vec<ResourceSet>,
     /// Relation names, for writes that name them (decisions use ids).
     relations: Interner,
+    /// A hash of the schema lists the tables were built from: two
+    /// snapshots with the same one differ only in facts ([`Snapshot::changes_since`]).
+    schema: [u8; 32],
     counts: Counts,
 }
 

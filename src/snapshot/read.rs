@@ -188,6 +188,10 @@ impl Snapshot {
         self.t.type_info[ty.0 as usize].roles.name(r.0)
     }
 
+    pub(crate) fn relation_key(&self, r: RelationId) -> &str {
+        self.t.relations.name(r.0)
+    }
+
     pub(crate) fn action_key(&self, ty: TypeId, a: ActionId) -> &str {
         self.t.type_info[ty.0 as usize].actions.name(a.0)
     }
@@ -587,6 +591,13 @@ impl Snapshot {
         match self.written_attrs(|d| &d.tenant_attrs, t.0) {
             Some(m) => m.clone(),
             None => self.t.attrs_map(self.t.tenant_attrs.row(t.0)),
+        }
+    }
+
+    pub(crate) fn user_attrs_map(&self, u: UserId) -> Map<String, Value> {
+        match self.written_attrs(|d| &d.user_attrs, u.0) {
+            Some(m) => m.clone(),
+            None => self.t.attrs_map(self.t.user_attrs.row(u.0)),
         }
     }
 

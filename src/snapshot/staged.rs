@@ -406,6 +406,22 @@ impl Staged {
     }
 }
 
+impl Staged {
+    /// A hash of the schema lists alone (resources, roles, condition sets
+    /// and their rules).
+    pub(super) fn schema_hash(&self) -> [u8; 32] {
+        let schema = (
+            &self.resources,
+            &self.roles,
+            &self.condition_sets,
+            &self.condition_set_rules,
+        );
+        let bytes = bincode::serde::encode_to_vec(schema, bincode::config::standard())
+            .expect("schema lists always encode");
+        *blake3::hash(&bytes).as_bytes()
+    }
+}
+
 impl fmt::Debug for Staged {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Staged")
