@@ -8,6 +8,7 @@
 //! and swaps it in. Nothing here waits: `arc-swap` makes the load a few
 //! atomic operations.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -151,6 +152,76 @@ struct Pending {
     writes: Vec<(u64, Write)>,
     /// The last sequence number handed out.
     seq: u64,
+    /// How the last few generations lead to the current one, oldest first
+    /// (kept by a hub only).
+    links: VecDeque<Link>,
+}
+
+/// How the content served at the end of one generation becomes the next
+/// generation's document: what a hub sends a follower still at the old one
+/// (docs/fleet.md).
+struct Link {
+    from_generation: u64,
+    /// The last write of the old generation that `diff` starts from;
+    /// a follower past it gets the full snapshot.
+    from_last: u64,
+    /// Whether no write came after `from_last` in the old generation, so
+    /// a follower can be led on through this link from the one before.
+    complete: bool,
+    /// The old generation's writes up to `from_last`.
+    before: Vec<(u64, Write)>,
+    /// From the content at `from_last` to the new document.
+    diff: Vec<Write>,
+    to_generation: u64,
+}
+
+/// Generations a hub remembers the way from.
+const LINKS: usize = 4;
+/// The most writes a delta across generations carries; more, and the
+/// full snapshot is sent.
+const MAX_BRIDGE: usize = 250_000;
+
+impl Pending {
+    /// The writes that lead from `(generation, last_write)` to the current
+    /// generation `current` and its writes, if the links still reach it.
+    fn bridge(&self, generation: u64, last_write: u64, current: u64) -> Option<Vec<Write>> {
+        let start = self
+            .links
+            .iter()
+            .position(|l| l.from_generation == generation && last_write <= l.from_last)?;
+        let mut out = Vec::new();
+        let mut at = generation;
+        for (k, link) in self.links.iter().skip(start).enumerate() {
+            if link.from_generation != at || (k > 0 && !link.complete) {
+                return None;
+            }
+            let after = if k == 0 { last_write } else { 0 };
+            out.extend(
+                link.before
+                    .iter()
+                    .filter(|&&(seq, _)| seq > after)
+                    .map(|(_, w)| w.clone()),
+            );
+            out.extend(link.diff.iter().cloned());
+            if out.len() > MAX_BRIDGE {
+                return None;
+            }
+            at = link.to_generation;
+            if at == current {
+                out.extend(self.writes.iter().map(|(_, w)| w.clone()));
+                return Some(out);
+            }
+        }
+        None
+    }
+}
+
+/// The difference [`Store::swap`] found between the content served and
+/// the document it is replaced with.
+struct Found {
+    generation: u64,
+    last_write: u64,
+    diff: Vec<Write>,
 }
 
 /// What [`Store::apply`] did with a batch of confirmed writes.
@@ -224,6 +295,9 @@ impl Store {
         let meta = &current.meta;
         let all = || pending.writes.iter().map(|(_, w)| w.clone()).collect();
         if meta.generation != generation || last_write > meta.last_write {
+            if let Some(writes) = pending.bridge(generation, last_write, meta.generation) {
+                return Since::Writes(current, writes);
+            }
             return Since::Full(current.clone(), all());
         }
         if last_write == meta.last_write {
@@ -327,12 +401,44 @@ impl Store {
         next: Loaded,
         writes_before: Option<u64>,
         first: Vec<Write>,
+        found: Option<Found>,
     ) -> Option<Arc<Loaded>> {
         let Loaded {
             snapshot,
             mut meta,
             base,
         } = next;
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        // Found against what is served now (or earlier in its generation:
+        // writes may have come while it was worked out).
+        let served = self.current.load();
+        let link = match (found, served.as_deref()) {
+            (Some(f), Some(cur))
+                if cur.meta.generation == f.generation && f.last_write <= cur.meta.last_write =>
+            {
+                Some(Link {
+                    from_generation: f.generation,
+                    from_last: f.last_write,
+                    complete: f.last_write == cur.meta.last_write,
+                    before: pending
+                        .writes
+                        .iter()
+                        .filter(|&&(seq, _)| seq <= f.last_write)
+                        .cloned()
+                        .collect(),
+                    diff: f.diff,
+                    to_generation: generation,
+                })
+            }
+            _ => None,
+        };
+        drop(served);
+        if let Some(link) = link {
+            if pending.links.len() == LINKS {
+                pending.links.pop_front();
+            }
+            pending.links.push_back(link);
+        }
         let before = pending.writes.len();
         if let Some(seen) = writes_before {
             pending.writes.retain(|&(seq, _)| seq > seen);
@@ -350,8 +456,10 @@ impl Store {
             warn!(error = %e, write = ?pending.writes[*i].1, "a pending write no longer applies; the next sync settles it");
         }
         meta.last_write = pending.writes.last().map_or(0, |&(seq, _)| seq);
-        meta.generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        if pending.writes.len() != before {
+        meta.generation = generation;
+        // The journal holds the writes over the document in service: a new
+        // document with any writes before or after needs it rewritten.
+        if before > 0 || !pending.writes.is_empty() {
             self.writes_changed.notify_one();
         }
         let old = self.current.swap(Some(Arc::new(Loaded {
@@ -411,29 +519,40 @@ impl Store {
     /// A sync that found the serving document unchanged: the writes
     /// acknowledged before `writes_before` are in it, and are let go.
     pub fn settle(&self, writes_before: u64) {
+        let next = {
+            let pending = self.pending();
+            if pending
+                .writes
+                .first()
+                .is_none_or(|&(seq, _)| seq > writes_before)
+            {
+                return;
+            }
+            let Some(current) = self.current.load_full() else {
+                return;
+            };
+            Loaded {
+                snapshot: current.snapshot.without_writes(),
+                meta: current.meta.clone(),
+                base: current.base.clone(),
+            }
+        };
+        // Writes may come meanwhile: they are after `writes_before`, and
+        // stay applied over `next`.
+        let found = self.difference(&next);
         let mut pending = self.pending();
-        if pending
-            .writes
-            .first()
-            .is_none_or(|&(seq, _)| seq > writes_before)
-        {
-            return;
-        }
-        let Some(current) = self.current.load_full() else {
-            return;
-        };
-        let next = Loaded {
-            snapshot: current.snapshot.without_writes(),
-            meta: current.meta.clone(),
-            base: current.base.clone(),
-        };
-        self.replace(&mut pending, next, Some(writes_before), Vec::new());
+        self.replace(&mut pending, next, Some(writes_before), Vec::new(), found);
     }
 
     /// The sequence number of the last write applied; a sync records it
     /// when it starts ([`Provenance::writes_before`]).
     pub fn write_seq(&self) -> u64 {
         self.pending().seq
+    }
+
+    /// How many writes are applied and not yet let go.
+    pub fn pending_count(&self) -> usize {
+        self.pending().writes.len()
     }
 
     /// The writes applied and not yet let go, oldest first.
@@ -457,16 +576,52 @@ impl Store {
     ///
     /// The pending writes not let go by `writes_before` are applied over
     /// `next` first ([`Provenance::writes_before`]).
+    ///
+    /// A hub works out how what is served now differs from `next`'s
+    /// document first, off the lock (it reads both whole), so that its
+    /// followers get that difference rather than the whole ([`Store::since`]).
     fn swap(&self, next: Loaded, writes_before: Option<u64>, first: Vec<Write>) {
+        let found = self.difference(&next);
         let old = {
             let mut pending = self.pending();
-            self.replace(&mut pending, next, writes_before, first)
+            self.replace(&mut pending, next, writes_before, first, found)
         };
         self.swaps.fetch_add(1, Ordering::Relaxed);
         self.mark_fresh();
         if let Some(old) = old {
             retire(old, RETIRE_WAIT);
         }
+    }
+
+    /// What turns the content served now into `next`'s document, when both
+    /// are kept for followers (a hub) and the difference is small enough
+    /// to be worth sending: a sixteenth of the facts, give or take.
+    fn difference(&self, next: &Loaded) -> Option<Found> {
+        let served = self.current.load_full()?;
+        if served.base.is_none() || next.base.is_none() {
+            return None;
+        }
+        let c = next.snapshot.counts();
+        let facts = c.users
+            + c.tenants
+            + c.resource_instances
+            + c.tenant_role_assignments
+            + c.instance_role_assignments
+            + c.relationship_tuples;
+        let started = Instant::now();
+        let diff = next
+            .snapshot
+            .changes_since(&served.snapshot, facts / 16 + 1024);
+        tracing::debug!(
+            writes = diff.as_ref().map(Vec::len),
+            took_ms = started.elapsed().as_millis() as u64,
+            "difference for followers"
+        );
+        Some(Found {
+            generation: served.meta.generation,
+            last_write: served.meta.last_write,
+            diff: diff?,
+        })
     }
 
     /// Records that the control plane confirmed the serving snapshot is current.
@@ -627,5 +782,53 @@ mod tests {
             !served(&store, "again"),
             "the document is what is served now"
         );
+    }
+
+    #[test]
+    fn a_hub_leads_followers_across_a_new_document_by_the_difference() {
+        let store = Store::new();
+        let hub = |seen| Provenance {
+            writes_before: Some(seen),
+            base: Some(Arc::new(BaseFrame {
+                bytes: Bytes::new(),
+                environment: "env".into(),
+            })),
+            ..Source::ControlPlane.into()
+        };
+        store.install(staged(&["a"]), hub(0)).unwrap();
+        let first = store.load().unwrap().meta.generation;
+        assert_eq!(store.apply(vec![assign("a")]).applied, 1);
+        // A follower that has the document, and one that has the write too.
+        let at_start = Snapshot::from_staged(staged(&["a"])).unwrap();
+        let (at_write, _) = at_start.with_writes(&[assign("a")]);
+
+        // The next document has another user, and not the write (the
+        // control plane has it undone); a write comes after the sync began.
+        let seen = store.write_seq();
+        assert_eq!(store.apply(vec![assign("c")]).applied, 1);
+        store.install(staged(&["a", "b"]), hub(seen)).unwrap();
+        let now = store.load().unwrap();
+        assert_ne!(now.meta.generation, first);
+        for (follower, last_write) in [(&at_start, 0), (&at_write, 1)] {
+            let Since::Writes(_, writes) = store.since(first, last_write) else {
+                panic!("a delta from write {last_write}");
+            };
+            let (followed, refused) = follower.with_writes(&writes);
+            assert!(refused.is_empty());
+            assert_eq!(
+                now.snapshot.changes_since(&followed, usize::MAX),
+                Some(Vec::new()),
+                "from write {last_write}, the follower serves what the hub does"
+            );
+        }
+        // Past what the difference started from: the whole.
+        assert!(matches!(store.since(first, 9), Since::Full(..)));
+
+        // Without a document kept for followers, nothing is worked out.
+        let plain = Store::new();
+        plain.install(staged(&["a"]), synced(0)).unwrap();
+        let first = plain.load().unwrap().meta.generation;
+        plain.install(staged(&["a", "b"]), synced(0)).unwrap();
+        assert!(matches!(plain.since(first, 0), Since::Full(..)));
     }
 }

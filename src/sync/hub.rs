@@ -5,13 +5,15 @@
 //! (a new document, or writes let go) and the last write applied over it,
 //! as the `ETag` `"{instance}.{generation}.{last_write}"`. A follower that
 //! names the current version in `If-None-Match` gets a 304, after holding
-//! the request up to `Prefer: wait=N` seconds (at most 60) for a change; one
-//! that names an earlier version of the same generation gets a delta, the
-//! writes since; any other gets the full bundle, encoded once per
-//! generation and shared by every follower that asks for it. Every answer says how
-//! long ago the hub's snapshot was confirmed current ([`AGE_HEADER`]), and
-//! a held poll is answered when it is confirmed again, so a follower is
-//! exactly as fresh as its hub.
+//! the request up to `Prefer: wait=N` seconds (at most 60) for a change. One
+//! that names an earlier version gets a delta: the writes since, and across
+//! a new document the difference the sync found, as writes
+//! ([`Store::since`]), for as long as the hub remembers the way from it.
+//! Any other gets the full bundle, encoded once per generation and shared
+//! by every follower that asks for it (a delta likewise, by its two
+//! versions). Every answer says how long ago the hub's snapshot was
+//! confirmed current ([`AGE_HEADER`]), and a held poll is answered when it
+//! is confirmed again, so a follower is exactly as fresh as its hub.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -44,18 +46,79 @@ pub struct Hub {
     /// Random per process: a version named by another process's run is
     /// not one this one can make a delta from.
     instance: String,
-    /// The last full bundle, by version.
+    /// The last full bundle, by generation.
     full: Mutex<Option<Arc<Encoded>>>,
+    /// The last delta, by the versions it goes between: followers polling
+    /// together ask for the same one.
+    delta: Mutex<Option<Arc<Encoded>>>,
     stop: watch::Receiver<bool>,
     metrics: HubMetrics,
 }
 
-/// A full bundle of one version, encoded when first asked for.
+/// A bundle, encoded when first asked for and shared by every follower
+/// that asks for the same one.
 struct Encoded {
-    generation: u64,
-    version: String,
-    plain: OnceCell<Bytes>,
+    /// For a full bundle, the generation; for a delta, its two versions.
+    key: (u64, String, String),
+    /// The version it brings a follower to, with the body: both come from
+    /// the one request that encoded it.
+    plain: OnceCell<(String, Bytes)>,
     gzip: OnceCell<Bytes>,
+}
+
+impl Encoded {
+    fn new(key: (u64, String, String)) -> Arc<Encoded> {
+        Arc::new(Encoded {
+            key,
+            plain: OnceCell::new(),
+            gzip: OnceCell::new(),
+        })
+    }
+
+    /// The one in `slot` if it is `key`'s, else a new one put there.
+    fn slot(slot: &Mutex<Option<Arc<Encoded>>>, key: (u64, String, String)) -> Arc<Encoded> {
+        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        match &*slot {
+            Some(e) if e.key == key => e.clone(),
+            _ => {
+                let e = Encoded::new(key);
+                *slot = Some(e.clone());
+                e
+            }
+        }
+    }
+
+    /// The version and body, made by `encode` on a blocking thread the
+    /// first time (a million assignments are tens of MB); gzipped when
+    /// asked for and long enough to gain, and then `true`.
+    async fn body(
+        &self,
+        gzip: bool,
+        encode: impl FnOnce() -> (String, Bytes) + Send + 'static,
+    ) -> Result<(String, Bytes, bool), ApiError> {
+        let (version, plain) = self
+            .plain
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(encode)
+                    .await
+                    .map_err(|e| ApiError::Encode(e.to_string()))
+            })
+            .await?
+            .clone();
+        if !gzip || plain.len() < COMPRESS_FROM {
+            return Ok((version, plain, false));
+        }
+        let body = self
+            .gzip
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || gzipped(&plain))
+                    .await
+                    .map_err(|e| ApiError::Encode(e.to_string()))
+            })
+            .await?
+            .clone();
+        Ok((version, body, true))
+    }
 }
 
 struct HubMetrics {
@@ -129,6 +192,7 @@ impl Hub {
             key,
             instance: format!("{:016x}", rand::random::<u64>()),
             full: Mutex::new(None),
+            delta: Mutex::new(None),
             stop,
             metrics: HubMetrics::register(registry)?,
         })
@@ -198,26 +262,28 @@ impl Hub {
                 Since::Writes(loaded, writes) => {
                     let base = loaded.base.as_ref().ok_or_else(no_base)?;
                     let version = self.version(&loaded);
-                    let plain = bundle::encode(
-                        &self.key,
-                        Kind::Delta,
-                        &version,
-                        named.as_deref(),
-                        &base.environment,
-                        None,
-                        &writes,
-                    );
-                    let compressed = gzip && plain.len() >= COMPRESS_FROM;
-                    let body = if compressed {
-                        gzipped(&plain)
-                    } else {
-                        Bytes::from(plain)
-                    };
+                    let from = named.clone().unwrap_or_default();
+                    let encoded = Encoded::slot(&self.delta, (0, from.clone(), version.clone()));
+                    let (key, environment) = (self.key.clone(), base.environment.clone());
+                    let (version, body, compressed) = encoded
+                        .body(gzip, move || {
+                            let plain = bundle::encode(
+                                &key,
+                                Kind::Delta,
+                                &version,
+                                Some(&from),
+                                &environment,
+                                None,
+                                &writes,
+                            );
+                            (version, Bytes::from(plain))
+                        })
+                        .await?;
                     (Kind::Delta, body, version, compressed)
                 }
                 Since::Full(loaded, writes) => {
-                    let (version, body) = self.full(&loaded, writes, gzip).await?;
-                    (Kind::Full, body, version, gzip)
+                    let (version, body, compressed) = self.full(&loaded, writes, gzip).await?;
+                    (Kind::Full, body, version, compressed)
                 }
             };
             let label = kind.label();
@@ -237,70 +303,39 @@ impl Hub {
         }
     }
 
-    /// A full bundle of `loaded`'s generation and its version, encoded (and
-    /// compressed) once per generation on a blocking thread: a million
-    /// assignments are tens of MB. One encoded at an earlier version of the
-    /// same generation is as good: the follower takes the writes since in
-    /// its next poll, so a stream of writes does not make every follower
-    /// that needs the document cost an encoding of it.
+    /// A full bundle of `loaded`'s generation and the version it brings
+    /// a follower to, encoded (and compressed) once per generation. One
+    /// encoded at an earlier version of the same generation is as good:
+    /// the follower takes the writes since in its next poll, so a stream
+    /// of writes does not make every follower that needs the document cost
+    /// an encoding of it.
     async fn full(
         &self,
         loaded: &Arc<Loaded>,
         writes: Vec<crate::snapshot::Write>,
         gzip: bool,
-    ) -> Result<(String, Bytes), ApiError> {
+    ) -> Result<(String, Bytes, bool), ApiError> {
         let base = loaded.base.clone().ok_or_else(no_base)?;
-        let encoded = {
-            let mut slot = self.full.lock().unwrap_or_else(|p| p.into_inner());
-            match &*slot {
-                Some(e) if e.generation == loaded.meta.generation => e.clone(),
-                _ => {
-                    let e = Arc::new(Encoded {
-                        generation: loaded.meta.generation,
-                        version: self.version(loaded),
-                        plain: OnceCell::new(),
-                        gzip: OnceCell::new(),
-                    });
-                    *slot = Some(e.clone());
-                    e
-                }
-            }
-        };
-        let version = encoded.version.clone();
+        let encoded = Encoded::slot(
+            &self.full,
+            (loaded.meta.generation, String::new(), String::new()),
+        );
         let key = self.key.clone();
-        let owned = version.clone();
-        let plain = encoded
-            .plain
-            .get_or_try_init(|| async move {
-                tokio::task::spawn_blocking(move || {
-                    Bytes::from(bundle::encode(
-                        &key,
-                        Kind::Full,
-                        &owned,
-                        None,
-                        &base.environment,
-                        Some(&base.bytes),
-                        &writes,
-                    ))
-                })
-                .await
-                .map_err(|e| ApiError::Encode(e.to_string()))
+        let version = self.version(loaded);
+        encoded
+            .body(gzip, move || {
+                let plain = bundle::encode(
+                    &key,
+                    Kind::Full,
+                    &version,
+                    None,
+                    &base.environment,
+                    Some(&base.bytes),
+                    &writes,
+                );
+                (version, Bytes::from(plain))
             })
-            .await?
-            .clone();
-        if !gzip {
-            return Ok((version, plain));
-        }
-        let body = encoded
-            .gzip
-            .get_or_try_init(|| async move {
-                tokio::task::spawn_blocking(move || gzipped(&plain))
-                    .await
-                    .map_err(|e| ApiError::Encode(e.to_string()))
-            })
-            .await?
-            .clone();
-        Ok((version, body))
+            .await
     }
 }
 

@@ -120,6 +120,15 @@ impl Proc {
     async fn health(&self) -> Value {
         self.get("/health", &[]).await.json().await.unwrap()
     }
+
+    /// A hub's `pdp_hub_answers_total` of `kind`.
+    async fn hub_answers(&self, kind: &str) -> u64 {
+        let text = self.get("/metrics", &[]).await.text().await.unwrap();
+        let series = format!("pdp_hub_answers_total{{kind=\"{kind}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in the metrics"))
+    }
 }
 
 impl Drop for Proc {
@@ -163,6 +172,7 @@ async fn a_change_at_the_control_plane_reaches_both_followers_through_the_hub() 
         assert!(!p.allowed("bob", "write", doc_in("default")).await);
     }
     let listed = cp.requests().len();
+    let full = hub.hub_answers("full").await;
 
     cp.set_document(&with_editor_bob());
     let (status, _) = hub.post("/sync", json!({})).await;
@@ -176,6 +186,9 @@ async fn a_change_at_the_control_plane_reaches_both_followers_through_the_hub() 
         cp.requests().len() > listed,
         "the hub synced from the control plane"
     );
+    // The new document reached them as its difference, not whole.
+    assert_eq!(hub.hub_answers("full").await, full);
+    assert!(hub.hub_answers("delta").await >= 2);
 }
 
 #[tokio::test]
