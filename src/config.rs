@@ -81,6 +81,10 @@ const KEYS: &[Key] = &[
         default: "",
     },
     Key {
+        name: "upstream_allow_http",
+        default: "false",
+    },
+    Key {
         name: "hub",
         default: "false",
     },
@@ -533,9 +537,28 @@ impl Parser<'_> {
         let backup_dir = text(self.get("backup_dir")).map(PathBuf::from);
         let upstream_url =
             text(self.get("upstream_url")).map(|u| u.trim_end_matches('/').to_owned());
+        let allow_http = self.flag("upstream_allow_http");
         if let Some(url) = &upstream_url {
             match reqwest::Url::parse(url) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                Ok(u) if u.scheme() == "https" && u.host().is_some() => {}
+                // A bundle file is fetched without the key (its MAC is what
+                // proves it); a hub is sent the key, in clear only to this
+                // machine or where the operator says the network is private.
+                Ok(u)
+                    if u.scheme() == "http"
+                        && u.host().is_some()
+                        && (is_loopback(&u)
+                            || allow_http == Some(true)
+                            || matches!(
+                                crate::sync::Target::of(url),
+                                crate::sync::Target::File(_)
+                            )) => {}
+                Ok(u) if u.scheme() == "http" && u.host().is_some() => {
+                    self.fail::<()>(
+                        "upstream_url",
+                        "an https:// URL for a hub (http:// only to a loopback address, or with PDP_UPSTREAM_ALLOW_HTTP=true on a network you trust: the API key is sent with every request)",
+                    );
+                }
                 _ => {
                     self.fail::<()>(
                         "upstream_url",
@@ -777,10 +800,26 @@ mod tests {
         let key = ("PDP_API_KEY", "permit_key_x");
         let c = Config::load(
             None,
-            &env(&[key, ("PDP_UPSTREAM_URL", "http://pdp-hub:7766/")]),
+            &env(&[
+                key,
+                ("PDP_UPSTREAM_URL", "http://pdp-hub:7766/"),
+                ("PDP_UPSTREAM_ALLOW_HTTP", "true"),
+            ]),
         )
         .unwrap();
         assert_eq!(c.mode(), Mode::Upstream("http://pdp-hub:7766".into()));
+        // The key goes to a hub in clear only to this machine or when
+        // allowed; a bundle file is fetched without it.
+        for url in [
+            "http://127.0.0.1:7766",
+            "https://pdp-hub:7766",
+            "http://bundles.internal/b.bin",
+        ] {
+            assert!(
+                Config::load(None, &env(&[key, ("PDP_UPSTREAM_URL", url)])).is_ok(),
+                "{url}"
+            );
+        }
         assert_eq!(c.decision_logs, Some(Destination::ControlPlane));
         // A bundle file takes no decision logs.
         let c = Config::load(
@@ -811,6 +850,10 @@ mod tests {
             (
                 vec![key, ("PDP_UPSTREAM_URL", "ftp://h/b.bin")],
                 &["PDP_UPSTREAM_URL"],
+            ),
+            (
+                vec![key, ("PDP_UPSTREAM_URL", "http://pdp-hub:7766")],
+                &["PDP_UPSTREAM_ALLOW_HTTP"],
             ),
             (vec![("PDP_HUB", "true")], &["PDP_HUB"]),
             (

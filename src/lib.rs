@@ -309,7 +309,7 @@ pub async fn run(
             let api_key = config.api_key.clone().unwrap_or_else(|| ApiKey::new(""));
             let key = sync::BackupKey::derive(&api_key);
             let state = Arc::new(sync::SyncState::new());
-            let environment = config
+            let restored = config
                 .backup_dir
                 .as_deref()
                 .and_then(|dir| restore_at_start(&store, dir, &key, config.hub, &state));
@@ -328,7 +328,7 @@ pub async fn run(
                 },
                 state.clone(),
                 Arc::new(sync::SyncMetrics::register(metrics.registry())?),
-                environment,
+                restored,
             )?;
             // The hub spends the control plane's budget; calls to it are
             // not limited here.
@@ -360,9 +360,9 @@ pub async fn run(
                 tokio::spawn(journal);
             }
             sync_state = Some(state);
-            let (store, stop) = (store.clone(), stop_rx.clone());
+            let (store, refresh, stop) = (store.clone(), refresh.clone(), stop_rx.clone());
             sync_task = Some(tokio::spawn(async move {
-                follower.run(store, stop).await;
+                follower.run(store, refresh, stop).await;
                 Ok(())
             }));
         }
@@ -492,7 +492,7 @@ fn restore_at_start(
     key: &sync::BackupKey,
     hub: bool,
     state: &sync::SyncState,
-) -> Option<String> {
+) -> Option<sync::Restored> {
     match sync::remove_stale_temps(dir) {
         Ok(0) => {}
         Ok(n) => info!(
@@ -502,9 +502,9 @@ fn restore_at_start(
         Err(e) => warn!(error = %e, "cannot clean the backup directory"),
     }
     match sync::restore(store, dir, key, hub) {
-        Ok(Some(environment)) => {
+        Ok(Some(restored)) => {
             info!(dir = %dir.display(), "serving the offline backup until the first sync");
-            Some(environment)
+            Some(restored)
         }
         Ok(None) => {
             info!(dir = %dir.display(), "no offline backup yet");

@@ -327,11 +327,26 @@ impl DecisionLog {
         }
         let events: Vec<&serde_json::value::RawValue> = serde_json::from_slice(&plain)
             .map_err(|e| format!("not a JSON array of events: {e}"))?;
+        // Copied out before the queue is locked: decisions queue theirs
+        // under that lock, and must not wait on a follower's batch.
+        let at = SystemTime::now();
+        let events: Vec<Event> = events
+            .into_iter()
+            .map(|e| Event {
+                id: Uuid::nil(),
+                path: "",
+                input: Bytes::copy_from_slice(e.get().as_bytes()),
+                result: Bytes::new(),
+                at,
+                took: Duration::ZERO,
+                forwarded: true,
+            })
+            .collect();
+        self.metrics.events.inc_by(events.len() as u64);
         let mut queued = 0;
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         for e in events {
-            self.metrics.events.inc();
-            let cost = cost(e.get().len(), 0);
+            let cost = e.cost();
             let held = queue.len() + self.held_in_chunks.load(Ordering::Relaxed);
             if held >= self.settings.buffer_events
                 || self.held_bytes.load(Ordering::Relaxed) + cost > self.settings.buffer_bytes
@@ -339,15 +354,7 @@ impl DecisionLog {
                 self.dropped(Drop::BufferFull, 1);
                 continue;
             }
-            queue.push(Event {
-                id: Uuid::nil(),
-                path: "",
-                input: Bytes::copy_from_slice(e.get().as_bytes()),
-                result: Bytes::new(),
-                at: SystemTime::now(),
-                took: Duration::ZERO,
-                forwarded: true,
-            });
+            queue.push(e);
             self.held_bytes.fetch_add(cost, Ordering::Relaxed);
             queued += 1;
         }

@@ -47,7 +47,7 @@ pub use hub::Hub;
 pub use limiter::{Class, Limiter};
 pub use metrics::SyncMetrics;
 pub use state::{SyncState, SyncStatus};
-pub use upstream::{FollowConfig, Follower, Target};
+pub use upstream::{FollowConfig, Follower, Restored, Target};
 
 use client::Client;
 
@@ -596,18 +596,17 @@ pub fn restore_backup(
     dir: &std::path::Path,
     key: &BackupKey,
 ) -> Result<bool, BackupError> {
-    restore(store, dir, key, false).map(|env| env.is_some())
+    restore(store, dir, key, false).map(|r| r.is_some())
 }
 
 /// [`restore_backup`], keeping the backup's bytes with the snapshot when
-/// `hub` (they are what a full bundle carries); returns the environment of
-/// the backup restored.
+/// `hub` (they are what a full bundle carries); says what was restored.
 pub fn restore(
     store: &Store,
     dir: &std::path::Path,
     key: &BackupKey,
     hub: bool,
-) -> Result<Option<String>, BackupError> {
+) -> Result<Option<Restored>, BackupError> {
     let path = dir.join(BACKUP_FILE);
     let backup = match read_backup(dir, key) {
         Ok(b) => b,
@@ -659,7 +658,10 @@ pub fn restore(
         }
         Err(e) => tracing::warn!(error = %e, "the journal of served writes is ignored"),
     }
-    Ok(Some(backup.environment))
+    Ok(Some(Restored {
+        environment: backup.environment,
+        synced_at: backup.synced_at,
+    }))
 }
 
 /// Resolves when the shutdown flag is (or becomes) true, or its sender is gone.

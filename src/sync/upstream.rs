@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::header;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
 use super::backup::{self, BackupKey};
@@ -34,6 +34,12 @@ pub const LONG_POLL: Duration = Duration::from_secs(30);
 const MIN_GAP: Duration = Duration::from_millis(500);
 /// The largest bundle read (a backup's limit, and room for writes).
 const MAX_BUNDLE_BYTES: usize = (4 << 30) + (256 << 20);
+/// The most of an error answer read: enough to show why.
+const MAX_ERROR_BYTES: usize = 64 << 10;
+/// Writes served over the document past which the next poll asks for the
+/// whole again: each costs memory and time on every later swap, and the
+/// hub's document has them in by then.
+const COMPACT_AFTER: usize = 50_000;
 
 pub struct FollowConfig {
     /// `PDP_UPSTREAM_URL`: a PDP (no path) or a bundle file (a path).
@@ -93,15 +99,24 @@ pub struct Follower {
     version: Option<String>,
     /// A bundle file's `ETag`, as its server sent it.
     etag: Option<String>,
+    /// When the document served was synced from the control plane: an
+    /// older one is not taken (a replayed bundle would roll it back).
+    synced_at: Option<SystemTime>,
+}
+
+/// What a restore from the backup at start put in service.
+pub struct Restored {
+    pub environment: String,
+    pub synced_at: SystemTime,
 }
 
 impl Follower {
-    /// `environment`: that of the backup restored at start, if one was.
+    /// `restored`: the backup restored at start, if one was.
     pub fn new(
         config: FollowConfig,
         state: Arc<SyncState>,
         metrics: Arc<SyncMetrics>,
-        environment: Option<String>,
+        restored: Option<Restored>,
     ) -> Result<Follower, reqwest::Error> {
         // A stalled connection is given up after a read timeout, a slow
         // one with a large bundle only at the deadline.
@@ -112,6 +127,10 @@ impl Follower {
             .timeout(config.deadline)
             .user_agent(concat!("pdp/", env!("CARGO_PKG_VERSION"), " (follower)"))
             .build()?;
+        let (environment, synced_at) = match restored {
+            Some(r) => (Some(r.environment), Some(r.synced_at)),
+            None => (None, None),
+        };
         if let Some(env) = &environment {
             state.set_environment(env);
         }
@@ -125,11 +144,19 @@ impl Follower {
             environment,
             version: None,
             etag: None,
+            synced_at,
         })
     }
 
-    /// Follows the upstream until `stop`.
-    pub async fn run(mut self, store: Arc<Store>, mut stop: watch::Receiver<bool>) {
+    /// Follows the upstream until `stop`. `refresh` (`POST /sync`, SIGHUP)
+    /// cuts a wait between polls short; a long poll hears of every change
+    /// at once anyway.
+    pub async fn run(
+        mut self,
+        store: Arc<Store>,
+        refresh: Arc<Notify>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         info!(upstream = self.target.url(), "following an upstream");
         loop {
             if !self.state.calls.connected() {
@@ -178,6 +205,7 @@ impl Follower {
             };
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
+                () = refresh.notified() => {}
                 _ = stopped(&mut stop) => return,
             }
         }
@@ -188,12 +216,16 @@ impl Follower {
         // Writes applied here from now on may be newer than what comes back.
         let writes_before = store.write_seq();
         let url = self.target.url().to_owned();
+        // reqwest asks for gzip and decompresses.
         let mut request = self
             .http
             .get(&url)
-            .bearer_auth(self.config.api_key.expose())
-            // reqwest asks for gzip and decompresses.
             .header(header::ACCEPT, bundle::MEDIA_TYPE);
+        // A hub is sent the key; a file's server (a CDN, an object store)
+        // is not: the bundle's MAC is what proves it.
+        if let Target::Hub(_) = self.target {
+            request = request.bearer_auth(self.config.api_key.expose());
+        }
         match (&self.target, &self.version, &self.etag) {
             (Target::Hub(_), Some(version), _) => {
                 self.state.set_phase("long_polling");
@@ -233,15 +265,16 @@ impl Follower {
             .get(header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        // As fresh as the hub; a bundle file, as of when it was read.
-        let fresh_at = response
+        // As fresh as the hub says it is; an answer that does not say
+        // confirms nothing. A bundle file is as fresh as its document.
+        let hub_fresh_at = response
             .headers()
             .get(super::hub::AGE_HEADER)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
             .and_then(|ms| SystemTime::now().checked_sub(Duration::from_millis(ms)))
-            .unwrap_or_else(SystemTime::now);
-        let body = read_limited(response).await;
+            .filter(|_| matches!(self.target, Target::Hub(_)));
         if !status.is_success() && status != http::StatusCode::NOT_MODIFIED {
+            let body = read_limited(response, MAX_ERROR_BYTES).await;
             let why = body
                 .as_ref()
                 .map_or_else(|e| e.clone(), |b| excerpt(&String::from_utf8_lossy(b)));
@@ -251,6 +284,7 @@ impl Follower {
                 "{url} answered {status}: {why}"
             )));
         }
+        let body = read_limited(response, MAX_BUNDLE_BYTES).await;
         self.state.calls.record(call.took(started.elapsed()));
         if status == http::StatusCode::NOT_MODIFIED {
             if self.version.is_none() && self.etag.is_none() {
@@ -258,12 +292,16 @@ impl Follower {
                     "{url} answered 304 to a request that named no version"
                 )));
             }
-            store.mark_fresh_at(fresh_at);
+            if let Some(at) = hub_fresh_at {
+                store.mark_fresh_at(at);
+            }
             return Ok(SyncOutcome::Unchanged);
         }
         let body = body.map_err(|e| SyncError::Upstream(format!("{url}: {e}")))?;
-        let outcome = self.apply(store, body, writes_before).await?;
-        store.mark_fresh_at(fresh_at);
+        let outcome = self.apply(store, body, writes_before, hub_fresh_at).await?;
+        if let Some(at) = hub_fresh_at {
+            store.mark_fresh_at(at);
+        }
         if matches!(self.target, Target::File(_)) {
             self.etag = etag;
         }
@@ -276,18 +314,26 @@ impl Follower {
         store: &Arc<Store>,
         body: Bytes,
         writes_before: u64,
+        hub_fresh_at: Option<SystemTime>,
     ) -> Result<SyncOutcome, SyncError> {
         let key = self.key.clone();
         let decoded = tokio::task::spawn_blocking(move || bundle::decode(body, &key))
             .await
             .map_err(|e| SyncError::Internal(e.to_string()))?
             .map_err(|e| SyncError::Refused(e.to_string()))?;
-        if let Some(env) = &self.environment {
-            if *env != decoded.environment {
+        match &self.environment {
+            Some(env) if *env != decoded.environment => {
                 return Err(SyncError::Refused(format!(
                     "the bundle is of environment {}, this PDP serves {env}",
                     decoded.environment
                 )));
+            }
+            Some(_) => {}
+            // Known before anything of it is served, so that the journal
+            // of what is written over it is sealed to it from the first.
+            None => {
+                self.state.set_environment(&decoded.environment);
+                self.environment = Some(decoded.environment.clone());
             }
         }
         let Bundle {
@@ -300,8 +346,15 @@ impl Follower {
         } = decoded;
         let outcome = match (kind, base) {
             (Kind::Full, Some(base)) => {
-                self.install(store, base, &environment, writes, writes_before)
-                    .await?
+                self.install(
+                    store,
+                    base,
+                    &environment,
+                    writes,
+                    writes_before,
+                    hub_fresh_at,
+                )
+                .await?
             }
             (Kind::Delta, _) if matches!(self.target, Target::File(_)) => {
                 return Err(SyncError::Refused(
@@ -321,17 +374,34 @@ impl Follower {
                 }
                 let n = writes.len();
                 let store = store.clone();
-                let applied = tokio::task::spawn_blocking(move || store.apply(writes))
-                    .await
-                    .map_err(|e| SyncError::Internal(e.to_string()))?;
-                for (_, why) in &applied.refused {
-                    warn!(%why, "upstream: a write names schema this snapshot lacks");
-                }
+                let (applied, pending) = tokio::task::spawn_blocking(move || {
+                    let applied = store.apply(writes);
+                    (applied, store.pending_count())
+                })
+                .await
+                .map_err(|e| SyncError::Internal(e.to_string()))?;
                 tracing::debug!(
                     writes = n,
                     applied = applied.applied,
                     "upstream: delta applied"
                 );
+                if !applied.refused.is_empty() {
+                    for (_, why) in &applied.refused {
+                        warn!(%why, "upstream: a write names schema this snapshot lacks; taking the whole bundle next");
+                    }
+                    // The hub serves what this could not apply: the whole
+                    // brings it.
+                    self.version = None;
+                    return Ok(SyncOutcome::Swapped);
+                }
+                if pending > COMPACT_AFTER {
+                    info!(
+                        writes = pending,
+                        "upstream: many writes served over the document; taking the whole bundle next"
+                    );
+                    self.version = None;
+                    return Ok(SyncOutcome::Swapped);
+                }
                 SyncOutcome::Swapped
             }
             (Kind::Full, None) => {
@@ -340,23 +410,22 @@ impl Follower {
                 ))
             }
         };
-        if self.environment.is_none() {
-            self.state.set_environment(&environment);
-            self.environment = Some(environment);
-        }
         self.version = Some(version);
         Ok(outcome)
     }
 
     /// A full bundle: its document checked as a backup is, built, swapped
-    /// in with the writes it carries, and kept as this PDP's backup.
+    /// in with the writes it carries, and kept as this PDP's backup. One
+    /// older than the document served is refused; the one served, with
+    /// the writes served, is kept as it is.
     async fn install(
-        &self,
+        &mut self,
         store: &Arc<Store>,
         base: Bytes,
         environment: &str,
         writes: Vec<crate::snapshot::Write>,
         writes_before: u64,
+        hub_fresh_at: Option<SystemTime>,
     ) -> Result<SyncOutcome, SyncError> {
         let key = self.key.clone();
         let store = store.clone();
@@ -365,7 +434,8 @@ impl Follower {
         let source = Source::Upstream(self.target.url().to_owned());
         let environment = environment.to_owned();
         let backup_failures = self.metrics.backup_failures.clone();
-        tokio::task::spawn_blocking(move || {
+        let served_since = self.synced_at;
+        let (outcome, synced_at) = tokio::task::spawn_blocking(move || {
             let doc = backup::decode_backup(&base, &key)
                 .map_err(|e| SyncError::Refused(format!("its document: {e}")))?;
             if doc.environment != environment {
@@ -374,10 +444,25 @@ impl Follower {
                     doc.environment
                 )));
             }
+            if let Some(served) = served_since.filter(|&s| doc.synced_at < s) {
+                return Err(SyncError::Refused(format!(
+                    "its document was synced at {}, before the one served ({}): an old bundle is not taken",
+                    unix_secs(doc.synced_at),
+                    unix_secs(served)
+                )));
+            }
+            let same = store.load().is_some_and(|l| {
+                l.meta.content_hash == doc.content_hash && store.pending_writes() == writes
+            });
+            if same {
+                return Ok((SyncOutcome::Unchanged, doc.synced_at));
+            }
             let provenance = Provenance {
                 source,
                 content_hash: Some(doc.content_hash),
-                fresh_at: None,
+                // A hub says how fresh it is; a file is as fresh as the
+                // sync it was made from.
+                fresh_at: Some(hub_fresh_at.unwrap_or(doc.synced_at).min(SystemTime::now())),
                 writes_before: Some(writes_before),
                 writes,
                 base: hub.then(|| {
@@ -396,21 +481,23 @@ impl Follower {
                     backup_failures.inc();
                 }
             }
-            Ok(SyncOutcome::Swapped)
+            Ok((SyncOutcome::Swapped, doc.synced_at))
         })
         .await
-        .map_err(|e| SyncError::Internal(e.to_string()))?
+        .map_err(|e| SyncError::Internal(e.to_string()))??;
+        self.synced_at = Some(synced_at);
+        Ok(outcome)
     }
 }
 
-/// The body, read up to [`MAX_BUNDLE_BYTES`].
-async fn read_limited(mut response: reqwest::Response) -> Result<Bytes, String> {
+/// The body, read up to `limit` bytes.
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<Bytes, String> {
     let mut body = BytesMut::new();
     loop {
         match response.chunk().await {
             Ok(Some(part)) => {
-                if body.len() + part.len() > MAX_BUNDLE_BYTES {
-                    return Err(format!("a body over {MAX_BUNDLE_BYTES} bytes"));
+                if body.len() + part.len() > limit {
+                    return Err(format!("a body over {limit} bytes"));
                 }
                 body.extend_from_slice(&part);
             }
