@@ -3,7 +3,8 @@
 //! at a time, and as the server decides it with `decide::check_bulk`), the
 //! same RBAC queries parsed from their JSON bodies, staging a document from
 //! its JSON text, snapshot build (from a parsed document, and from a staged
-//! one alone), and backup (the staged document in bincode) encode/decode.
+//! one alone), the difference a hub sends followers after a sync (twenty
+//! facts fewer), and backup (the staged document in bincode) encode/decode.
 //! Beside the checks, a naive floor measured in the same run:
 //! `HashMap<(user, tenant), Vec<role>>` plus a `HashSet<(type, action)>` probe
 //! per role, the least work an RBAC answer takes.
@@ -275,6 +276,18 @@ fn bench_env(c: &mut Criterion, name: &'static str, spec: GenSpec, memory: &mut 
     g.bench_with_input(BenchmarkId::new("build", name), &doc, |b, doc| {
         b.iter(|| black_box(Snapshot::build(doc).expect("valid")))
     });
+    // What a hub works out when a sync finds a changed document: ten
+    // assignments and ten tuples fewer, against the document it serves.
+    let mut changed = doc.clone();
+    let keep = changed.role_assignments.len().saturating_sub(10);
+    changed.role_assignments.truncate(keep);
+    let keep = changed.relationship_tuples.len().saturating_sub(10);
+    changed.relationship_tuples.truncate(keep);
+    let next = Snapshot::build(&changed).expect("valid");
+    g.bench_function(BenchmarkId::new("difference", name), |b| {
+        b.iter(|| black_box(next.changes_since(&snap, usize::MAX).expect("one schema")))
+    });
+    drop(next);
     g.bench_with_input(BenchmarkId::new("stage_json", name), &json, |b, json| {
         b.iter_batched(
             || (),
