@@ -144,6 +144,11 @@ pub struct Store {
     /// Bumped whenever the snapshot is confirmed current.
     confirmed: watch::Sender<u64>,
     generations: AtomicU64,
+    /// Random per process: a version another process named is not one
+    /// this one can lead a follower on from.
+    instance: String,
+    /// A follower's: the upstream version it has reached.
+    followed: watch::Sender<Option<String>>,
 }
 
 #[derive(Default)]
@@ -241,6 +246,16 @@ fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
+/// `(instance, generation, last_write)` of a version.
+fn split_version(version: &str) -> Option<(&str, u64, u64)> {
+    let mut parts = version.split('.');
+    let (instance, generation, last) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((instance, generation.parse().ok()?, last.parse().ok()?))
+}
+
 /// How long [`Store::swap`] waits for requests to let go of the snapshot it
 /// replaced.
 const RETIRE_WAIT: Duration = Duration::from_secs(2);
@@ -265,6 +280,8 @@ impl Default for Store {
             changed: watch::Sender::new(0),
             confirmed: watch::Sender::new(0),
             generations: AtomicU64::default(),
+            instance: format!("{:016x}", rand::random::<u64>()),
+            followed: watch::Sender::new(None),
         }
     }
 }
@@ -282,6 +299,48 @@ impl Store {
     /// Changes whenever the served snapshot is confirmed current.
     pub fn confirmations(&self) -> watch::Receiver<u64> {
         self.confirmed.subscribe()
+    }
+
+    /// The version `meta` is, as hubs name it to followers (`ETag`):
+    /// `"{instance}.{generation}.{last_write}"`.
+    pub fn version(&self, meta: &SnapshotMeta) -> String {
+        format!("{}.{}.{}", self.instance, meta.generation, meta.last_write)
+    }
+
+    /// The version served now.
+    pub fn current_version(&self) -> Option<String> {
+        self.current
+            .load()
+            .as_deref()
+            .map(|l| self.version(&l.meta))
+    }
+
+    /// `(generation, last_write)` of a version this process named.
+    pub fn parse_version(&self, version: &str) -> Option<(u64, u64)> {
+        let (instance, generation, last) = split_version(version)?;
+        (instance == self.instance).then_some((generation, last))
+    }
+
+    /// A follower has reached `version` of its upstream.
+    pub fn followed(&self, version: &str) {
+        self.followed.send_replace(Some(version.to_owned()));
+    }
+
+    /// Waits up to `timeout` for this follower to reach `version` of its
+    /// upstream, or one after it; whether it did.
+    pub async fn follow_to(&self, version: &str, timeout: Duration) -> bool {
+        let Some((instance, generation, last)) = split_version(version) else {
+            return false;
+        };
+        let reached = |v: &Option<String>| {
+            v.as_deref()
+                .and_then(split_version)
+                .is_some_and(|(i, g, l)| i == instance && (g, l) >= (generation, last))
+        };
+        let mut rx = self.followed.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(reached))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// What was served at `(generation, last_write)` lacks of what is
@@ -830,5 +889,29 @@ mod tests {
         let first = plain.load().unwrap().meta.generation;
         plain.install(staged(&["a", "b"]), synced(0)).unwrap();
         assert!(matches!(plain.since(first, 0), Since::Full(..)));
+    }
+
+    #[tokio::test]
+    async fn a_follower_has_reached_a_version_and_every_one_before_it() {
+        let store = Store::new();
+        let wait = Duration::from_millis(20);
+        assert!(
+            !store.follow_to("i.1.3", wait).await,
+            "nothing followed yet"
+        );
+        store.followed("i.1.5");
+        assert!(store.follow_to("i.1.3", wait).await);
+        assert!(store.follow_to("i.1.5", wait).await);
+        assert!(
+            store.follow_to("i.0.9", wait).await,
+            "an earlier generation"
+        );
+        assert!(!store.follow_to("i.1.6", wait).await);
+        assert!(!store.follow_to("i.2.0", wait).await);
+        assert!(!store.follow_to("j.1.1", wait).await, "another hub process");
+        assert!(!store.follow_to("not a version", wait).await);
+        let later = store.follow_to("i.2.1", Duration::from_secs(5));
+        let (reached, ()) = tokio::join!(later, async { store.followed("i.2.1") });
+        assert!(reached, "woken when the follower gets there");
     }
 }

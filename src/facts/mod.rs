@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use http::header;
-use http::{Method, Response, StatusCode};
+use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 use percent_encoding::percent_decode_str;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
@@ -31,6 +31,11 @@ use crate::http::ApiError;
 use crate::store::Store;
 use crate::sync::{excerpt, request_id, Call, Class, Limiter, SyncState};
 pub use writes::{interpret, Interpreted};
+
+/// The version of the snapshot that serves a confirmed write, on the
+/// facts proxy's answer: a follower that sent the write through its hub
+/// waits until its long poll has brought it that far (docs/fleet.md).
+pub const VERSION_HEADER: &str = "x-pdp-version";
 
 /// The longest `X-Wait-Timeout` honoured.
 const MAX_WAIT: Duration = Duration::from_secs(3600);
@@ -132,7 +137,7 @@ impl FactsMetrics {
             writes: IntCounterVec::new(
                 Opts::new(
                     "pdp_facts_writes_total",
-                    "Confirmed fact writes by outcome: applied, not_applicable (schema this snapshot lacks), unreadable",
+                    "Confirmed fact writes by outcome: applied, followed (a follower's, served once its hub's delta brought it), not_applicable (schema this snapshot lacks), unreadable",
                 ),
                 &["outcome"],
             )?,
@@ -315,6 +320,13 @@ impl FactsProxy {
             }
         };
         let status = upstream.status();
+        // A hub says which of its versions serves the write.
+        let hub_version = upstream
+            .headers()
+            .get(VERSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|_| self.via_hub)
+            .map(str::to_owned);
         let content_type = upstream.headers().get(header::CONTENT_TYPE).cloned();
         let retry_after = upstream.headers().get(header::RETRY_AFTER).cloned();
         call.request_id = request_id(upstream.headers());
@@ -349,9 +361,20 @@ impl FactsProxy {
             self.limiter.retry_after(Class::Facts, after);
         }
 
+        let mut served_at = None;
         if status.is_success() {
             match interpret(method, &path, &body, &answer) {
-                Interpreted::Writes(w) => self.serve(w, wait).await?,
+                // Through a hub that served it: the long poll brings it,
+                // in the order the hub applied it among other writes.
+                Interpreted::Writes(w) if hub_version.is_some() => {
+                    let version = hub_version.as_deref().unwrap_or_default();
+                    self.follow(version, w.len(), wait).await?;
+                }
+                Interpreted::Writes(w) => {
+                    if self.serve(w, wait).await? {
+                        served_at = self.store.current_version();
+                    }
+                }
                 Interpreted::Forward => {}
                 Interpreted::Unreadable(why) => {
                     self.metrics.writes.with_label_values(&["unreadable"]).inc();
@@ -368,12 +391,40 @@ impl FactsProxy {
         if let Some(v) = retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
+        if let Some(v) = served_at.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            resp.headers_mut().insert(VERSION_HEADER, v);
+        }
         Ok(resp)
     }
 
-    /// Applies confirmed writes, waiting for them as `wait` says. The apply
-    /// runs on a blocking thread and finishes even when the wait is over.
-    async fn serve(&self, batch: Vec<crate::snapshot::Write>, wait: Wait) -> Result<(), ApiError> {
+    /// Waits, as `wait` says, for this follower's long poll to bring it to
+    /// `version` of its hub, which serves `n` writes just confirmed.
+    async fn follow(&self, version: &str, n: usize, wait: Wait) -> Result<(), ApiError> {
+        let started = Instant::now();
+        let reached = !wait.timeout.is_zero() && self.store.follow_to(version, wait.timeout).await;
+        self.metrics.wait.observe(started.elapsed().as_secs_f64());
+        if reached {
+            self.metrics
+                .writes
+                .with_label_values(&["followed"])
+                .inc_by(n as u64);
+            return Ok(());
+        }
+        self.metrics.timeouts.inc();
+        match wait.policy {
+            TimeoutPolicy::Ignore => Ok(()),
+            TimeoutPolicy::Fail => Err(ApiError::UpdateTimeout),
+        }
+    }
+
+    /// Applies confirmed writes, waiting for them as `wait` says; whether
+    /// they were served within it. The apply runs on a blocking thread and
+    /// finishes even when the wait is over.
+    async fn serve(
+        &self,
+        batch: Vec<crate::snapshot::Write>,
+        wait: Wait,
+    ) -> Result<bool, ApiError> {
         let store = self.store.clone();
         let started = Instant::now();
         let task = tokio::task::spawn_blocking(move || store.apply(batch));
@@ -397,12 +448,12 @@ impl FactsProxy {
                     warn!(%why, "facts proxy: a confirmed write names schema this snapshot lacks; the next sync brings it");
                 }
                 debug!(applied = applied.applied, "facts proxy: writes served");
-                Ok(())
+                Ok(true)
             }
             None => {
                 self.metrics.timeouts.inc();
                 match wait.policy {
-                    TimeoutPolicy::Ignore => Ok(()),
+                    TimeoutPolicy::Ignore => Ok(false),
                     TimeoutPolicy::Fail => Err(ApiError::UpdateTimeout),
                 }
             }

@@ -43,9 +43,6 @@ pub const AGE_HEADER: &str = "x-pdp-snapshot-age-ms";
 pub struct Hub {
     store: Arc<Store>,
     key: BackupKey,
-    /// Random per process: a version named by another process's run is
-    /// not one this one can make a delta from.
-    instance: String,
     /// The last full bundle, by generation.
     full: Mutex<Option<Arc<Encoded>>>,
     /// The last delta, by the versions it goes between: followers polling
@@ -190,7 +187,6 @@ impl Hub {
         Ok(Hub {
             store,
             key,
-            instance: format!("{:016x}", rand::random::<u64>()),
             full: Mutex::new(None),
             delta: Mutex::new(None),
             stop,
@@ -199,26 +195,13 @@ impl Hub {
     }
 
     fn version(&self, loaded: &Loaded) -> String {
-        format!(
-            "{}.{}.{}",
-            self.instance, loaded.meta.generation, loaded.meta.last_write
-        )
-    }
-
-    /// `(generation, last_write)` of a version this process made.
-    fn parse(&self, version: &str) -> Option<(u64, u64)> {
-        let mut parts = version.split('.');
-        let (instance, generation, last) = (parts.next()?, parts.next()?, parts.next()?);
-        if instance != self.instance || parts.next().is_some() {
-            return None;
-        }
-        Some((generation.parse().ok()?, last.parse().ok()?))
+        self.store.version(&loaded.meta)
     }
 
     /// Answers `GET /v1/snapshot`.
     pub async fn serve(&self, headers: &HeaderMap) -> Result<Response<Full<Bytes>>, ApiError> {
         let named = if_none_match(headers);
-        let known = named.as_deref().and_then(|v| self.parse(v));
+        let known = named.as_deref().and_then(|v| self.store.parse_version(v));
         let gzip = accepts_gzip(headers);
         let deadline = Instant::now() + prefer_wait(headers);
         let mut changes = self.store.changes();

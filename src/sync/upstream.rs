@@ -373,10 +373,10 @@ impl Follower {
                     return Err(SyncError::Refused(why));
                 }
                 let n = writes.len();
-                let store = store.clone();
+                let applier = store.clone();
                 let (applied, pending) = tokio::task::spawn_blocking(move || {
-                    let applied = store.apply(writes);
-                    (applied, store.pending_count())
+                    let applied = applier.apply(writes);
+                    (applied, applier.pending_count())
                 })
                 .await
                 .map_err(|e| SyncError::Internal(e.to_string()))?;
@@ -399,6 +399,7 @@ impl Follower {
                         writes = pending,
                         "upstream: many writes served over the document; taking the whole bundle next"
                     );
+                    store.followed(&version);
                     self.version = None;
                     return Ok(SyncOutcome::Swapped);
                 }
@@ -410,6 +411,8 @@ impl Follower {
                 ))
             }
         };
+        // Writes sent through the hub wait for this (`facts::VERSION_HEADER`).
+        store.followed(&version);
         self.version = Some(version);
         Ok(outcome)
     }
