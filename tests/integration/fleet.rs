@@ -121,12 +121,19 @@ impl Proc {
         self.get("/health", &[]).await.json().await.unwrap()
     }
 
-    /// A hub's `pdp_hub_answers_total` of `kind`.
-    async fn hub_answers(&self, kind: &str) -> u64 {
+    /// The value of one series of `/metrics`, if it is there.
+    async fn metric(&self, series: &str) -> Option<u64> {
         let text = self.get("/metrics", &[]).await.text().await.unwrap();
-        let series = format!("pdp_hub_answers_total{{kind=\"{kind}\"}} ");
+        let series = format!("{series} ");
         text.lines()
             .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+    }
+
+    /// A hub's `pdp_hub_answers_total` of `kind`.
+    async fn hub_answers(&self, kind: &str) -> u64 {
+        let series = format!("pdp_hub_answers_total{{kind=\"{kind}\"}}");
+        self.metric(&series)
+            .await
             .unwrap_or_else(|| panic!("no {series} in the metrics"))
     }
 }
@@ -208,6 +215,18 @@ async fn a_write_through_one_follower_is_served_there_at_once_and_at_the_other_w
     assert!(
         a.allowed("alice", "write", doc_in("default")).await,
         "read-your-writes at the follower that wrote"
+    );
+    // Served by the hub's delta, in the hub's order, before the answer:
+    // not applied on its own at the follower.
+    assert_eq!(
+        a.metric("pdp_facts_writes_total{outcome=\"followed\"}")
+            .await,
+        Some(1)
+    );
+    assert_eq!(
+        a.metric("pdp_facts_writes_total{outcome=\"applied\"}")
+            .await,
+        None
     );
     assert!(
         eventually(Duration::from_secs(1), || b.allowed(
@@ -415,6 +434,9 @@ async fn a_follower_behind_nginx_serves_an_exported_bundle_and_its_updates() {
         follower.health().await
     );
 
+    // Synced a second later (the backup's clock counts seconds).
+    let first = std::fs::read(&file).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
     export(&with_editor_bob(), &file);
     follower
         .comes_to_allow_bob_to_write(Duration::from_secs(10))
@@ -425,6 +447,19 @@ async fn a_follower_behind_nginx_serves_an_exported_bundle_and_its_updates() {
         .post("/facts/users", json!({"key": "nobody"}))
         .await;
     assert_eq!(status, 404, "{body}");
+
+    // The first bundle served again (a replay, a stale cache): authentic,
+    // but older than what is served, so refused.
+    std::fs::write(&file, first).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            follower.health().await["sync"]["last_error_cause"] == "bundle_refused"
+        })
+        .await,
+        "{}",
+        follower.health().await
+    );
+    assert!(follower.allowed("bob", "write", doc_in("default")).await);
 }
 
 /// A full bundle of `doc`, sealed for `environment` with `key`.
@@ -613,6 +648,13 @@ async fn export_reads_the_control_plane_once_into_a_bundle_of_its_environment() 
     .unwrap()
     .unwrap();
     assert!(status.success());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "users and attributes: the owner's alone"
+    );
     let key = BackupKey::derive(&ApiKey::new(ENV_KEY));
     let b = bundle::decode(std::fs::read(&out).unwrap().into(), &key).unwrap();
     assert_eq!(b.kind, Kind::Full);
