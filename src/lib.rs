@@ -389,7 +389,7 @@ pub async fn run(
     let max_staleness = match (config.mode(), config.max_staleness) {
         (Mode::ControlPlane | Mode::Upstream(_), limit) => limit,
         (_, Some(_)) => {
-            warn!("PDP_MAX_STALENESS applies only when syncing from the control plane; ignored");
+            warn!("PDP_MAX_STALENESS applies only when syncing from the control plane or following an upstream; ignored");
             None
         }
         (_, None) => None,

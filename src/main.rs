@@ -142,10 +142,11 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
         name.to_string_lossy(),
         std::process::id()
     ));
+    // One a crash left could have other permissions: made anew.
+    let _ = std::fs::remove_file(&tmp);
     let written = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .and_then(|mut f| {

@@ -214,7 +214,7 @@ impl Pending {
             at = link.to_generation;
             if at == current {
                 out.extend(self.writes.iter().map(|(_, w)| w.clone()));
-                return Some(out);
+                return (out.len() <= MAX_BRIDGE).then_some(out);
             }
         }
         None

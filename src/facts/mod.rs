@@ -298,6 +298,14 @@ impl FactsProxy {
                 request = request.header(name, v.clone());
             }
         }
+        // A hub waits for the write as the caller asked this PDP to.
+        if self.via_hub {
+            for name in ["x-wait-timeout", "x-timeout-policy"] {
+                if let Some(v) = headers.get(name) {
+                    request = request.header(name, v.clone());
+                }
+            }
+        }
         let started = Instant::now();
         let mut call = Call::new(
             "facts_proxy",
@@ -325,7 +333,6 @@ impl FactsProxy {
             .headers()
             .get(VERSION_HEADER)
             .and_then(|v| v.to_str().ok())
-            .filter(|_| self.via_hub)
             .map(str::to_owned);
         let content_type = upstream.headers().get(header::CONTENT_TYPE).cloned();
         let retry_after = upstream.headers().get(header::RETRY_AFTER).cloned();
@@ -366,10 +373,18 @@ impl FactsProxy {
             match interpret(method, &path, &body, &answer) {
                 // Through a hub that served it: the long poll brings it,
                 // in the order the hub applied it among other writes.
-                Interpreted::Writes(w) if hub_version.is_some() => {
-                    let version = hub_version.as_deref().unwrap_or_default();
-                    self.follow(version, w.len(), wait).await?;
-                }
+                Interpreted::Writes(w) if self.via_hub => match hub_version.as_deref() {
+                    Some(version) => {
+                        self.follow(version, w.len(), wait).await?;
+                        // A hub that follows one in turn passes its own on.
+                        served_at = self.store.current_version();
+                    }
+                    // The hub did not serve it within the wait (and said
+                    // so with a 424 if asked to): the long poll brings it
+                    // when it does. Applied here too, it could land out of
+                    // the hub's order.
+                    None => self.metrics.timeouts.inc(),
+                },
                 Interpreted::Writes(w) => {
                     if self.serve(w, wait).await? {
                         served_at = self.store.current_version();

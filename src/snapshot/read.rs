@@ -594,11 +594,36 @@ impl Snapshot {
         }
     }
 
-    pub(crate) fn user_attrs_map(&self, u: UserId) -> Map<String, Value> {
-        match self.written_attrs(|d| &d.user_attrs, u.0) {
-            Some(m) => m.clone(),
-            None => self.t.attrs_map(self.t.user_attrs.row(u.0)),
-        }
+    /// An object's stored attributes, `(name, value)` sorted by name,
+    /// borrowed: for comparing two objects without copying either.
+    fn attrs_list<'a>(
+        &'a self,
+        of: impl Fn(&Delta) -> &super::delta::Layered<Arc<Map<String, Value>>>,
+        rows: &'a super::AttrRows,
+        id: u32,
+    ) -> Vec<(&'a str, &'a Value)> {
+        let mut list: Vec<(&str, &Value)> = match self.written_attrs(of, id) {
+            Some(m) => m.iter().map(|(k, v)| (k.as_str(), v)).collect(),
+            None => rows
+                .row(id)
+                .iter()
+                .map(|&(n, v)| (self.t.attr_names.name(n), self.t.values.get(v)))
+                .collect(),
+        };
+        list.sort_unstable_by_key(|&(k, _)| k);
+        list
+    }
+
+    pub(crate) fn user_attrs_list(&self, u: UserId) -> Vec<(&str, &Value)> {
+        self.attrs_list(|d| &d.user_attrs, &self.t.user_attrs, u.0)
+    }
+
+    pub(crate) fn tenant_attrs_list(&self, t: TenantId) -> Vec<(&str, &Value)> {
+        self.attrs_list(|d| &d.tenant_attrs, &self.t.tenant_attrs, t.0)
+    }
+
+    pub(crate) fn instance_attrs_list(&self, i: InstanceId) -> Vec<(&str, &Value)> {
+        self.attrs_list(|d| &d.inst_attrs, &self.t.inst_attrs, i.0)
     }
 
     pub(crate) fn instance_attrs_map(&self, i: InstanceId) -> Map<String, Value> {

@@ -214,6 +214,15 @@ impl Hub {
         let _waiting = (deadline > Instant::now()).then(|| Waiting::begin(&self.metrics.waiting));
         loop {
             changes.borrow_and_update();
+            // Followers polling together ask for the same delta: the one
+            // encoded for the first is sent as it is, without gathering
+            // its writes again under the store's lock.
+            if let Some((version, body, compressed)) = named
+                .as_deref()
+                .and_then(|from| self.encoded_delta(from, gzip))
+            {
+                return Ok(self.answered(Kind::Delta, version, body, compressed));
+            }
             // An unknown version (or none) is of no generation: a full bundle.
             let (generation, last) = known.unwrap_or((u64::MAX, 0));
             let (kind, body, version, compressed) = match self.store.since(generation, last) {
@@ -269,21 +278,47 @@ impl Hub {
                     (Kind::Full, body, version, compressed)
                 }
             };
-            let label = kind.label();
-            self.metrics.answers.with_label_values(&[label]).inc();
-            self.metrics
-                .bytes
-                .with_label_values(&[label])
-                .inc_by(body.len() as u64);
-            return Ok(answer(
-                self.store.freshness_age(),
-                StatusCode::OK,
-                &version,
-                Some(kind),
-                body,
-                compressed,
-            ));
+            return Ok(self.answered(kind, version, body, compressed));
         }
+    }
+
+    /// A bundle's answer, counted.
+    fn answered(
+        &self,
+        kind: Kind,
+        version: String,
+        body: Bytes,
+        compressed: bool,
+    ) -> Response<Full<Bytes>> {
+        let label = kind.label();
+        self.metrics.answers.with_label_values(&[label]).inc();
+        self.metrics
+            .bytes
+            .with_label_values(&[label])
+            .inc_by(body.len() as u64);
+        answer(
+            self.store.freshness_age(),
+            StatusCode::OK,
+            &version,
+            Some(kind),
+            body,
+            compressed,
+        )
+    }
+
+    /// The delta from `from` to the version served now, if one is encoded
+    /// already (and compressed, when asked for and worth it).
+    fn encoded_delta(&self, from: &str, gzip: bool) -> Option<(String, Bytes, bool)> {
+        let to = self.store.current_version()?;
+        let slot = self.delta.lock().unwrap_or_else(|p| p.into_inner());
+        let e = slot
+            .as_ref()
+            .filter(|e| e.key == (0, from.to_owned(), to))?;
+        let (version, plain) = e.plain.get()?;
+        if !gzip || plain.len() < COMPRESS_FROM {
+            return Some((version.clone(), plain.clone(), false));
+        }
+        Some((version.clone(), e.gzip.get()?.clone(), true))
     }
 
     /// A full bundle of `loaded`'s generation and the version it brings

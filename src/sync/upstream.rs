@@ -102,6 +102,9 @@ pub struct Follower {
     /// When the document served was synced from the control plane: an
     /// older one is not taken (a replayed bundle would roll it back).
     synced_at: Option<SystemTime>,
+    /// The writes the last full bundle carried: those a full bundle taken
+    /// again would not let go either.
+    full_writes: usize,
 }
 
 /// What a restore from the backup at start put in service.
@@ -145,6 +148,7 @@ impl Follower {
             version: None,
             etag: None,
             synced_at,
+            full_writes: 0,
         })
     }
 
@@ -394,7 +398,9 @@ impl Follower {
                     self.version = None;
                     return Ok(SyncOutcome::Swapped);
                 }
-                if pending > COMPACT_AFTER {
+                // Only as many as a full bundle would let go: the hub's
+                // own writes come back with it.
+                if pending.saturating_sub(self.full_writes) > COMPACT_AFTER {
                     info!(
                         writes = pending,
                         "upstream: many writes served over the document; taking the whole bundle next"
@@ -438,6 +444,7 @@ impl Follower {
         let environment = environment.to_owned();
         let backup_failures = self.metrics.backup_failures.clone();
         let served_since = self.synced_at;
+        let carried = writes.len();
         let (outcome, synced_at) = tokio::task::spawn_blocking(move || {
             let doc = backup::decode_backup(&base, &key)
                 .map_err(|e| SyncError::Refused(format!("its document: {e}")))?;
@@ -447,25 +454,32 @@ impl Follower {
                     doc.environment
                 )));
             }
-            if let Some(served) = served_since.filter(|&s| doc.synced_at < s) {
+            // A hub says how fresh it is; a file is as fresh as the sync it
+            // was made from.
+            let fresh_at = hub_fresh_at
+                .map_or(doc.synced_at, |h| h.max(doc.synced_at))
+                .min(SystemTime::now());
+            let same = store.load().is_some_and(|l| {
+                l.meta.content_hash == doc.content_hash && store.pending_writes() == writes
+            });
+            if same {
+                store.mark_fresh_at(fresh_at);
+                return Ok((SyncOutcome::Unchanged, doc.synced_at));
+            }
+            // Older than what is served, and not confirmed current since
+            // (a hub that synced it earlier and has confirmed it after is
+            // as good): a replayed or stale cached bundle is not taken.
+            if let Some(served) = served_since.filter(|&s| fresh_at < s) {
                 return Err(SyncError::Refused(format!(
                     "its document was synced at {}, before the one served ({}): an old bundle is not taken",
                     unix_secs(doc.synced_at),
                     unix_secs(served)
                 )));
             }
-            let same = store.load().is_some_and(|l| {
-                l.meta.content_hash == doc.content_hash && store.pending_writes() == writes
-            });
-            if same {
-                return Ok((SyncOutcome::Unchanged, doc.synced_at));
-            }
             let provenance = Provenance {
                 source,
                 content_hash: Some(doc.content_hash),
-                // A hub says how fresh it is; a file is as fresh as the
-                // sync it was made from.
-                fresh_at: Some(hub_fresh_at.unwrap_or(doc.synced_at).min(SystemTime::now())),
+                fresh_at: Some(fresh_at),
                 writes_before: Some(writes_before),
                 writes,
                 base: hub.then(|| {
@@ -489,6 +503,7 @@ impl Follower {
         .await
         .map_err(|e| SyncError::Internal(e.to_string()))??;
         self.synced_at = Some(synced_at);
+        self.full_writes = carried;
         Ok(outcome)
     }
 }

@@ -254,6 +254,45 @@ async fn a_write_through_one_follower_is_served_there_at_once_and_at_the_other_w
 }
 
 #[tokio::test]
+async fn a_write_through_a_tier_of_hubs_is_served_where_it_was_made_before_it_answers() {
+    let cp = FakeControlPlane::start(&environment(), Shape::Paged).await;
+    let hub = Proc::start(&[
+        ("PDP_CONTROL_PLANE", &cp.url()),
+        ("PDP_SYNC_INTERVAL", "1h"),
+        ("PDP_HUB", "true"),
+    ])
+    .await;
+    // A follower that is a hub in turn, and a follower of it.
+    let middle = Proc::start(&[("PDP_UPSTREAM_URL", &hub.url), ("PDP_HUB", "true")]).await;
+    let leaf = Proc::start(&[("PDP_UPSTREAM_URL", &middle.url)]).await;
+    assert!(!leaf.allowed("alice", "write", doc_in("default")).await);
+
+    let (status, body) = leaf
+        .post(
+            "/facts/role_assignments",
+            json!({"user": "alice", "role": "editor", "tenant": "default"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    for p in [&leaf, &middle, &hub] {
+        assert!(
+            p.allowed("alice", "write", doc_in("default")).await,
+            "{} serves the write once the leaf has answered",
+            p.url
+        );
+    }
+    for p in [&leaf, &middle] {
+        assert_eq!(
+            p.metric("pdp_facts_writes_total{outcome=\"followed\"}")
+                .await,
+            Some(1),
+            "{} took it from its upstream's delta",
+            p.url
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_unchanged_hub_answers_304_and_holds_a_long_poll() {
     let cp = FakeControlPlane::start(&environment(), Shape::Paged).await;
     let hub = Proc::start(&[

@@ -1496,6 +1496,7 @@ proptest! {
         served in prop::collection::vec(raw_write(), 0..8),
         changed in prop::collection::vec(raw_write(), 0..12),
         by_writes in any::<bool>(),
+        shared in (any::<u8>(), any::<u8>()),
         queries in prop::collection::vec(raw_query(), 1..6),
     ) {
         let before = build_doc(&raw);
@@ -1518,6 +1519,17 @@ proptest! {
                 ..other
             })
         };
+        // Some users share an email, before and after.
+        let share = |d: &Value, mask: u8| {
+            let mut d = d.clone();
+            for (i, u) in list(&mut d, "users").iter_mut().enumerate() {
+                if mask & (1 << (i % 8)) != 0 {
+                    u["email"] = json!("shared@example.test");
+                }
+            }
+            d
+        };
+        let (before, after) = (share(&before, shared.0), share(&after, shared.1));
         let Ok(new) = Engine::build(&doc(&after)) else {
             return Ok(());
         };
@@ -1533,6 +1545,23 @@ proptest! {
         answer_alike(&applied, &new, &queries, || {
             format!("served: {served:?}\ndiff: {diff:?}\nbefore: {before}\nafter: {after}")
         })?;
+        // Users found by email as the new document finds them.
+        let emails = ["shared@example.test"].into_iter().map(str::to_owned).chain(
+            new.snap.user_keys().filter_map(|k| {
+                after["users"].as_array()?.iter().find(|u| u["key"] == json!(k))?["email"]
+                    .as_str()
+                    .map(str::to_owned)
+            }),
+        );
+        for email in emails.collect::<Vec<_>>() {
+            prop_assert_eq!(
+                applied.snap.user_by_email(&email),
+                new.snap.user_by_email(&email),
+                "{}\ndiff: {:?}",
+                email,
+                diff
+            );
+        }
         // Nothing is left to send once it is applied.
         let again = new.snap.changes_since(&applied.snap, usize::MAX);
         prop_assert!(again.as_deref() == Some(&[][..]), "left over: {again:?}");
