@@ -7,6 +7,11 @@
 # It builds release, installs wrk (Debian) if missing, generates the `large`
 # environment (100k users, 1M role assignments), starts the PDP on it and the
 # baseline (devkit/src/bin/baseline.rs), and measures:
+#   - the headline, pinned (PIN=1, the default on 2+ cores): each server
+#     alone on core 0 and wrk (one thread) on core 1, so that figures hold
+#     from run to run: /allowed with the generator's mix and with RBAC
+#     queries alone at 64 connections against the baseline, bulk checks/s,
+#     /user-permissions req/s; then the same servers on both cores:
 #   - POST /allowed at 16 and 64 connections: req/s, p50/p99/p99.9, PDP/baseline
 #   - the same at 64 connections paced well below saturation (PACE_MS), once
 #     each: the latency when neither server is the bottleneck
@@ -34,7 +39,8 @@
 # paced run), ROUNDS (3), STARTS (5 starts from the backup), SWAP_TRIGGER
 # (sync = POST /sync | sighup = kill -HUP), PDP_BIN (target/release/pdp),
 # LOAD_WORK (target/load), LOAD_PDP_PORT (18766), LOAD_BASELINE_PORT (18767),
-# SKIP_BUILD=1, QUERIES (20000).
+# SKIP_BUILD=1, QUERIES (20000), PIN (1; 0 skips the pinned headline),
+# HEADLINE_ONLY=1 (stop after it).
 #
 # AB_BIN=path/to/another/pdp compares two builds instead: that binary takes
 # the baseline's place (same data, same key, its own port), "base" in the
@@ -59,6 +65,10 @@ WORK=${LOAD_WORK:-target/load}
 PDP_PORT_=${LOAD_PDP_PORT:-18766}
 BASE_PORT=${LOAD_BASELINE_PORT:-18767}
 QUERIES=${QUERIES:-20000}
+PIN=${PIN:-1}
+(( $(nproc) >= 2 )) || PIN=0
+# wrk's command prefix: pinned to core 1 in the headline.
+WRK_PIN=""
 KEY=load-test-key
 # A closed local port: a PDP that tries to sync fails fast, on this machine.
 NO_CONTROL_PLANE=http://127.0.0.1:9
@@ -98,7 +108,7 @@ done
 
 DATA=$WORK/$PRESET-$SEED
 ENV_FILE=$DATA/env.json
-if [[ ! -s "$ENV_FILE" || ! -s "$DATA/meta.env" || ! -s "$DATA/bulk_filter.jsonl" ]]; then
+if [[ ! -s "$ENV_FILE" || ! -s "$DATA/meta.env" || ! -s "$DATA/bulk_filter.jsonl" || ! -s "$DATA/rbac.jsonl" ]]; then
   mkdir -p "$DATA"
   log "generating $PRESET (seed $SEED) into $DATA"
   "$GEN_BIN" --preset "$PRESET" --seed "$SEED" --out "$ENV_FILE" \
@@ -193,7 +203,7 @@ CLK_TCK=$(getconf CLK_TCK)
 run_wrk() {
   local name=$1 url=$2 bodies=$3 conns=$4 pid=${5:-} pause=${6:-} out line t0=0 t1=0 n
   [[ -n "$pid" ]] && t0=$(cpu_ticks "$pid")
-  out=$(wrk -t"$THREADS" -c"$conns" -d"$DURATION" --timeout 5s \
+  out=$($WRK_PIN wrk -t"$THREADS" -c"$conns" -d"$DURATION" --timeout 5s \
     -s benches/load/bodies.lua "$url" -- "$bodies" "$KEY" $pause 2>&1) || true
   [[ -n "$pid" ]] && t1=$(cpu_ticks "$pid")
   echo "$out" >"$WORK/wrk-$name.txt"
@@ -267,6 +277,49 @@ WARM=$DURATION; DURATION=2s
 run_wrk warm-pdp "$PDP_URL/allowed" "$DATA/allowed.jsonl" 16
 run_wrk warm-base "$BASE_URL/allowed" "$DATA/allowed.jsonl" 16
 DURATION=$WARM
+
+# ---- the headline, pinned ------------------------------------------------------
+# pin_servers CPUS: moves every thread of both servers onto CPUS.
+pin_servers() {
+  local p
+  for p in $PDP_PID $BASE_PID; do taskset -a -p -c "$1" "$p" >/dev/null; done
+}
+if [[ "$PIN" == 1 ]]; then
+  log "headline: servers on core 0, wrk (one thread) on core 1"
+  pin_servers 0
+  SHARED_THREADS=$THREADS; THREADS=1; WRK_PIN="taskset -c 1"
+  rounds pin-mix /allowed "$DATA/allowed.jsonl" 64
+  rounds pin-rbac /allowed "$DATA/rbac.jsonl" 64
+  rounds pin-bulk /allowed/bulk "$DATA/bulk.jsonl" 16
+  run_wrk pin-user-perms "$PDP_URL/user-permissions" "$DATA/user_permissions.jsonl" 16 "$PDP_PID"
+  PIN_RSS_KB=$(rss_kb "$PDP_PID" VmRSS)
+  THREADS=$SHARED_THREADS; WRK_PIN=""
+  pin_servers "0-$(( $(nproc) - 1 ))"
+  # target TARGET VALUE CMP: "met" or "not met" (CMP ge or le).
+  target() { awk -v t="$1" -v v="${2:-}" -v c="$3" 'BEGIN { if (v == "") print "n/a";
+    else if ((c == "ge" && v >= t) || (c == "le" && v <= t)) print "met"; else print "not met" }'; }
+  PIN_BULK=$(awk -v r="${R[pdp-pin-bulk.rps]:-0}" 'BEGIN { printf "%.0f", r * 100 }')
+  PIN_BPA=$(awk -v k="$PIN_RSS_KB" -v n="$ASSIGNMENTS" 'BEGIN { if (n > 0) printf "%.0f", k * 1024 / n }')
+  HEADLINE=$(
+    echo "== headline, pinned: each server alone on core 0, wrk -t1 on core 1; medians of $ROUNDS alternating rounds of $DURATION =="
+    echo "| figure | pdp | bare hyper | pdp/bare | target | |"
+    echo "| --- | --- | --- | --- | --- | --- |"
+    for k in mix rbac; do
+      r=$(awk -v r="${R[ratio-pin-$k]:-}" 'BEGIN { if (r != "") printf "%.2f", r }')
+      what=$([[ $k == mix ]] && echo "/allowed, the generator's RBAC/ReBAC/ABAC mix, c=64" || echo "/allowed, RBAC only, c=64")
+      t=$([[ $k == mix ]] && echo 0.85 || echo 0.9)
+      echo "| $what | ${R[pdp-pin-$k.rps]:-n/a} req/s (${R[pdp-pin-$k.cpu]:-n/a} µs CPU) | ${R[base-pin-$k.rps]:-n/a} req/s (${R[base-pin-$k.cpu]:-n/a} µs) | ${r:-n/a} (rounds ${R[ratio-pin-$k.all]:-n/a}) | ≥ $t× | $(target "$t" "$r" ge) |"
+    done
+    echo "| /allowed/bulk, 100 checks a request, c=16 | $PIN_BULK checks/s | $(awk -v r="${R[base-pin-bulk.rps]:-0}" 'BEGIN { printf "%.0f", r * 100 }') (the same bodies read) | – | ≥ 2,000,000 | $(target 2000000 "$PIN_BULK" ge) |"
+    echo "| /user-permissions, c=16 | ${R[pin-user-perms.rps]:-n/a} req/s | – | – | ≥ 40,000 | $(target 40000 "${R[pin-user-perms.rps]:-}" ge) |"
+    echo "| RSS per role assignment after load | $PIN_BPA B ($PIN_RSS_KB kB) | – | – | ≤ 64 B | $(target 64 "$PIN_BPA" le) |"
+  )
+  echo "$HEADLINE" >"$WORK/headline.md"
+  log "headline written to $WORK/headline.md"
+  if [[ "${HEADLINE_ONLY:-0}" == 1 ]]; then
+    echo; echo "$HEADLINE"; exit 0
+  fi
+fi
 for c in $CONNS; do
   rounds "$c" /allowed "$DATA/allowed.jsonl" "$c"
 done
@@ -416,7 +469,8 @@ checks() { awk -v r="${1:-0}" 'BEGIN { printf "%.0f", r * 100 }'; }
 per_check() { awk -v c="${1:-}" 'BEGIN { if (c == "") print "n/a"; else printf "%.2f", c / 100 }'; }
 
 echo
-echo "== load benchmark: preset $PRESET seed $SEED ($ASSIGNMENTS role assignments), wrk -t$THREADS -d$DURATION, $(nproc) cores =="
+[[ -n "${HEADLINE:-}" ]] && { echo "$HEADLINE"; echo; }
+echo "== load benchmark: preset $PRESET seed $SEED ($ASSIGNMENTS role assignments), wrk -t$THREADS -d$DURATION, $(nproc) cores, shared =="
 echo "/allowed, bulk and swaps: medians of $ROUNDS alternating rounds of $DURATION each"
 printf '%-26s %12s %9s %9s %9s %10s %14s\n' "run" "req/s" "p50 ms" "p99 ms" "p99.9 ms" "errors" "CPU us/req"
 for c in $CONNS; do

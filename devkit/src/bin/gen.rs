@@ -150,6 +150,13 @@ fn run(args: Args) -> std::io::Result<()> {
                 serde_json::Value::Array(r.iter().map(|q| q.to_json()).collect()).to_string()
             }),
         )?;
+        // Tenant roles alone (the load benchmark's RBAC-only figure); after
+        // the others, which it leaves as they were.
+        let rbac = mix.rbac(args.queries);
+        write_lines(
+            dir.join("rbac.jsonl"),
+            rbac.iter().map(|q| q.to_json().to_string()),
+        )?;
         std::fs::write(
             dir.join("expected.txt"),
             format!("{allowed} of {} queries expected allowed\n", queries.len()),
