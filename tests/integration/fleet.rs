@@ -144,14 +144,22 @@ impl Drop for Proc {
     }
 }
 
+/// A hub syncing from `cp` every `interval` (at start, and when asked),
+/// with `more` settings.
+async fn hub_of(cp: &FakeControlPlane, interval: &str, more: &[(&str, &str)]) -> Proc {
+    let url = cp.url();
+    let mut env = vec![
+        ("PDP_CONTROL_PLANE", url.as_str()),
+        ("PDP_SYNC_INTERVAL", interval),
+        ("PDP_HUB", "true"),
+    ];
+    env.extend_from_slice(more);
+    Proc::start(&env).await
+}
+
 /// A hub syncing from `cp`, and two followers of it.
 async fn fleet(cp: &FakeControlPlane) -> (Proc, Proc, Proc) {
-    let hub = Proc::start(&[
-        ("PDP_CONTROL_PLANE", &cp.url()),
-        ("PDP_SYNC_INTERVAL", "1h"),
-        ("PDP_HUB", "true"),
-    ])
-    .await;
+    let hub = hub_of(cp, "1h", &[]).await;
     let a = Proc::start(&[("PDP_UPSTREAM_URL", &hub.url)]).await;
     let b = Proc::start(&[("PDP_UPSTREAM_URL", &hub.url)]).await;
     (hub, a, b)
@@ -256,12 +264,7 @@ async fn a_write_through_one_follower_is_served_there_at_once_and_at_the_other_w
 #[tokio::test]
 async fn a_write_through_a_tier_of_hubs_is_served_where_it_was_made_before_it_answers() {
     let cp = FakeControlPlane::start(&environment(), Shape::Paged).await;
-    let hub = Proc::start(&[
-        ("PDP_CONTROL_PLANE", &cp.url()),
-        ("PDP_SYNC_INTERVAL", "1h"),
-        ("PDP_HUB", "true"),
-    ])
-    .await;
+    let hub = hub_of(&cp, "1h", &[]).await;
     // A follower that is a hub in turn, and a follower of it.
     let middle = Proc::start(&[("PDP_UPSTREAM_URL", &hub.url), ("PDP_HUB", "true")]).await;
     let leaf = Proc::start(&[("PDP_UPSTREAM_URL", &middle.url)]).await;
@@ -295,12 +298,7 @@ async fn a_write_through_a_tier_of_hubs_is_served_where_it_was_made_before_it_an
 #[tokio::test]
 async fn an_unchanged_hub_answers_304_and_holds_a_long_poll() {
     let cp = FakeControlPlane::start(&environment(), Shape::Paged).await;
-    let hub = Proc::start(&[
-        ("PDP_CONTROL_PLANE", &cp.url()),
-        ("PDP_SYNC_INTERVAL", "1h"),
-        ("PDP_HUB", "true"),
-    ])
-    .await;
+    let hub = hub_of(&cp, "1h", &[]).await;
     let first = hub.get("/v1/snapshot", &[]).await;
     assert_eq!(first.status(), 200);
     assert_eq!(first.headers()["x-pdp-bundle"], "full");
@@ -582,13 +580,7 @@ async fn bundles_of_another_environment_or_with_a_wrong_tag_are_refused_with_the
 async fn a_followers_decisions_reach_the_control_plane_through_the_hub_once() {
     let cp = FakeControlPlane::start(&environment(), Shape::Paged).await;
     let fast = ("PDP_DECISION_LOGS_MAX_DELAY", "1s");
-    let hub = Proc::start(&[
-        ("PDP_CONTROL_PLANE", &cp.url()),
-        ("PDP_SYNC_INTERVAL", "1h"),
-        ("PDP_HUB", "true"),
-        fast,
-    ])
-    .await;
+    let hub = hub_of(&cp, "1h", &[fast]).await;
     let a = Proc::start(&[("PDP_UPSTREAM_URL", &hub.url), fast]).await;
     let q = json!({"user": {"key": "alice"}, "action": "read", "resource": doc_in("default")});
     let resp = reqwest::Client::new()
@@ -627,12 +619,7 @@ async fn a_followers_decisions_reach_the_control_plane_through_the_hub_once() {
 #[tokio::test]
 async fn a_follower_is_as_stale_as_its_hub() {
     let cp = FakeControlPlane::start(&environment(), Shape::Paged).await;
-    let hub = Proc::start(&[
-        ("PDP_CONTROL_PLANE", &cp.url()),
-        ("PDP_SYNC_INTERVAL", "1s"),
-        ("PDP_HUB", "true"),
-    ])
-    .await;
+    let hub = hub_of(&cp, "1s", &[]).await;
     let a = Proc::start(&[("PDP_UPSTREAM_URL", &hub.url), ("PDP_MAX_STALENESS", "3s")]).await;
     let age = hub.get("/v1/snapshot", &[]).await.headers()["x-pdp-snapshot-age-ms"]
         .to_str()
@@ -712,13 +699,7 @@ async fn export_reads_the_control_plane_once_into_a_bundle_of_its_environment() 
 #[tokio::test]
 async fn a_draining_hub_answers_held_polls_at_once() {
     let cp = FakeControlPlane::start(&environment(), Shape::Paged).await;
-    let mut hub = Proc::start(&[
-        ("PDP_CONTROL_PLANE", &cp.url()),
-        ("PDP_SYNC_INTERVAL", "1h"),
-        ("PDP_HUB", "true"),
-        ("PDP_SHUTDOWN_GRACE", "20s"),
-    ])
-    .await;
+    let mut hub = hub_of(&cp, "1h", &[("PDP_SHUTDOWN_GRACE", "20s")]).await;
     let etag = hub.get("/v1/snapshot", &[]).await.headers()["etag"]
         .to_str()
         .unwrap()
