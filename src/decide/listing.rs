@@ -84,38 +84,95 @@ pub fn user_tenants(snap: &Snapshot, q: &UserTenantsQuery) -> UserTenantsRespons
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct PermTenant {
-    pub key: String,
-    #[serde(skip_serializing_if = "Map::is_empty")]
-    pub attributes: Map<String, Value>,
+pub struct PermTenant<'s> {
+    pub key: &'s str,
+    #[serde(skip_serializing_if = "AttrList::is_empty")]
+    pub attributes: AttrList<'s>,
+}
+
+/// An object's attributes, borrowed from the snapshot and written as a
+/// JSON object (sorted by name).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttrList<'s>(pub Vec<(&'s str, &'s Value)>);
+
+impl AttrList<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for AttrList<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().copied())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct PermResource {
-    pub key: String,
+pub struct PermResource<'s> {
+    pub key: &'s str,
     #[serde(rename = "type")]
-    pub kind: String,
-    pub attributes: Map<String, Value>,
+    pub kind: &'s str,
+    pub attributes: AttrList<'s>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct PermissionEntry {
+pub struct PermissionEntry<'s> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<PermTenant>,
+    pub tenant: Option<PermTenant<'s>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub resource: Option<PermResource>,
-    pub permissions: BTreeSet<String>,
-    pub roles: BTreeSet<String>,
+    pub resource: Option<PermResource<'s>>,
+    pub permissions: BTreeSet<PermName<'s>>,
+    /// Borrowed from the snapshot, as the permission names are: an answer
+    /// names the same few roles and actions many times over.
+    pub roles: BTreeSet<&'s str>,
 }
 
-pub type UserPermissionsResponse = BTreeMap<String, PermissionEntry>;
+/// A permission, `"{type}:{action}"`, without the string being made: it
+/// sorts as that string does, and is written as it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PermName<'s> {
+    pub ty: &'s str,
+    pub action: &'s str,
+}
+
+impl PermName<'_> {
+    fn bytes(&self) -> impl Iterator<Item = u8> + '_ {
+        self.ty
+            .bytes()
+            .chain(std::iter::once(b':'))
+            .chain(self.action.bytes())
+    }
+}
+
+impl Ord for PermName<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.bytes().cmp(other.bytes())
+    }
+}
+
+impl PartialOrd for PermName<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Serialize for PermName<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}:{}", self.ty, self.action))
+    }
+}
+
+pub type UserPermissionsResponse<'s> = BTreeMap<String, PermissionEntry<'s>>;
 
 fn listed(filter: &[String], plain: &str, prefixed: &str) -> bool {
     filter.iter().any(|f| f == plain || f == prefixed)
 }
 
 /// `POST /user-permissions`.
-pub fn user_permissions(snap: &Snapshot, q: &UserPermissionsQuery) -> UserPermissionsResponse {
+pub fn user_permissions<'s>(
+    snap: &'s Snapshot,
+    q: &UserPermissionsQuery,
+) -> UserPermissionsResponse<'s> {
     let mut out = UserPermissionsResponse::new();
     let user = snap.user_id(&q.user.key);
     // Instance tenants for the tenant filter: entry key → tenant key.
@@ -125,7 +182,7 @@ pub fn user_permissions(snap: &Snapshot, q: &UserPermissionsQuery) -> UserPermis
         for t in user_tenant_ids(snap, u) {
             let mut entry = tenant_entry(snap, t);
             for r in snap.tenant_roles(u, t) {
-                entry.roles.insert(snap.role_key(r).to_owned());
+                entry.roles.insert(snap.role_key(r));
                 for (ty, a) in snap.role_permissions(r) {
                     entry.permissions.insert(perm_name(snap, ty, a));
                 }
@@ -139,7 +196,7 @@ pub fn user_permissions(snap: &Snapshot, q: &UserPermissionsQuery) -> UserPermis
                 .entry(key.clone())
                 .or_insert_with(|| instance_entry(snap, inst));
             for r in roles {
-                entry.roles.insert(snap.resource_role_key(ty, r).to_owned());
+                entry.roles.insert(snap.resource_role_key(ty, r));
                 for a in snap.resource_role_actions(ty, r) {
                     entry.permissions.insert(perm_name(snap, ty, a));
                 }
@@ -194,16 +251,18 @@ pub fn user_permissions(snap: &Snapshot, q: &UserPermissionsQuery) -> UserPermis
     out
 }
 
-fn perm_name(snap: &Snapshot, ty: TypeId, a: ActionId) -> String {
-    format!("{}:{}", snap.type_key(ty), snap.action_key(ty, a))
+fn perm_name(snap: &Snapshot, ty: TypeId, a: ActionId) -> PermName<'_> {
+    PermName {
+        ty: snap.type_key(ty),
+        action: snap.action_key(ty, a),
+    }
 }
 
-fn tenant_entry(snap: &Snapshot, t: TenantId) -> PermissionEntry {
-    let info = tenant_info(snap, t);
+fn tenant_entry(snap: &Snapshot, t: TenantId) -> PermissionEntry<'_> {
     PermissionEntry {
         tenant: Some(PermTenant {
-            key: info.key,
-            attributes: info.attributes,
+            key: snap.tenant_key(t),
+            attributes: AttrList(snap.tenant_attrs_list(t)),
         }),
         resource: None,
         permissions: BTreeSet::new(),
@@ -211,13 +270,13 @@ fn tenant_entry(snap: &Snapshot, t: TenantId) -> PermissionEntry {
     }
 }
 
-fn instance_entry(snap: &Snapshot, inst: InstanceId) -> PermissionEntry {
+fn instance_entry(snap: &Snapshot, inst: InstanceId) -> PermissionEntry<'_> {
     PermissionEntry {
         tenant: None,
         resource: Some(PermResource {
-            key: snap.instance_key(inst).to_owned(),
-            kind: snap.type_key(snap.instance_type(inst)).to_owned(),
-            attributes: snap.instance_attrs_map(inst),
+            key: snap.instance_key(inst),
+            kind: snap.type_key(snap.instance_type(inst)),
+            attributes: AttrList(snap.instance_attrs_list(inst)),
         }),
         permissions: BTreeSet::new(),
         roles: BTreeSet::new(),
@@ -230,11 +289,11 @@ fn inst_tenant_key(snap: &Snapshot, inst: InstanceId) -> Option<String> {
 }
 
 /// ABAC grants for `/user-permissions` (§6), only on request.
-fn add_abac_permissions(
-    snap: &Snapshot,
+fn add_abac_permissions<'s>(
+    snap: &'s Snapshot,
     q: &UserPermissionsQuery,
     user: Option<UserId>,
-    out: &mut UserPermissionsResponse,
+    out: &mut UserPermissionsResponse<'s>,
     inst_tenant_of: &mut BTreeMap<String, Option<String>>,
 ) {
     let mut tenants: BTreeSet<TenantId> = user
@@ -272,7 +331,7 @@ fn add_abac_permissions(
                                 out.entry(format!("__tenant:{}", snap.tenant_key(t)))
                                     .or_insert_with(|| tenant_entry(snap, t))
                                     .permissions
-                                    .insert(perm.clone());
+                                    .insert(perm);
                             }
                         }
                     }
@@ -296,7 +355,7 @@ fn add_abac_permissions(
                                 out.entry(ekey.clone())
                                     .or_insert_with(|| instance_entry(snap, inst))
                                     .permissions
-                                    .insert(perm.clone());
+                                    .insert(perm);
                                 inst_tenant_of.insert(ekey, Some(snap.tenant_key(t).to_owned()));
                             }
                         }

@@ -25,8 +25,8 @@ pub use check::{check, check_bulk};
 pub use listing::{
     allowed_tenants, allowed_tenants_work, authorized_users, authorized_users_work,
     user_permissions, user_permissions_work, user_tenants, user_tenants_work, AllTenantsResponse,
-    AllowedTenant, AuthorizedAssignment, AuthorizedUsersResponse, PermResource, PermTenant,
-    PermissionEntry, TenantInfo, UserPermissionsResponse, UserTenantsResponse,
+    AllowedTenant, AuthorizedAssignment, AuthorizedUsersResponse, PermName, PermResource,
+    PermTenant, PermissionEntry, TenantInfo, UserPermissionsResponse, UserTenantsResponse,
 };
 pub use local::{
     local_role_assignments, local_role_assignments_work, AssignmentFilter, LocalAssignment,

@@ -595,7 +595,7 @@ impl Snapshot {
     }
 
     /// An object's stored attributes, `(name, value)` sorted by name,
-    /// borrowed: for comparing two objects without copying either.
+    /// borrowed: for comparing objects, or writing them out, without a copy.
     fn attrs_list<'a>(
         &'a self,
         of: impl Fn(&Delta) -> &super::delta::Layered<Arc<Map<String, Value>>>,
@@ -624,13 +624,6 @@ impl Snapshot {
 
     pub(crate) fn instance_attrs_list(&self, i: InstanceId) -> Vec<(&str, &Value)> {
         self.attrs_list(|d| &d.inst_attrs, &self.t.inst_attrs, i.0)
-    }
-
-    pub(crate) fn instance_attrs_map(&self, i: InstanceId) -> Map<String, Value> {
-        match self.written_attrs(|d| &d.inst_attrs, i.0) {
-            Some(m) => m.clone(),
-            None => self.t.attrs_map(self.t.inst_attrs.row(i.0)),
-        }
     }
 
     /// A user's `email`, `first_name` or `last_name`, if stored.
