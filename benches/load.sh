@@ -66,7 +66,7 @@ PDP_PORT_=${LOAD_PDP_PORT:-18766}
 BASE_PORT=${LOAD_BASELINE_PORT:-18767}
 QUERIES=${QUERIES:-20000}
 PIN=${PIN:-1}
-(( $(nproc) >= 2 )) || PIN=0
+(( $(nproc) >= 2 )) && command -v taskset >/dev/null || PIN=0
 # wrk's command prefix: pinned to core 1 in the headline.
 WRK_PIN=""
 KEY=load-test-key
