@@ -425,6 +425,12 @@ impl FactsProxy {
                 .inc_by(n as u64);
             return Ok(());
         }
+        self.not_served(wait)
+    }
+
+    /// Writes not served within `wait`: counted, and answered as its
+    /// policy says.
+    fn not_served(&self, wait: Wait) -> Result<(), ApiError> {
         self.metrics.timeouts.inc();
         match wait.policy {
             TimeoutPolicy::Ignore => Ok(()),
@@ -465,13 +471,7 @@ impl FactsProxy {
                 debug!(applied = applied.applied, "facts proxy: writes served");
                 Ok(true)
             }
-            None => {
-                self.metrics.timeouts.inc();
-                match wait.policy {
-                    TimeoutPolicy::Ignore => Ok(false),
-                    TimeoutPolicy::Fail => Err(ApiError::UpdateTimeout),
-                }
-            }
+            None => self.not_served(wait).map(|()| false),
         }
     }
 }

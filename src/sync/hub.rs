@@ -55,16 +55,24 @@ pub struct Hub {
 /// A bundle, encoded when first asked for and shared by every follower
 /// that asks for the same one.
 struct Encoded {
-    /// For a full bundle, the generation; for a delta, its two versions.
-    key: (u64, String, String),
+    key: Which,
     /// The version it brings a follower to, with the body: both come from
     /// the one request that encoded it.
     plain: OnceCell<(String, Bytes)>,
     gzip: OnceCell<Bytes>,
 }
 
+/// Which bundle an [`Encoded`] is.
+#[derive(PartialEq, Eq)]
+enum Which {
+    /// The full bundle of a generation.
+    Full(u64),
+    /// The delta between two versions, `from` and `to`.
+    Delta(String, String),
+}
+
 impl Encoded {
-    fn new(key: (u64, String, String)) -> Arc<Encoded> {
+    fn new(key: Which) -> Arc<Encoded> {
         Arc::new(Encoded {
             key,
             plain: OnceCell::new(),
@@ -73,7 +81,7 @@ impl Encoded {
     }
 
     /// The one in `slot` if it is `key`'s, else a new one put there.
-    fn slot(slot: &Mutex<Option<Arc<Encoded>>>, key: (u64, String, String)) -> Arc<Encoded> {
+    fn slot(slot: &Mutex<Option<Arc<Encoded>>>, key: Which) -> Arc<Encoded> {
         let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
         match &*slot {
             Some(e) if e.key == key => e.clone(),
@@ -255,7 +263,8 @@ impl Hub {
                     let base = loaded.base.as_ref().ok_or_else(no_base)?;
                     let version = self.version(&loaded);
                     let from = named.clone().unwrap_or_default();
-                    let encoded = Encoded::slot(&self.delta, (0, from.clone(), version.clone()));
+                    let encoded =
+                        Encoded::slot(&self.delta, Which::Delta(from.clone(), version.clone()));
                     let (key, environment) = (self.key.clone(), base.environment.clone());
                     let (version, body, compressed) = encoded
                         .body(gzip, move || {
@@ -313,7 +322,7 @@ impl Hub {
         let slot = self.delta.lock().unwrap_or_else(|p| p.into_inner());
         let e = slot
             .as_ref()
-            .filter(|e| e.key == (0, from.to_owned(), to))?;
+            .filter(|e| e.key == Which::Delta(from.to_owned(), to))?;
         let (version, plain) = e.plain.get()?;
         if !gzip || plain.len() < COMPRESS_FROM {
             return Some((version.clone(), plain.clone(), false));
@@ -334,10 +343,7 @@ impl Hub {
         gzip: bool,
     ) -> Result<(String, Bytes, bool), ApiError> {
         let base = loaded.base.clone().ok_or_else(no_base)?;
-        let encoded = Encoded::slot(
-            &self.full,
-            (loaded.meta.generation, String::new(), String::new()),
-        );
+        let encoded = Encoded::slot(&self.full, Which::Full(loaded.meta.generation));
         let key = self.key.clone();
         let version = self.version(loaded);
         encoded
