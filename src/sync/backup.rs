@@ -335,19 +335,8 @@ pub fn seal_staged(staged: &Staged, seal: &Seal, synced_at: SystemTime) -> io::R
 /// backup as [`seal_staged`] makes it, atomically as [`write_backup`] does.
 pub fn write_backup_bytes(dir: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
     create_dir(dir)?;
-    let tmp = temp_path(dir, BACKUP_FILE);
-    let pending = Pending {
-        dir: dir.to_owned(),
-        tmp: Some(tmp.clone()),
-    };
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    pending.commit()
+    replace_private(dir, BACKUP_FILE, |f| f.write_all(bytes))?;
+    Ok(dir.join(BACKUP_FILE))
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
@@ -396,7 +385,7 @@ pub fn confirm(dir: &Path, content_hash: &str, at: SystemTime) -> io::Result<()>
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     };
-    replace_small(dir, CONFIRMED_FILE, |f| {
+    replace_private(dir, CONFIRMED_FILE, |f| {
         Ok(serde_json::to_writer(f, &record)?)
     })
 }
@@ -405,12 +394,13 @@ pub fn confirm(dir: &Path, content_hash: &str, at: SystemTime) -> io::Result<()>
 /// (mode 0600, synced, renamed over it, the directory synced), so that a
 /// reader sees the old file or the new one; the temp file is removed if
 /// anything fails.
-fn replace_small(
+pub fn replace_private(
     dir: &Path,
-    file: &str,
+    file: impl AsRef<std::ffi::OsStr>,
     write: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> io::Result<()> {
-    let tmp = temp_path(dir, file);
+    let file = file.as_ref();
+    let tmp = temp_path(dir, &file.to_string_lossy());
     let written = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -505,7 +495,7 @@ pub fn write_journal(dir: &Path, seal: &Seal, writes: &[crate::snapshot::Write])
         environment: seal.environment.clone(),
         writes: writes.to_vec(),
     })?;
-    replace_small(dir, JOURNAL_FILE, |f| {
+    replace_private(dir, JOURNAL_FILE, |f| {
         f.write_all(journal_mac(&seal.key, &body).as_bytes())?;
         f.write_all(&body)
     })

@@ -37,9 +37,9 @@ use crate::snapshot::Staged;
 use crate::store::{BaseFrame, Provenance, Source, Store};
 
 pub use backup::{
-    decode_backup, frame, read_backup, read_journal, remove_stale_temps, seal_staged, write_backup,
-    write_backup_at, write_backup_bytes, write_journal, Backup, BackupError, BackupKey, Seal,
-    BACKUP_FILE, JOURNAL_FILE,
+    decode_backup, frame, read_backup, read_journal, remove_stale_temps, replace_private,
+    seal_staged, write_backup, write_backup_at, write_backup_bytes, write_journal, Backup,
+    BackupError, BackupKey, Seal, BACKUP_FILE, JOURNAL_FILE,
 };
 pub use calls::{excerpt, Call, CallLog};
 pub use client::{parse_retry_after, request_id, KeyKind, RequestError};
