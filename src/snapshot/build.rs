@@ -534,9 +534,9 @@ impl Builder {
             condition_set_rules: conditions.rules,
             dropped_facts: self.dropped,
         };
-        users.shrink_to_fit();
-        instances.shrink_to_fit();
-        tenants.shrink_to_fit();
+        users.freeze();
+        instances.freeze();
+        tenants.freeze();
         inst_tenant.shrink_to_fit();
         attr_names.shrink_to_fit();
         values.shrink_to_fit();

@@ -3,8 +3,19 @@
 //! A snapshot holds a million instance keys and a hundred thousand user keys;
 //! a `HashMap<String, u32>` would cost a heap allocation and ~50 bytes per
 //! key. Here every key lives in one arena string, an entry costs a span
-//! (8 bytes), a scope (4 bytes) and a 16-byte slot in a `HashTable`, and a
-//! lookup borrows the caller's `&str` without allocating.
+//! (8 bytes) and a scope (4 bytes), and a lookup borrows the caller's `&str`
+//! without allocating.
+//!
+//! While a snapshot is built, keys are found through a `HashTable` of
+//! 16-byte slots. Once it is built, [`Interner::freeze`] lays the keys out
+//! for reading: a minimal perfect hash ([`ptr_hash`]) maps each key to a
+//! position, and the key's 32-byte record there holds its id, scope, length
+//! and bytes (the first [`PREFIX`] of a key longer than [`INLINE`]). Finding
+//! a key then reads the perfect hash's pilots (about 3 bits a key, so they
+//! stay in cache) and one record, one cache line; the table read its control
+//! bytes, then a slot, then the key's bytes in the arena, each waiting for
+//! the one before (docs/performance.md). The records are the keys' only
+//! copy, which also makes a frozen interner smaller than an open one.
 //!
 //! A *scope* lets one table hold keys that are only unique within a parent,
 //! e.g. instance keys within their resource type: `(type_id, "d1")`.
@@ -14,6 +25,7 @@ use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
 
 use hashbrown::{DefaultHashBuilder, HashTable};
+use ptr_hash::{bucket_fn::Linear, hash::FxHash, PtrHash, PtrHashParams};
 use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -21,16 +33,36 @@ pub const NONE: u32 = u32::MAX;
 
 #[derive(Default)]
 pub struct Interner {
-    arena: String,
-    spans: Vec<(u32, u32)>,
-    scopes: Vec<u32>,
-    /// Each slot carries what the comparison needs, so a lookup touches the
-    /// table and the key's bytes only: two cache misses, not four.
-    table: HashTable<Slot>,
+    keys: Keys,
+    /// Hashes `(scope, key)` for the index; seeded at random per process,
+    /// and again at each attempt to freeze.
     hasher: DefaultHashBuilder,
     /// Set when a key could not be added because ids or the text's offsets
     /// would pass 32 bits; the build then refuses the document.
     overflowed: bool,
+}
+
+enum Keys {
+    /// Taking keys.
+    Open(Open),
+    /// Laid out for reading ([`Interner::freeze`]).
+    Frozen(Frozen),
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys::Open(Open::default())
+    }
+}
+
+#[derive(Default)]
+struct Open {
+    arena: String,
+    spans: Vec<(u32, u32)>,
+    scopes: Vec<u32>,
+    /// Each slot carries what the comparison needs, so a lookup touches
+    /// the table and the key's bytes only.
+    table: HashTable<Slot>,
 }
 
 #[derive(Clone, Copy)]
@@ -47,6 +79,119 @@ impl Slot {
     }
 }
 
+impl Open {
+    fn name(&self, id: u32) -> &str {
+        let (start, len) = self.spans[id as usize];
+        &self.arena[start as usize..(start + len) as usize]
+    }
+
+    fn find(&self, hash: u64, scope: u32, key: &str) -> Option<u32> {
+        self.table
+            .find(hash, |s| {
+                s.scope == scope && s.len as usize == key.len() && s.key(&self.arena) == key
+            })
+            .map(|s| s.id)
+    }
+}
+
+/// Keys at the positions a perfect hash of their hashes gives them.
+struct Frozen {
+    mph: PtrHash<u64, Linear, Vec<u32>, FxHash>,
+    records: Box<[Record]>,
+    /// Each id's position in `records`.
+    at: Box<[u32]>,
+    /// The keys longer than [`INLINE`], whole, where their records point.
+    long: String,
+}
+
+impl Frozen {
+    fn record(&self, id: u32) -> &Record {
+        &self.records[self.at[id as usize] as usize]
+    }
+}
+
+/// Key bytes a record holds whole: user and instance keys such as
+/// `user-97861` or `doc-14121` fit, and so compare without a second read.
+const INLINE: usize = 20;
+/// Of a longer key, the bytes a record holds to tell it from another key of
+/// its length before reading the whole key.
+const PREFIX: usize = 16;
+
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct Record {
+    id: u32,
+    scope: u32,
+    len: u32,
+    /// A key of up to [`INLINE`] bytes; of a longer one, its first
+    /// [`PREFIX`] bytes, then its offset in [`Frozen::long`] (little endian).
+    bytes: [u8; INLINE],
+}
+
+impl Record {
+    const EMPTY: Record = Record {
+        id: NONE,
+        scope: NONE,
+        len: 0,
+        bytes: [0; INLINE],
+    };
+
+    /// The record of `key`, adding it to `long` if it does not fit.
+    fn new(id: u32, scope: u32, key: &str, long: &mut String) -> Self {
+        let mut bytes = [0; INLINE];
+        if key.len() <= INLINE {
+            bytes[..key.len()].copy_from_slice(key.as_bytes());
+        } else {
+            bytes[..PREFIX].copy_from_slice(&key.as_bytes()[..PREFIX]);
+            // The open interner's arena held every key within 32-bit
+            // offsets, so the long ones fit too.
+            bytes[PREFIX..].copy_from_slice(&(long.len() as u32).to_le_bytes());
+            long.push_str(key);
+        }
+        Record {
+            id,
+            scope,
+            len: key.len() as u32,
+            bytes,
+        }
+    }
+
+    fn offset(&self) -> usize {
+        let mut b = [0; 4];
+        b.copy_from_slice(&self.bytes[PREFIX..]);
+        u32::from_le_bytes(b) as usize
+    }
+
+    fn key<'a>(&'a self, long: &'a str) -> &'a str {
+        let len = self.len as usize;
+        if len <= INLINE {
+            // Copied whole from a `str`, so always UTF-8.
+            std::str::from_utf8(&self.bytes[..len]).unwrap_or_default()
+        } else {
+            &long[self.offset()..self.offset() + len]
+        }
+    }
+
+    /// Whether this is `(scope, key)`.
+    #[inline]
+    fn is(&self, scope: u32, key: &str, long: &str) -> bool {
+        let k = key.as_bytes();
+        if self.scope != scope || self.len as usize != k.len() {
+            return false;
+        }
+        if k.len() <= INLINE {
+            self.bytes[..k.len()] == *k
+        } else {
+            self.bytes[..PREFIX] == k[..PREFIX] && self.key(long) == key
+        }
+    }
+}
+
+/// Attempts at a perfect hash before an interner keeps its table; each
+/// draws a new hasher, so keys whose hashes collide under one do not stop
+/// the next. `ptr_hash` itself tries ten seeds per hasher.
+const FREEZE_ATTEMPTS: usize = 3;
+
 impl Interner {
     pub fn new() -> Self {
         Self::default()
@@ -55,9 +200,12 @@ impl Interner {
     /// Room for `keys` keys without regrowing the table.
     pub fn with_capacity(keys: usize) -> Self {
         Interner {
-            spans: Vec::with_capacity(keys),
-            scopes: Vec::with_capacity(keys),
-            table: HashTable::with_capacity(keys),
+            keys: Keys::Open(Open {
+                spans: Vec::with_capacity(keys),
+                scopes: Vec::with_capacity(keys),
+                table: HashTable::with_capacity(keys),
+                ..Open::default()
+            }),
             ..Self::default()
         }
     }
@@ -69,9 +217,39 @@ impl Interner {
         h.finish()
     }
 
-    fn slice<'a>(arena: &'a str, spans: &[(u32, u32)], id: u32) -> &'a str {
-        let (start, len) = spans[id as usize];
-        &arena[start as usize..(start + len) as usize]
+    /// The keys to add to: a frozen interner's are laid out again.
+    fn open(&mut self) -> &mut Open {
+        if let Keys::Frozen(_) = self.keys {
+            let mut open = Open::default();
+            for (id, key) in self.iter() {
+                open.spans.push((open.arena.len() as u32, key.len() as u32));
+                open.arena.push_str(key);
+                open.scopes.push(self.scope(id));
+            }
+            let hasher = &self.hasher;
+            let Open {
+                arena,
+                spans,
+                scopes,
+                table,
+            } = &mut open;
+            for (id, (&(start, len), &scope)) in (0u32..).zip(spans.iter().zip(scopes.iter())) {
+                let slot = Slot {
+                    id,
+                    scope,
+                    start,
+                    len,
+                };
+                table.insert_unique(Self::hash(hasher, scope, slot.key(arena)), slot, |s| {
+                    Self::hash(hasher, s.scope, s.key(arena))
+                });
+            }
+            self.keys = Keys::Open(open);
+        }
+        match &mut self.keys {
+            Keys::Open(open) => open,
+            Keys::Frozen(_) => unreachable!("laid out open above"),
+        }
     }
 
     /// The id of `key` in `scope`, adding it if new.
@@ -79,31 +257,34 @@ impl Interner {
         if let Some(id) = self.get_in(scope, key) {
             return id;
         }
+        let hash = Self::hash(&self.hasher, scope, key);
+        let open = self.open();
         let fits = (
-            u32::try_from(self.spans.len())
+            u32::try_from(open.spans.len())
                 .ok()
                 .filter(|&id| id != NONE),
-            u32::try_from(self.arena.len()).ok(),
-            u32::try_from(self.arena.len() + key.len()).ok(),
+            u32::try_from(open.arena.len()).ok(),
+            u32::try_from(open.arena.len() + key.len()).ok(),
         );
         let (Some(id), Some(start), Some(_)) = fits else {
             self.overflowed = true;
             return NONE;
         };
         let len = key.len() as u32;
-        self.arena.push_str(key);
-        self.spans.push((start, len));
-        self.scopes.push(scope);
+        open.arena.push_str(key);
+        open.spans.push((start, len));
+        open.scopes.push(scope);
         let slot = Slot {
             id,
             scope,
             start,
             len,
         };
-        let (arena, hasher) = (&self.arena, &self.hasher);
-        let hash = Self::hash(hasher, scope, key);
-        self.table
-            .insert_unique(hash, slot, |s| Self::hash(hasher, s.scope, s.key(arena)));
+        let hasher = &self.hasher;
+        let Keys::Open(Open { arena, table, .. }) = &mut self.keys else {
+            unreachable!("opened above")
+        };
+        table.insert_unique(hash, slot, |s| Self::hash(hasher, s.scope, s.key(arena)));
         id
     }
 
@@ -117,17 +298,66 @@ impl Interner {
 
     /// The hash `get_hashed` takes: computing the hashes of many keys first
     /// lets their table probes run back to back.
+    #[inline]
     pub fn hash_in(&self, scope: u32, key: &str) -> u64 {
         Self::hash(&self.hasher, scope, key)
     }
 
     /// `get_in`, with `hash` from this interner's `hash_in(scope, key)`.
+    #[inline]
     pub fn get_hashed(&self, hash: u64, scope: u32, key: &str) -> Option<u32> {
-        self.table
-            .find(hash, |s| {
-                s.scope == scope && s.len as usize == key.len() && s.key(&self.arena) == key
-            })
-            .map(|s| s.id)
+        match &self.keys {
+            Keys::Frozen(f) => {
+                let record = f.records.get(f.mph.index(&hash))?;
+                record.is(scope, key, &f.long).then_some(record.id)
+            }
+            Keys::Open(open) => open.find(hash, scope, key),
+        }
+    }
+
+    /// Lays the keys out for reading (see the module's notes), for an
+    /// interner that takes no more keys; one that does is laid out open
+    /// again. Stays open if no perfect hash could be made, which takes keys
+    /// whose 64-bit hashes collide under three random hashers.
+    pub fn freeze(&mut self) {
+        let Keys::Open(open) = &self.keys else {
+            return;
+        };
+        if open.spans.is_empty() {
+            return;
+        }
+        for _ in 0..FREEZE_ATTEMPTS {
+            let hasher = DefaultHashBuilder::default();
+            let hashes: Vec<u64> = (0u32..)
+                .zip(&open.scopes)
+                .map(|(id, &scope)| Self::hash(&hasher, scope, open.name(id)))
+                .collect();
+            let Some(mph) = PtrHash::try_new(&hashes, PtrHashParams::default_fast()) else {
+                continue;
+            };
+            let mut records = vec![Record::EMPTY; hashes.len()].into_boxed_slice();
+            let mut at = Vec::with_capacity(hashes.len());
+            let mut long = String::new();
+            for ((id, hash), &scope) in (0u32..).zip(&hashes).zip(&open.scopes) {
+                let pos = mph.index(hash);
+                records[pos] = Record::new(id, scope, open.name(id), &mut long);
+                at.push(pos as u32);
+            }
+            long.shrink_to_fit();
+            self.hasher = hasher;
+            self.keys = Keys::Frozen(Frozen {
+                mph,
+                records,
+                at: at.into_boxed_slice(),
+                long,
+            });
+            return;
+        }
+        tracing::warn!(
+            keys = open.spans.len(),
+            "no perfect hash over these keys; keeping the hash table"
+        );
+        self.shrink_to_fit();
     }
 
     /// Whether a key was refused for passing 32-bit ids or offsets.
@@ -140,55 +370,81 @@ impl Interner {
     }
 
     pub fn name(&self, id: u32) -> &str {
-        Self::slice(&self.arena, &self.spans, id)
+        match &self.keys {
+            Keys::Open(open) => open.name(id),
+            Keys::Frozen(f) => f.record(id).key(&f.long),
+        }
     }
 
     pub fn scope(&self, id: u32) -> u32 {
-        self.scopes[id as usize]
+        match &self.keys {
+            Keys::Open(open) => open.scopes[id as usize],
+            Keys::Frozen(f) => f.record(id).scope,
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.spans.len()
+        match &self.keys {
+            Keys::Open(open) => open.spans.len(),
+            Keys::Frozen(f) => f.at.len(),
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (u32, &str)> + '_ {
-        (0..self.spans.len() as u32).map(move |id| (id, self.name(id)))
+        (0..self.len() as u32).map(move |id| (id, self.name(id)))
     }
 
     pub fn shrink_to_fit(&mut self) {
-        self.arena.shrink_to_fit();
-        self.spans.shrink_to_fit();
-        self.scopes.shrink_to_fit();
-        let (arena, hasher) = (&self.arena, &self.hasher);
-        self.table
-            .shrink_to_fit(|s| Self::hash(hasher, s.scope, s.key(arena)));
+        let hasher = &self.hasher;
+        if let Keys::Open(open) = &mut self.keys {
+            open.arena.shrink_to_fit();
+            open.spans.shrink_to_fit();
+            open.scopes.shrink_to_fit();
+            let arena = &open.arena;
+            open.table
+                .shrink_to_fit(|s| Self::hash(hasher, s.scope, s.key(arena)));
+        }
     }
 
     /// Frees the table that finds a key's id, keeping the keys: for an
     /// interner that is only read by id from here on (`get` then finds
-    /// nothing). The table is over half an interner's memory
-    /// (docs/performance.md).
+    /// nothing). The table is over half an open interner's memory
+    /// (docs/performance.md); a frozen one keeps its keys in its index.
     pub fn drop_lookups(&mut self) {
-        self.table = HashTable::new();
+        if let Keys::Open(open) = &mut self.keys {
+            open.table = HashTable::new();
+        }
     }
 
     /// Forgets every key from id `len` on.
     pub fn truncate(&mut self, len: usize) {
-        if len >= self.spans.len() {
+        if len >= self.len() {
             return;
         }
-        self.arena.truncate(self.spans[len].0 as usize);
-        self.spans.truncate(len);
-        self.scopes.truncate(len);
-        self.table.retain(|s| (s.id as usize) < len);
+        let open = self.open();
+        open.arena.truncate(open.spans[len].0 as usize);
+        open.spans.truncate(len);
+        open.scopes.truncate(len);
+        open.table.retain(|s| (s.id as usize) < len);
     }
 
     /// Heap bytes held, for the snapshot's memory report.
     pub fn heap_bytes(&self) -> usize {
-        self.arena.capacity()
-            + self.spans.capacity() * 8
-            + self.scopes.capacity() * 4
-            + self.table.capacity() * (std::mem::size_of::<Slot>() + 1)
+        match &self.keys {
+            Keys::Open(open) => {
+                open.arena.capacity()
+                    + open.spans.capacity() * 8
+                    + open.scopes.capacity() * 4
+                    + open.table.capacity() * (std::mem::size_of::<Slot>() + 1)
+            }
+            Keys::Frozen(f) => {
+                let (pilots, remap) = f.mph.bits_per_element();
+                f.records.len() * std::mem::size_of::<Record>()
+                    + f.at.len() * 4
+                    + f.long.capacity()
+                    + ((pilots + remap) * f.records.len() as f64 / 8.0) as usize
+            }
+        }
     }
 }
 
@@ -396,6 +652,83 @@ mod tests {
         assert_eq!(back.get_in(3, "d"), Some(d));
         let twice = bincode::serde::encode_to_vec(vec![(0u32, "x"), (0, "x")], cfg).unwrap();
         assert!(bincode::serde::decode_from_slice::<Interner, _>(&twice, cfg).is_err());
+    }
+
+    /// Keys around the record's inline and prefix lengths, scoped and not,
+    /// with multi-byte characters where a prefix cuts one.
+    fn awkward_keys() -> Vec<(u32, String)> {
+        let mut keys = vec![(0, String::new()), (0, "a".into()), (5, "a".into())];
+        for len in [15, 16, 17, 19, 20, 21, 36, 200] {
+            keys.push((0, "k".repeat(len)));
+            keys.push((1, "k".repeat(len)));
+            // Same length and prefix, differing in the last byte.
+            keys.push((0, format!("{}z", "k".repeat(len - 1))));
+        }
+        keys.push((0, format!("{}é-and-more", "x".repeat(15))));
+        keys.push((0, "ключ-пользователя-42".into()));
+        keys.extend((0..5_000).map(|n| (n % 3, format!("user-{n}"))));
+        keys
+    }
+
+    #[test]
+    fn a_frozen_interner_finds_what_the_open_one_did() {
+        let keys = awkward_keys();
+        let mut open = Interner::new();
+        let ids: Vec<u32> = keys.iter().map(|(s, k)| open.intern_in(*s, k)).collect();
+        let mut frozen = Interner::new();
+        for (s, k) in &keys {
+            frozen.intern_in(*s, k);
+        }
+        frozen.freeze();
+        assert!(matches!(frozen.keys, Keys::Frozen(_)));
+        assert!(frozen.heap_bytes() < open.heap_bytes());
+        assert_eq!(frozen.len(), open.len());
+        for ((scope, key), &id) in keys.iter().zip(&ids) {
+            assert_eq!(frozen.get_in(*scope, key), Some(id), "{scope} {key:?}");
+            assert_eq!((frozen.name(id), frozen.scope(id)), (key.as_str(), *scope));
+        }
+        let absent = [
+            (0, "user-5000".to_string()),
+            (2, "user-1".to_string()),
+            (0, "k".repeat(22)),
+            (0, format!("{}y", "k".repeat(20))),
+            (0, format!("{}é-and-morE", "x".repeat(15))),
+            (9, "a".into()),
+        ];
+        for (scope, key) in &absent {
+            assert_eq!(frozen.get_in(*scope, key), None, "{scope} {key:?}");
+        }
+        // Keys added after freezing lay it out open again, ids kept.
+        let more = frozen.intern_in(4, "later");
+        assert_eq!(more as usize, keys.len());
+        assert_eq!(
+            frozen.get_in(0, &"k".repeat(200)),
+            open.get_in(0, &"k".repeat(200))
+        );
+        frozen.freeze();
+        assert_eq!(frozen.get_in(4, "later"), Some(more));
+        frozen.truncate(3);
+        assert_eq!(
+            (frozen.len(), frozen.get_in(5, "a"), frozen.get("user-7")),
+            (3, Some(2), None)
+        );
+
+        // A frozen interner writes the same list as an open one.
+        let cfg = bincode::config::standard();
+        let mut again = Interner::new();
+        for (s, k) in &keys {
+            again.intern_in(*s, k);
+        }
+        let open_bytes = bincode::serde::encode_to_vec(&again, cfg).unwrap();
+        again.freeze();
+        assert_eq!(
+            bincode::serde::encode_to_vec(&again, cfg).unwrap(),
+            open_bytes
+        );
+
+        let mut empty = Interner::new();
+        empty.freeze();
+        assert_eq!((empty.len(), empty.get("")), (0, None));
     }
 
     #[test]
