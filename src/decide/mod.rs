@@ -32,7 +32,7 @@ pub use local::{
     local_role_assignments, local_role_assignments_work, AssignmentFilter, LocalAssignment,
 };
 pub use query::{
-    AllowedQuery, Attrs, AuthorizedUsersQuery, Obj, ResourceInput, Str, UserInput,
+    AllowedQuery, Attrs, AuthorizedUsersQuery, BulkChecks, Obj, ResourceInput, Str, UserInput,
     UserPermissionsQuery, UserTenantsQuery,
 };
 

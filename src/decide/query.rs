@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
-use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -179,6 +179,54 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
             }
         }
         d.deserialize_map(V(PhantomData))
+    }
+}
+
+/// The body of `POST /allowed/bulk`, a list of [`AllowedQuery`] objects,
+/// decoded into a list with room reserved up front.
+///
+/// JSON does not say how long a list is, so serde grows a plain `Vec` by
+/// doubling, and each doubling copies every check decoded so far (a check
+/// is a few hundred bytes): for a hundred checks, more bytes copied than
+/// the body holds. The seed's `room` is what the body could hold at most
+/// ([`BulkChecks::for_body`]), so the list is allocated once.
+pub struct BulkChecks {
+    room: usize,
+}
+
+impl BulkChecks {
+    /// The shortest check there is, `{"user":"u","action":"a","resource":{"type":"t"}}`
+    /// with a comma, is 49 bytes.
+    const MIN_CHECK_BYTES: usize = 48;
+
+    /// Room for as many checks as `body_len` bytes could hold, up to `limit`
+    /// (a longer list is refused once counted, so more is never needed).
+    pub fn for_body(body_len: usize, limit: usize) -> Self {
+        BulkChecks {
+            room: (body_len / Self::MIN_CHECK_BYTES).min(limit.saturating_add(1)),
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for BulkChecks {
+    type Value = Vec<AllowedQuery<'de>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        struct V(usize);
+        impl<'de> Visitor<'de> for V {
+            type Value = Vec<AllowedQuery<'de>>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of checks")
+            }
+            fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Self::Value, S::Error> {
+                let mut checks = Vec::with_capacity(self.0);
+                while let Some(Obj(q)) = seq.next_element::<Obj<AllowedQuery<'de>>>()? {
+                    checks.push(q);
+                }
+                Ok(checks)
+            }
+        }
+        d.deserialize_seq(V(self.room))
     }
 }
 

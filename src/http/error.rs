@@ -4,10 +4,14 @@
 //! Nothing a client sends maps to a 5xx: `not_ready` and, from the facts
 //! proxy, `control_plane_unreachable` (502) are the PDP's own state.
 
+use std::marker::PhantomData;
+
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
 use http_body_util::Full;
+
+use serde::de::DeserializeSeed;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::warn;
@@ -174,12 +178,25 @@ impl ApiError {
 /// (docs/performance.md). Only a body that fails is decoded again, with
 /// the path tracked, so the field costs nothing on the way to a decision.
 pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    decode_seed::<_, T>(body, PhantomData::<T>)
+}
+
+/// [`decode`] through a seed; `T` decodes the same JSON as `seed` does,
+/// and names the field when it does not.
+pub fn decode_seed<'a, S, T>(body: &'a [u8], seed: S) -> Result<S::Value, ApiError>
+where
+    S: DeserializeSeed<'a>,
+    T: Deserialize<'a>,
+{
     let text = std::str::from_utf8(body)
         .map_err(|e| ApiError::BadJson(format!("the body is not UTF-8: {e}")))?;
-    serde_json::from_str(text).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => wrong_shape::<T>(text, e),
-        _ => ApiError::BadJson(e.to_string()),
-    })
+    let mut de = serde_json::Deserializer::from_str(text);
+    seed.deserialize(&mut de)
+        .and_then(|value| de.end().map(|()| value))
+        .map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => wrong_shape::<T>(text, e),
+            _ => ApiError::BadJson(e.to_string()),
+        })
 }
 
 fn wrong_shape<'a, T: Deserialize<'a>>(text: &'a str, first: serde_json::Error) -> ApiError {

@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 
-use super::error::{decode, json_bytes, json_response, ApiError};
+use super::error::{decode, decode_seed, json_bytes, json_response, ApiError};
 use super::routes::{Cost, Route};
 use super::transport::{BodyRead, Progress};
 use crate::authzen;
@@ -553,9 +553,8 @@ impl App {
                 Ok((resp, d.allow as u64, !d.allow as u64))
             }
             Route::Bulk => {
-                let qs: Vec<Obj<AllowedQuery>> = decode(body)?;
-                // The same layout: collected in place, no copy.
-                let qs: Vec<AllowedQuery> = qs.into_iter().map(|Obj(q)| q).collect();
+                let room = decide::BulkChecks::for_body(body.len(), self.settings.max_bulk_items);
+                let qs = decode_seed::<_, Vec<Obj<AllowedQuery>>>(body, room)?;
                 if qs.len() > self.settings.max_bulk_items {
                     return Err(ApiError::TooManyItems {
                         count: qs.len(),
