@@ -2,6 +2,7 @@
 //! `/user-tenants`, `/user-permissions` and `/authorized_users`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
 use hashbrown::HashSet;
 use serde::Serialize;
@@ -12,7 +13,7 @@ use super::check::check_in;
 use super::walk::{all_instance_roles, has_role, push_derivation_sources, WalkStack};
 use super::{AllowedQuery, AuthorizedUsersQuery, UserPermissionsQuery, UserTenantsQuery};
 use crate::snapshot::{
-    ActionId, InstanceId, ResourceRoleId, ResourceSet, RoleId, Snapshot, TenantId, TypeId, UserId,
+    BitSet, InstanceId, ResourceRoleId, ResourceSet, RoleId, Snapshot, TenantId, TypeId, UserId,
 };
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -121,44 +122,52 @@ pub struct PermissionEntry<'s> {
     pub tenant: Option<PermTenant<'s>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resource: Option<PermResource<'s>>,
-    pub permissions: BTreeSet<PermName<'s>>,
+    pub permissions: PermSet<'s>,
     /// Borrowed from the snapshot, as the permission names are: an answer
     /// names the same few roles and actions many times over.
     pub roles: BTreeSet<&'s str>,
 }
 
-/// A permission, `"{type}:{action}"`, without the string being made: it
-/// sorts as that string does, and is written as it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PermName<'s> {
-    pub ty: &'s str,
-    pub action: &'s str,
+/// Permissions, as positions in the snapshot's sorted list of their
+/// names ([`Snapshot::perm_names`]): a role's grants are added as one set,
+/// and the names are written in order without being made or sorted.
+#[derive(Clone, PartialEq)]
+pub struct PermSet<'s> {
+    names: &'s [Box<str>],
+    ranks: BitSet,
 }
 
-impl PermName<'_> {
-    fn bytes(&self) -> impl Iterator<Item = u8> + '_ {
-        self.ty
-            .bytes()
-            .chain(std::iter::once(b':'))
-            .chain(self.action.bytes())
+impl<'s> PermSet<'s> {
+    fn new(snap: &'s Snapshot) -> Self {
+        PermSet {
+            names: snap.perm_names(),
+            ranks: BitSet::with_len(snap.perm_names().len()),
+        }
+    }
+
+    fn add(&mut self, ranks: &BitSet) {
+        self.ranks.union_with(ranks);
+    }
+
+    fn insert(&mut self, rank: u32) {
+        self.ranks.insert(rank);
+    }
+
+    /// The names, sorted.
+    pub fn iter(&self) -> impl Iterator<Item = &'s str> + '_ {
+        self.ranks.iter().map(|r| &*self.names[r as usize])
     }
 }
 
-impl Ord for PermName<'_> {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.bytes().cmp(other.bytes())
+impl fmt::Debug for PermSet<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
     }
 }
 
-impl PartialOrd for PermName<'_> {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Serialize for PermName<'_> {
+impl Serialize for PermSet<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("{}:{}", self.ty, self.action))
+        s.collect_seq(self.iter())
     }
 }
 
@@ -183,9 +192,7 @@ pub fn user_permissions<'s>(
             let mut entry = tenant_entry(snap, t);
             for r in snap.tenant_roles(u, t) {
                 entry.roles.insert(snap.role_key(r));
-                for (ty, a) in snap.role_permissions(r) {
-                    entry.permissions.insert(perm_name(snap, ty, a));
-                }
+                entry.permissions.add(snap.role_perm_set(r));
             }
             out.insert(format!("__tenant:{}", snap.tenant_key(t)), entry);
         }
@@ -197,9 +204,7 @@ pub fn user_permissions<'s>(
                 .or_insert_with(|| instance_entry(snap, inst));
             for r in roles {
                 entry.roles.insert(snap.resource_role_key(ty, r));
-                for a in snap.resource_role_actions(ty, r) {
-                    entry.permissions.insert(perm_name(snap, ty, a));
-                }
+                entry.permissions.add(snap.resource_role_perm_set(ty, r));
             }
             inst_tenant_of.insert(key, inst_tenant_key(snap, inst));
         }
@@ -251,13 +256,6 @@ pub fn user_permissions<'s>(
     out
 }
 
-fn perm_name(snap: &Snapshot, ty: TypeId, a: ActionId) -> PermName<'_> {
-    PermName {
-        ty: snap.type_key(ty),
-        action: snap.action_key(ty, a),
-    }
-}
-
 fn tenant_entry(snap: &Snapshot, t: TenantId) -> PermissionEntry<'_> {
     PermissionEntry {
         tenant: Some(PermTenant {
@@ -265,7 +263,7 @@ fn tenant_entry(snap: &Snapshot, t: TenantId) -> PermissionEntry<'_> {
             attributes: AttrList(snap.tenant_attrs_list(t)),
         }),
         resource: None,
-        permissions: BTreeSet::new(),
+        permissions: PermSet::new(snap),
         roles: BTreeSet::new(),
     }
 }
@@ -278,7 +276,7 @@ fn instance_entry(snap: &Snapshot, inst: InstanceId) -> PermissionEntry<'_> {
             kind: snap.type_key(snap.instance_type(inst)),
             attributes: AttrList(snap.instance_attrs_list(inst)),
         }),
-        permissions: BTreeSet::new(),
+        permissions: PermSet::new(snap),
         roles: BTreeSet::new(),
     }
 }
@@ -323,7 +321,7 @@ fn add_abac_permissions<'s>(
         for a in snap.actions(ty) {
             for rule in snap.abac_rules(ty, a) {
                 let (us, rs) = (rule.user_set, rule.resource_set);
-                let perm = perm_name(snap, ty, a);
+                let perm = snap.perm_rank(ty, a);
                 match snap.resource_set(rs) {
                     ResourceSet::Type(_) => {
                         for &t in &tenants {

@@ -25,7 +25,7 @@ pub use check::{check, check_bulk};
 pub use listing::{
     allowed_tenants, allowed_tenants_work, authorized_users, authorized_users_work,
     user_permissions, user_permissions_work, user_tenants, user_tenants_work, AllTenantsResponse,
-    AllowedTenant, AuthorizedAssignment, AuthorizedUsersResponse, PermName, PermResource,
+    AllowedTenant, AuthorizedAssignment, AuthorizedUsersResponse, PermResource, PermSet,
     PermTenant, PermissionEntry, TenantInfo, UserPermissionsResponse, UserTenantsResponse,
 };
 pub use local::{

@@ -12,6 +12,7 @@ use hashbrown::HashMap;
 
 use super::chunked::Chunked;
 use super::ids::{checked, RoleId, TypeId};
+use super::perms::PermIndex;
 use super::staged::{AssignmentFact, TenantRoleFact, TupleFact};
 use super::{
     AttrRows, Attrs, BitSet, BuildError, Counts, Csr, Derive, Emails, Forward, Interner, Profile,
@@ -564,6 +565,7 @@ impl Builder {
             })
             .collect();
 
+        let perms = PermIndex::build(&schema.types, &schema.type_info, &schema.role_perms);
         Tables {
             tenants,
             tenant_attrs: tenant_rows,
@@ -572,7 +574,7 @@ impl Builder {
             user_attrs,
             emails,
             roles: schema.roles,
-            role_perms: schema.role_perms,
+            perms,
             types: schema.types,
             type_info: schema.type_info,
             user_roles: ix.user_roles,

@@ -595,11 +595,15 @@ impl BitSet {
         }
     }
 
+    /// The members, in order.
     pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
-        self.0.iter().enumerate().flat_map(|(w, &word)| {
-            (0..64u32)
-                .filter(move |b| word & (1u64 << b) != 0)
-                .map(move |b| w as u32 * 64 + b)
+        (0u32..).zip(&self.0).flat_map(|(w, &word)| {
+            let mut rest = word;
+            std::iter::from_fn(move || {
+                let b = (rest != 0).then(|| rest.trailing_zeros())?;
+                rest &= rest - 1;
+                Some(w * 64 + b)
+            })
         })
     }
 }

@@ -27,6 +27,7 @@ mod delta;
 mod diff;
 mod ids;
 mod intern;
+mod perms;
 mod read;
 mod staged;
 mod values;
@@ -245,8 +246,8 @@ pub(crate) struct Tables {
     user_attrs: AttrRows,
     emails: Emails,
     roles: Interner,
-    /// Per tenant role: flattened `(type, action)` grants, sorted.
-    role_perms: Vec<Vec<(u32, u32)>>,
+    /// Permission names, and the roles' grants as sets of them.
+    perms: perms::PermIndex,
     types: Interner,
     type_info: Vec<TypeInfo>,
     /// user → (tenant, role)

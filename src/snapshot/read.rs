@@ -192,10 +192,6 @@ impl Snapshot {
         self.t.relations.name(r.0)
     }
 
-    pub(crate) fn action_key(&self, ty: TypeId, a: ActionId) -> &str {
-        self.t.type_info[ty.0 as usize].actions.name(a.0)
-    }
-
     pub(crate) fn instance_key(&self, i: InstanceId) -> &str {
         match self.added(i.0, self.t.instances.len(), |d| &d.instances) {
             Some((_, k)) => k,
@@ -322,24 +318,24 @@ impl Snapshot {
     }
 
     /// The actions a resource role grants on its type.
-    pub(crate) fn resource_role_actions(
-        &self,
-        ty: TypeId,
-        r: ResourceRoleId,
-    ) -> impl Iterator<Item = ActionId> + '_ {
-        self.t.type_info[ty.0 as usize].role_actions[r.0 as usize]
-            .iter()
-            .map(ActionId)
+    /// Every permission's name, `"type:action"`, sorted: the sets below
+    /// hold positions in it.
+    pub(crate) fn perm_names(&self) -> &[Box<str>] {
+        self.t.perms.names()
     }
 
-    /// A tenant role's `(type, action)` grants, flattened.
-    pub(crate) fn role_permissions(
-        &self,
-        r: RoleId,
-    ) -> impl Iterator<Item = (TypeId, ActionId)> + '_ {
-        self.t.role_perms[r.0 as usize]
-            .iter()
-            .map(|&(t, a)| (TypeId(t), ActionId(a)))
+    pub(crate) fn perm_rank(&self, ty: TypeId, a: ActionId) -> u32 {
+        self.t.perms.rank(ty.0, a.0)
+    }
+
+    /// A tenant role's flattened grants, as positions in [`Snapshot::perm_names`].
+    pub(crate) fn role_perm_set(&self, r: RoleId) -> &BitSet {
+        self.t.perms.tenant_role(r.0)
+    }
+
+    /// The actions a resource role grants, as positions in [`Snapshot::perm_names`].
+    pub(crate) fn resource_role_perm_set(&self, ty: TypeId, r: ResourceRoleId) -> &BitSet {
+        self.t.perms.resource_role(ty.0, r.0)
     }
 
     /// The ABAC rules of `action` on `ty`.
