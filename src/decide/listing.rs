@@ -6,6 +6,7 @@ use std::fmt;
 
 use hashbrown::HashSet;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::attrs::{resource_set_matches, user_set_matches, AttrCtx};
@@ -131,9 +132,9 @@ pub struct PermissionEntry<'s> {
 /// Permissions, as positions in the snapshot's sorted list of their
 /// names ([`Snapshot::perm_names`]): a role's grants are added as one set,
 /// and the names are written in order without being made or sorted.
-#[derive(Clone, PartialEq)]
+#[derive(Clone)]
 pub struct PermSet<'s> {
-    names: &'s [Box<str>],
+    names: &'s [Box<RawValue>],
     ranks: BitSet,
 }
 
@@ -153,21 +154,32 @@ impl<'s> PermSet<'s> {
         self.ranks.insert(rank);
     }
 
-    /// The names, sorted.
-    pub fn iter(&self) -> impl Iterator<Item = &'s str> + '_ {
+    /// The names, sorted, as JSON strings.
+    fn json(&self) -> impl Iterator<Item = &'s RawValue> + '_ {
         self.ranks.iter().map(|r| &*self.names[r as usize])
+    }
+}
+
+/// Equal when they name the same permissions.
+impl PartialEq for PermSet<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.json()
+            .map(RawValue::get)
+            .eq(other.json().map(RawValue::get))
     }
 }
 
 impl fmt::Debug for PermSet<'_> {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.debug_set().entries(self.iter()).finish()
+        f.debug_set()
+            .entries(self.json().map(RawValue::get))
+            .finish()
     }
 }
 
 impl Serialize for PermSet<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.iter())
+        s.collect_seq(self.json())
     }
 }
 
@@ -186,6 +198,7 @@ pub fn user_permissions<'s>(
     let user = snap.user_id(&q.user.key);
     // Instance tenants for the tenant filter: entry key → tenant key.
     let mut inst_tenant_of: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let by_tenant = q.tenants.is_some();
 
     if let Some(u) = user {
         for t in user_tenant_ids(snap, u) {
@@ -199,14 +212,14 @@ pub fn user_permissions<'s>(
         for (inst, roles) in all_instance_roles(snap, u) {
             let ty = snap.instance_type(inst);
             let key = format!("{}:{}", snap.type_key(ty), snap.instance_key(inst));
-            let entry = out
-                .entry(key.clone())
-                .or_insert_with(|| instance_entry(snap, inst));
+            if by_tenant {
+                inst_tenant_of.insert(key.clone(), inst_tenant_key(snap, inst));
+            }
+            let entry = out.entry(key).or_insert_with(|| instance_entry(snap, inst));
             for r in roles {
                 entry.roles.insert(snap.resource_role_key(ty, r));
                 entry.permissions.add(snap.resource_role_perm_set(ty, r));
             }
-            inst_tenant_of.insert(key, inst_tenant_key(snap, inst));
         }
     }
 
@@ -218,13 +231,12 @@ pub fn user_permissions<'s>(
         let tenant_entry = key.strip_prefix("__tenant:");
         match tenant_entry {
             Some(t) => {
-                let prefixed = format!("__tenant:{t}");
                 if let Some(f) = &q.tenants {
-                    if !listed(f, t, &prefixed) {
+                    if !listed(f, t, key) {
                         return false;
                     }
                 } else if let Some(f) = &q.resources {
-                    if !listed(f, t, &prefixed) {
+                    if !listed(f, t, key) {
                         return false;
                     }
                 }

@@ -773,5 +773,13 @@ mod tests {
         s.insert(130);
         assert!(s.contains(3) && s.contains(130) && !s.contains(4));
         assert_eq!(s.iter().collect::<Vec<_>>(), vec![3, 130]);
+        for i in [0, 63, 64, 127, 200] {
+            s.insert(i);
+        }
+        assert_eq!(
+            s.iter().collect::<Vec<_>>(),
+            vec![0, 3, 63, 64, 127, 130, 200]
+        );
+        assert_eq!(BitSet::with_len(0).iter().next(), None);
     }
 }

@@ -9,12 +9,15 @@
 //! where sets of name pairs were inserted, compared byte by byte and
 //! formatted for every answer.
 
+use serde_json::value::RawValue;
+
 use super::{BitSet, Interner, TypeInfo};
 
 #[derive(Default)]
 pub(crate) struct PermIndex {
-    /// `"type:action"`, sorted.
-    names: Vec<Box<str>>,
+    /// `"type:action"`, sorted, each as its JSON string: an answer copies
+    /// it instead of escaping it again.
+    names: Vec<Box<RawValue>>,
     /// Per type, per action: the position of its name in `names`.
     rank: Vec<Vec<u32>>,
     /// Per tenant role: the ranks of its flattened grants.
@@ -69,15 +72,22 @@ impl PermIndex {
                     .collect()
             })
             .collect();
+        let names = pairs
+            .into_iter()
+            .map(|(name, ..)| {
+                let json = serde_json::Value::String(name).to_string();
+                RawValue::from_string(json).expect("a JSON string is JSON")
+            })
+            .collect();
         PermIndex {
-            names: pairs.into_iter().map(|(name, ..)| name.into()).collect(),
+            names,
             rank,
             tenant_roles,
             resource_roles,
         }
     }
 
-    pub fn names(&self) -> &[Box<str>] {
+    pub fn names(&self) -> &[Box<RawValue>] {
         &self.names
     }
 

@@ -318,9 +318,9 @@ impl Snapshot {
     }
 
     /// The actions a resource role grants on its type.
-    /// Every permission's name, `"type:action"`, sorted: the sets below
-    /// hold positions in it.
-    pub(crate) fn perm_names(&self) -> &[Box<str>] {
+    /// Every permission's name, `"type:action"`, sorted and as JSON
+    /// strings: the sets below hold positions in it.
+    pub(crate) fn perm_names(&self) -> &[Box<serde_json::value::RawValue>] {
         self.t.perms.names()
     }
 
