@@ -94,9 +94,11 @@ impl Open {
     }
 }
 
+type Mph = PtrHash<u64, Linear, Vec<u32>, FxHash>;
+
 /// Keys at the positions a perfect hash of their hashes gives them.
 struct Frozen {
-    mph: PtrHash<u64, Linear, Vec<u32>, FxHash>,
+    mph: Mph,
     records: Box<[Record]>,
     /// Each id's position in `records`.
     at: Box<[u32]>,
@@ -217,6 +219,28 @@ impl Interner {
         h.finish()
     }
 
+    /// Makes `open`'s table again, from its keys.
+    fn index(open: &mut Open, hasher: &DefaultHashBuilder) {
+        let Open {
+            arena,
+            spans,
+            scopes,
+            table,
+        } = open;
+        *table = HashTable::with_capacity(spans.len());
+        for (id, (&(start, len), &scope)) in (0u32..).zip(spans.iter().zip(scopes.iter())) {
+            let slot = Slot {
+                id,
+                scope,
+                start,
+                len,
+            };
+            table.insert_unique(Self::hash(hasher, scope, slot.key(arena)), slot, |s| {
+                Self::hash(hasher, s.scope, s.key(arena))
+            });
+        }
+    }
+
     /// The keys to add to: a frozen interner's are laid out again.
     fn open(&mut self) -> &mut Open {
         if let Keys::Frozen(_) = self.keys {
@@ -226,24 +250,7 @@ impl Interner {
                 open.arena.push_str(key);
                 open.scopes.push(self.scope(id));
             }
-            let hasher = &self.hasher;
-            let Open {
-                arena,
-                spans,
-                scopes,
-                table,
-            } = &mut open;
-            for (id, (&(start, len), &scope)) in (0u32..).zip(spans.iter().zip(scopes.iter())) {
-                let slot = Slot {
-                    id,
-                    scope,
-                    start,
-                    len,
-                };
-                table.insert_unique(Self::hash(hasher, scope, slot.key(arena)), slot, |s| {
-                    Self::hash(hasher, s.scope, s.key(arena))
-                });
-            }
+            Self::index(&mut open, &self.hasher);
             self.keys = Keys::Open(open);
         }
         match &mut self.keys {
@@ -320,19 +327,28 @@ impl Interner {
     /// again. Stays open if no perfect hash could be made, which takes keys
     /// whose 64-bit hashes collide under three random hashers.
     pub fn freeze(&mut self) {
-        let Keys::Open(open) = &self.keys else {
+        self.freeze_with(|hashes| PtrHash::try_new(hashes, PtrHashParams::default_fast()));
+    }
+
+    /// [`Interner::freeze`], with `perfect` making the perfect hash.
+    fn freeze_with(&mut self, perfect: impl Fn(&[u64]) -> Option<Mph>) {
+        let Keys::Open(open) = &mut self.keys else {
             return;
         };
         if open.spans.is_empty() {
             return;
         }
+        // The table goes first: the records take its place, and a build
+        // should not hold both (at a million keys, 20 MB).
+        open.table = HashTable::new();
+        let open = &*open;
         for _ in 0..FREEZE_ATTEMPTS {
             let hasher = DefaultHashBuilder::default();
             let hashes: Vec<u64> = (0u32..)
                 .zip(&open.scopes)
                 .map(|(id, &scope)| Self::hash(&hasher, scope, open.name(id)))
                 .collect();
-            let Some(mph) = PtrHash::try_new(&hashes, PtrHashParams::default_fast()) else {
+            let Some(mph) = perfect(&hashes) else {
                 continue;
             };
             let mut records = vec![Record::EMPTY; hashes.len()].into_boxed_slice();
@@ -357,6 +373,9 @@ impl Interner {
             keys = open.spans.len(),
             "no perfect hash over these keys; keeping the hash table"
         );
+        if let Keys::Open(open) = &mut self.keys {
+            Self::index(open, &self.hasher);
+        }
         self.shrink_to_fit();
     }
 
@@ -733,6 +752,18 @@ mod tests {
         let mut empty = Interner::new();
         empty.freeze();
         assert_eq!((empty.len(), empty.get("")), (0, None));
+
+        // Without a perfect hash, the interner keeps working open.
+        let mut kept = Interner::new();
+        for (s, k) in &keys {
+            kept.intern_in(*s, k);
+        }
+        kept.freeze_with(|_| None);
+        assert!(matches!(kept.keys, Keys::Open(_)));
+        for ((scope, key), &id) in keys.iter().zip(&ids) {
+            assert_eq!(kept.get_in(*scope, key), Some(id), "{scope} {key:?}");
+        }
+        assert_eq!(kept.intern_in(4, "later") as usize, keys.len());
     }
 
     #[test]
