@@ -234,3 +234,36 @@ impl<'de> DeserializeSeed<'de> for BulkChecks {
 fn object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T, D::Error> {
     Obj::deserialize(d).map(|o| o.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(body: &str, limit: usize) -> Result<Vec<AllowedQuery<'_>>, serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_str(body);
+        BulkChecks::for_body(body.len(), limit).deserialize(&mut de)
+    }
+
+    #[test]
+    fn bulk_checks_decode_as_a_list_of_objects() {
+        let body = r#"[{"user":"u","action":"a","resource":{"type":"t"}},
+                       {"user":{"key":"v"},"action":"b","resource":{"type":"t","key":"k","tenant":"x"}}]"#;
+        let qs = bulk(body, 10).unwrap();
+        assert_eq!(qs.len(), 2);
+        assert_eq!((&*qs[1].user.key, &*qs[1].action), ("v", "b"));
+        assert_eq!(qs[1].resource.tenant.as_deref(), Some("x"));
+        assert!(bulk("[]", 10).unwrap().is_empty());
+        // A check must be an object, and the body a list.
+        assert!(bulk(r#"[["u","a",{"type":"t"}]]"#, 10).is_err());
+        assert!(bulk(r#"{"user":"u"}"#, 10).is_err());
+    }
+
+    #[test]
+    fn bulk_room_is_what_the_body_could_hold_up_to_the_limit() {
+        let room = |len, limit| BulkChecks::for_body(len, limit).room;
+        assert_eq!(room(0, 100), 0);
+        assert_eq!(room(4_800, 1_000), 100);
+        assert_eq!(room(10_000_000, 1_000), 1_001);
+        assert_eq!(room(usize::MAX, usize::MAX), usize::MAX / 48);
+    }
+}
