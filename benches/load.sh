@@ -40,7 +40,7 @@
 # (sync = POST /sync | sighup = kill -HUP), PDP_BIN (target/release/pdp),
 # LOAD_WORK (target/load), LOAD_PDP_PORT (18766), LOAD_BASELINE_PORT (18767),
 # SKIP_BUILD=1, QUERIES (20000), PIN (1; 0 skips the pinned headline),
-# HEADLINE_ONLY=1 (stop after it).
+# HEADLINE_ONLY=1 (stop after it), MIMALLOC_ALLOW_THP (0, as deployed).
 #
 # AB_BIN=path/to/another/pdp compares two builds instead: that binary takes
 # the baseline's place (same data, same key, its own port), "base" in the
@@ -141,8 +141,9 @@ wait_ready() {
 # (on top of host, port, key, a dead control plane) and sets PDP_PID.
 start_pdp() {
   local name=$1; shift
-  # MIMALLOC_PURGE_DELAY=0 as in the Dockerfile and the Kubernetes example.
-  env MIMALLOC_PURGE_DELAY=0 PDP_HOST=127.0.0.1 PDP_PORT="$PDP_PORT_" PDP_API_KEY="$KEY" \
+  # The allocator settings of the Dockerfile and the Kubernetes examples
+  # (MIMALLOC_ALLOW_THP=1 in the environment measures with huge pages).
+  env MIMALLOC_PURGE_DELAY=0 MIMALLOC_ALLOW_THP="${MIMALLOC_ALLOW_THP:-0}" PDP_HOST=127.0.0.1 PDP_PORT="$PDP_PORT_" PDP_API_KEY="$KEY" \
     PDP_CONTROL_PLANE="$NO_CONTROL_PLANE" "$@" "$PDP_BIN" >"$WORK/$name.log" 2>&1 &
   PDP_PID=$!
 }
@@ -168,7 +169,7 @@ log "PDP ready from the data file in ${READY_FILE_MS} ms"
 
 if [[ -n "${AB_BIN:-}" ]]; then
   log "A/B: $PDP_BIN (pdp) against $AB_BIN (base), both on $ENV_FILE"
-  env MIMALLOC_PURGE_DELAY=0 PDP_HOST=127.0.0.1 PDP_PORT="$BASE_PORT" PDP_API_KEY="$KEY" \
+  env MIMALLOC_PURGE_DELAY=0 MIMALLOC_ALLOW_THP="${MIMALLOC_ALLOW_THP:-0}" PDP_HOST=127.0.0.1 PDP_PORT="$BASE_PORT" PDP_API_KEY="$KEY" \
     PDP_CONTROL_PLANE="$NO_CONTROL_PLANE" PDP_DATA_FILE="$ENV_FILE" "$AB_BIN" >"$WORK/ab.log" 2>&1 &
 else
   "$BASELINE_BIN" "$BASE_PORT" >"$WORK/baseline.log" 2>&1 &

@@ -53,7 +53,7 @@ PDP_PID=""
 cleanup() { [[ -n "$PDP_PID" ]] && kill "$PDP_PID" 2>/dev/null; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 curl -s -o /dev/null --max-time 1 "$URL/livez" && { log "port $PORT busy"; exit 1; }
-env MIMALLOC_PURGE_DELAY=0 PDP_HOST=127.0.0.1 PDP_PORT="$PORT" PDP_API_KEY="$KEY" \
+env MIMALLOC_PURGE_DELAY=0 MIMALLOC_ALLOW_THP="${MIMALLOC_ALLOW_THP:-0}" PDP_HOST=127.0.0.1 PDP_PORT="$PORT" PDP_API_KEY="$KEY" \
   PDP_DATA_FILE="$DATA/env.json" PDP_LOG_LEVEL=warn \
   "${PIN_PDP[@]}" target/release/pdp >"$WORK/soak-pdp.log" 2>&1 &
 PDP_PID=$!
