@@ -317,7 +317,6 @@ impl Snapshot {
             .map(ResourceRoleId)
     }
 
-    /// The actions a resource role grants on its type.
     /// Every permission's name, `"type:action"`, sorted and as JSON
     /// strings: the sets below hold positions in it.
     pub(crate) fn perm_names(&self) -> &[Box<serde_json::value::RawValue>] {
